@@ -1,0 +1,1 @@
+"""mindie_like.backend_atb"""

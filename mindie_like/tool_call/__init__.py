@@ -1,0 +1,1 @@
+"""mindie_like.tool_call"""

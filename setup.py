@@ -1,0 +1,38 @@
+"""Packaging for mindie_like.
+
+torch has a floor, not a pin: Ascend users must pair torch with the torch_npu build their CANN supports.
+On CPU-only machines install `torch==2.13.0` first (bin/install does), so pip never pulls CUDA wheels.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="mindie_like",
+    version="0.1.0",
+    description="A MindIE-style LLM serving daemon: one config, mutual TLS, OpenAI API, function calling",
+    packages=find_packages(include=["mindie_like", "mindie_like.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.45",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "gguf>=0.10",
+        "accelerate>=0.30",
+        "pydantic>=2.6",
+        "aiohttp>=3.9",
+        "cryptography>=42",
+        "prometheus-client>=0.20",
+        "jinja2>=3.1",
+        "llguidance>=1.0",
+        "orjson>=3.9",
+        "numpy>=1.24",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "npu": ["torch_npu"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40"],
+        "bench": ["llama-cpp-python>=0.3"],
+    },
+    include_package_data=True,
+    zip_safe=False,
+)

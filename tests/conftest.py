@@ -1,0 +1,33 @@
+"""Session-wide fixtures shared by unit, integration and e2e tests."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (tiny_models) importable everywhere
+
+from tiny_models import SHARED, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared not found at {SHARED} (set MINDIE_LIKE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(family, **overrides) -> path of a tiny random model, built once per session per key."""
+    cache: dict = {}
+
+    def get(family: str, **overrides) -> Path:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in cache:
+            dest = tmp_path_factory.mktemp(f"tiny_{family}")
+            cache[key] = build_tiny_model(dest, family, **overrides)
+        return cache[key]
+
+    return get

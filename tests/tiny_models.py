@@ -1,0 +1,59 @@
+"""Tiny random Hugging Face models, built and saved by the tests themselves (no hub, no downloads).
+
+`initializer_range=0.2` keeps logits far from flat so two correct implementations rarely meet a near-tie
+(NOTES.md). Tokenizers come from ../shared/tokenizers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MINDIE_LIKE_SHARED", REPO.parent / "shared"))
+TOKENIZERS = SHARED / "tokenizers"
+
+# family -> (transformers config class name, tokenizer folder, per-family config switches)
+FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "llama": ("LlamaConfig", "smollm2", {"tie_word_embeddings": False}),
+    "mistral": ("MistralConfig", "smollm2", {"tie_word_embeddings": False, "sliding_window": None}),
+    "qwen2": ("Qwen2Config", "qwen2.5", {"tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", "qwen2.5", {"tie_word_embeddings": True, "head_dim": 16}),
+    "qwen3_moe": ("Qwen3MoeConfig", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "num_experts": 4,
+                                                "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                                "decoder_sparse_step": 1, "mlp_only_layers": []}),
+    "glm4": ("Glm4Config", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "partial_rotary_factor": 0.5}),
+}
+
+BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.2, rope_theta=10000.0)
+
+
+def tokenizer_dir(name: str) -> Path:
+    return TOKENIZERS / name
+
+
+def build_tiny_model(dest: Path, family: str, *, seed: int = 0, dtype: str = "float32", **overrides) -> Path:
+    """Builds a random `family` model into `dest` (config, safetensors, tokenizer files) and returns `dest`."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cls_name, tok_name, switches = FAMILIES[family]
+    tok_src = tokenizer_dir(tok_name)
+    tok = AutoTokenizer.from_pretrained(tok_src)
+    kwargs = {**BASE, **switches, **overrides}
+    kwargs.setdefault("vocab_size", len(tok))
+    eos = tok.convert_tokens_to_ids("<|im_end|>") if tok_name == "qwen2.5" else tok.eos_token_id
+    cfg = getattr(transformers, cls_name)(bos_token_id=tok.bos_token_id, eos_token_id=eos,
+                                          pad_token_id=tok.pad_token_id, **kwargs)
+    cfg.dtype = dtype
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    model.eval()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest, safe_serialization=True)
+    for f in tok_src.iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest
