@@ -1,0 +1,166 @@
+"""The aiohttp applications of the three planes, grouped into listeners by (address, port).
+
+Business routes are added through hooks, each `hook(app, ctx)`; the chat route module registers its own:
+
+    from mindie_like.server import register_business_routes
+    register_business_routes(add_chat_routes)        # before the daemon builds its apps
+
+Every business POST/PUT/PATCH passes the request guard first (body cap, JSON depth, JSON parse); routes read the
+body with `await get_json(request)`. Errors anywhere become MindIE's `{"error", "error_type"}` body.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from aiohttp import web
+
+from .context import CTX_KEY, ServingContext
+from .errors import ApiError, error_response
+from .guard import make_guard_middleware
+from .routes import add_management_routes, add_metrics_routes, add_model_routes
+
+log = logging.getLogger("mindie_like.server")
+
+RouteHook = Callable[[web.Application, ServingContext], None]
+
+PLANES = ("business", "management", "metrics")
+
+# Business route hooks: /v1/models is always there; later modules add theirs with register_business_routes().
+_business_hooks: list[RouteHook] = [add_model_routes]
+
+
+def register_business_routes(hook: RouteHook) -> None:
+    """Adds a `hook(app, ctx)` that registers business-plane routes (chat, completions, compat routes...)."""
+    if hook not in _business_hooks:
+        _business_hooks.append(hook)
+
+
+def business_route_hooks() -> list[RouteHook]:
+    return list(_business_hooks)
+
+
+# -- middlewares -------------------------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        msg = {404: "Not Found: no such route", 405: "Method Not Allowed"}.get(e.status, e.reason)
+        return error_response(e.status, msg, headers={k: v for k, v in e.headers.items()
+                                                      if k.lower() in ("allow", "connection")})
+    except (ConnectionResetError, OSError) as e:   # the client went away
+        log.debug("client connection error on %s: %s", request.path, e)
+        raise
+    except Exception:   # never a traceback in the body
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(500, "Internal error")
+
+
+class ConnectionCap:
+    """maxLinkNum: the first `limit` live connections are admitted; a request on any other connection gets 503
+    with the error body and the connection is closed."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.admitted: set = set()
+
+    @staticmethod
+    def _alive(proto) -> bool:
+        t = getattr(proto, "transport", None)
+        return t is not None and not t.is_closing()
+
+    def admit(self, proto) -> bool:
+        if proto in self.admitted:
+            return True
+        self.admitted = {p for p in self.admitted if self._alive(p)}
+        if len(self.admitted) < self.limit:
+            self.admitted.add(proto)
+            return True
+        return False
+
+    def middleware(self):
+        @web.middleware
+        async def connection_cap(request: web.Request, handler):
+            if not self.admit(request.protocol):
+                raise ApiError(503, f"Too many connections: the limit is {self.limit} (maxLinkNum)",
+                               headers={"Connection": "close"})
+            return await handler(request)
+        return connection_cap
+
+
+def _stopping_middleware(ctx: ServingContext):
+    @web.middleware
+    async def stopping(request: web.Request, handler):
+        if ctx.stopping:
+            raise ApiError(503, "Service is stopping", headers={"Connection": "close"})
+        return await handler(request)
+    return stopping
+
+
+# -- listeners ---------------------------------------------------------------------------------------------
+@dataclass
+class Listener:
+    host: str
+    port: int
+    planes: list[str]
+    app: web.Application
+    ssl_context: Optional[ssl.SSLContext] = None
+    cap: Optional[ConnectionCap] = None
+    runner: Optional[web.AppRunner] = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context else "http"
+
+
+def plane_addresses(ctx: ServingContext) -> dict[str, tuple[str, int]]:
+    s = ctx.config.ServerConfig
+    return {"business": (s.ipAddress, s.port),
+            "management": (s.managementIpAddress, s.managementPort),
+            "metrics": (s.managementIpAddress, s.metricsPort)}
+
+
+def group_planes(ctx: ServingContext) -> list[tuple[str, int, list[str]]]:
+    groups: dict[tuple[str, int], list[str]] = {}
+    for plane, addr in plane_addresses(ctx).items():
+        groups.setdefault(addr, []).append(plane)
+    return [(h, p, planes) for (h, p), planes in groups.items()]
+
+
+def build_app(ctx: ServingContext, planes: list[str]) -> tuple[web.Application, Optional[ConnectionCap]]:
+    s = ctx.config.ServerConfig
+    max_bytes = s.maxRequestLength * 1024 * 1024
+    middlewares = [error_middleware]
+    cap = None
+    if "business" in planes:
+        cap = ConnectionCap(s.maxLinkNum)
+        middlewares += [cap.middleware(), _stopping_middleware(ctx), make_guard_middleware(max_bytes, s.maxJsonDepth)]
+    app = web.Application(middlewares=middlewares, client_max_size=max_bytes + 1)
+    app[CTX_KEY] = ctx
+    if "business" in planes:
+        for hook in business_route_hooks():
+            hook(app, ctx)
+    if "management" in planes:
+        add_management_routes(app, ctx)
+    if "metrics" in planes:
+        add_metrics_routes(app, ctx)
+    return app, cap
+
+
+def build_listeners(ctx: ServingContext, ssl_factory: Optional[Callable[[str], ssl.SSLContext]] = None
+                    ) -> list[Listener]:
+    """One listener per distinct (address, port); a listener serving several planes uses the TLS set of the first
+    of business, management, metrics it serves."""
+    out = []
+    for host, port, planes in group_planes(ctx):
+        app, cap = build_app(ctx, planes)
+        ssl_ctx = ssl_factory(planes[0]) if ssl_factory else None
+        out.append(Listener(host, port, planes, app, ssl_ctx, cap))
+    return out

@@ -1,0 +1,69 @@
+"""MindIE's error body `{"error": "<message>", "error_type": "<type>"}`, the one helper every route uses.
+
+    from mindie_like.server.errors import ApiError, error_response
+    raise ApiError(422, "temperature: -1 is not >= 0")         # the middleware turns it into the error body
+    return error_response(503, "Service is stopping")           # or build the response directly
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import orjson
+from aiohttp import web
+
+# MindIE's error_type for each status (spec §5)
+ERROR_TYPES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    422: "Input Validation Error",
+    424: "Generation Error",
+    429: "Too Many Requests",
+    500: "Incomplete Generation",
+    503: "Service Unavailable",
+}
+
+INPUT_VALIDATION_ERROR = "Input Validation Error"
+GENERATION_ERROR = "Generation Error"
+INCOMPLETE_GENERATION = "Incomplete Generation"
+SERVICE_UNAVAILABLE = "Service Unavailable"
+
+
+def error_type_for(status: int) -> str:
+    return ERROR_TYPES.get(status, "Internal Server Error" if status >= 500 else "Bad Request")
+
+
+def error_body(message: str, error_type: str) -> dict:
+    return {"error": message, "error_type": error_type}
+
+
+def error_response(status: int, message: str, error_type: Optional[str] = None, *,
+                   headers: Optional[dict] = None) -> web.Response:
+    """A JSON response with MindIE's error body."""
+    body = orjson.dumps(error_body(message, error_type or error_type_for(status)))
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def sse_error_event(message: str, error_type: str = INCOMPLETE_GENERATION) -> bytes:
+    """An error after a stream started: one `data: {"error": ...}` event (send `data: [DONE]` after it)."""
+    return b"data: " + orjson.dumps(error_body(message, error_type)) + b"\n\n"
+
+
+class ApiError(Exception):
+    """Raise from a handler; the error middleware answers with the MindIE error body."""
+
+    def __init__(self, status: int, message: str, error_type: Optional[str] = None, *,
+                 headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or error_type_for(status)
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.error_type, headers=self.headers)
