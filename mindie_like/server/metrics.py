@@ -12,12 +12,11 @@ from __future__ import annotations
 from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..engine.types import EngineStats
 
 disable_created_metrics()              # no *_created series: MindIE exposes none
-CONTENT_TYPE = CONTENT_TYPE_LATEST     # text/plain; version=0.0.4; charset=utf-8
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"   # the classic text format (names are plain ASCII)
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0)

@@ -1,0 +1,238 @@
+"""The real daemon as a subprocess, on free ports, with certificates from bin/gen_certs, for e2e tests.
+
+Reuse it from any e2e module:
+
+    def test_x(tiny_daemon):                       # one daemon per module, tiny random qwen2 model
+        status, body = tiny_daemon.request("GET", "/v1/models")
+        ctx = tiny_daemon.ssl_context()           # ssl.SSLContext with the client cert, for openai/httpx/aiohttp
+        url = tiny_daemon.base_url                # https://127.0.0.1:<port>
+
+    @pytest.fixture(scope="module")
+    def my_daemon(daemon_factory, tiny_model):     # a daemon with config overrides
+        return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10}, model={"models": {...}})
+
+`daemon_factory(model_dir, server=..., backend=..., deploy=..., schedule=..., model=..., top=..., env=...)`
+deep-merges each dict into that section of the default conf/config.json (model = ModelConfig[0]) and stops every
+daemon it started when the module ends.
+"""
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+START_LINE = "Daemon start success!"
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: Optional[dict] = None,
+                backend: Optional[dict] = None, deploy: Optional[dict] = None, schedule: Optional[dict] = None,
+                model: Optional[dict] = None, top: Optional[dict] = None) -> dict:
+    """The repo's default conf/config.json pointed at `model_dir`, on `ports`, with overrides merged in."""
+    cfg = json.loads((REPO / "conf" / "config.json").read_text())
+    ports = ports or free_ports(3)
+    cfg["ServerConfig"].update(port=ports[0], managementPort=ports[1], metricsPort=ports[2])
+    cfg["ServerConfig"] = deep_merge(cfg["ServerConfig"], server or {})
+    b = cfg["BackendConfig"] = deep_merge(cfg["BackendConfig"], backend or {})
+    b["ModelDeployConfig"] = deep_merge(b["ModelDeployConfig"], deploy or {})
+    b["ScheduleConfig"] = deep_merge(b["ScheduleConfig"], schedule or {})
+    m = b["ModelDeployConfig"]["ModelConfig"][0]
+    m["modelWeightPath"] = str(model_dir)
+    b["ModelDeployConfig"]["ModelConfig"][0] = deep_merge(m, model or {})
+    return deep_merge(cfg, top or {})
+
+
+def gen_certs(home: Path) -> dict[str, Path]:
+    subprocess.run([sys.executable, str(REPO / "bin" / "gen_certs"), "--home", str(home)], check=True,
+                   capture_output=True)
+    sec = home / "security"
+    return {"ca": sec / "ca/ca.pem", "client_cert": sec / "client/client.pem",
+            "client_key": sec / "client/client.key.pem", "revoked_cert": sec / "client/revoked.pem",
+            "revoked_key": sec / "client/revoked.key.pem"}
+
+
+def daemon_env(home: Path, extra: Optional[dict] = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["MINDIE_LLM_HOME_PATH"] = str(home)
+    env.pop("MIES_CONFIG_JSON_PATH", None)
+    env.setdefault("MINDIE_LOG_LEVEL", "INFO")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class DaemonHandle:
+    home: Path
+    config: dict
+    certs: dict
+    proc: Optional[subprocess.Popen] = None
+    lines: list = field(default_factory=list)
+    host: str = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.config["ServerConfig"]["port"]
+
+    @property
+    def management_port(self) -> int:
+        return self.config["ServerConfig"]["managementPort"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.config["ServerConfig"]["metricsPort"]
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"https://{self.host}:{self.management_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"https://{self.host}:{self.metrics_port}"
+
+    @property
+    def model_name(self) -> str:
+        return self.config["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]["modelName"]
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def ssl_context(self, client: Optional[str] = "client") -> ssl.SSLContext:
+        """Trusts the dev CA; presents the `client` ("client" | "revoked" | None) certificate."""
+        ctx = ssl.create_default_context(cafile=str(self.certs["ca"]))
+        if client:
+            ctx.load_cert_chain(str(self.certs[f"{client}_cert"]), str(self.certs[f"{client}_key"]))
+        return ctx
+
+    def curl_args(self, client: Optional[str] = "client") -> list[str]:
+        args = ["curl", "-sS", "--max-time", "60", "--cacert", str(self.certs["ca"])]
+        if client:
+            args += ["--cert", str(self.certs[f"{client}_cert"]), "--key", str(self.certs[f"{client}_key"])]
+        return args
+
+    def port_of(self, plane: str) -> int:
+        return {"business": self.port, "management": self.management_port, "metrics": self.metrics_port}[plane]
+
+    def request(self, method: str, path: str, body=None, *, plane: str = "business", headers: Optional[dict] = None,
+                timeout: float = 60) -> tuple[int, bytes]:
+        """One HTTPS request with the client certificate: (status, body bytes)."""
+        conn = http.client.HTTPSConnection(self.host, self.port_of(plane), context=self.ssl_context(),
+                                           timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def start(self, env: Optional[dict] = None, timeout: float = 180) -> "DaemonHandle":
+        conf = self.home / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "config.json").write_text(json.dumps(self.config, indent=2))
+        os.chmod(conf / "config.json", 0o640)
+        self.proc = subprocess.Popen([sys.executable, "-m", "mindie_like.daemon"], cwd=str(self.home),
+                                     env=daemon_env(self.home, env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        started = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if line.strip() == START_LINE:
+                    started.set()
+            started.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not started.wait(0.2):
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"daemon did not start within {timeout}s:\n{self.output}")
+        if self.proc.poll() is not None or START_LINE not in self.output:
+            self.proc.wait(timeout=10)
+            pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.output}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:
+    """A configured (not yet started) daemon in `home` with fresh certs and free ports."""
+    env = overrides.pop("env", None)
+    certs = gen_certs(home)
+    h = DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs)
+    h._env = env
+    return h
+
+
+@pytest.fixture(scope="module")
+def daemon_factory(tmp_path_factory):
+    started: list[DaemonHandle] = []
+
+    def factory(model_dir: Path, **overrides) -> DaemonHandle:
+        home = tmp_path_factory.mktemp("home")
+        h = new_daemon(home, Path(model_dir), **overrides)
+        started.append(h)
+        return h.start(env=h._env)
+
+    yield factory
+    for h in started:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_daemon(daemon_factory, tiny_model) -> DaemonHandle:
+    """One daemon per module on a tiny random qwen2 model with the default config."""
+    return daemon_factory(tiny_model("qwen2"))
