@@ -572,13 +572,18 @@ class ToolCallStream:
                 raise Fail(pos, eof=True)
             yield
 
-    def _letters(self):
+    def _letters(self, allowed: tuple[str, ...] | None = None):
+        """A run of letters (a fence's language tag); with `allowed`, fail as soon as it cannot be one."""
         src = self._src
         while True:
             buf, pos = src.buf, src.pos
             j = _LETTERS.match(buf, pos).end()
             if j - pos > 32:
                 raise Fail(pos)
+            if allowed is not None:
+                low = buf[pos:j].lower()
+                if not any(a.startswith(low) for a in allowed) or (j < len(buf) and low not in allowed):
+                    raise Fail(pos)
             if j < len(buf) or src.final:
                 src.pos = j
                 return buf[pos:j]
@@ -863,9 +868,7 @@ class ToolCallStream:
         src.pos += len(lit)
         call = _Call(accepted=False)
         try:
-            lang = yield from self._letters()
-            if lang.lower() not in ("", "json"):
-                raise Fail(src.pos)
+            yield from self._letters(("", "json"))
             yield from self._ws()
             c = yield from self._peek()
             if c != "{":
