@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_hf, load_runner, prompt
+from helpers import load_hf, load_runner, prompt
 from driver import Driver
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import check_continuation, hf_logits, load_hf, load_runner, prompt
+from helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
 from driver import Driver
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
