@@ -138,3 +138,27 @@ class FakeRunner(PagedRunnerBase):
             g = torch.Generator().manual_seed(h)
             out[r] = torch.randn(self.vocab_size, generator=g) * 3.0
         return out
+
+
+class ScriptedRunner(PagedRunnerBase):
+    """Always predicts the next token of `script` (by output position): drives exact token sequences through
+    the engine (stop strings, UTF-8 split across tokens, EOS). Paging is still checked."""
+
+    def __init__(self, script: list[int], vocab_size: int, eos_token_ids=(), **kw):
+        super().__init__(vocab_size, list(eos_token_ids), **kw)
+        self.script = list(script)
+
+    def compute_logits(self, contexts, rows) -> torch.Tensor:
+        out = torch.zeros((len(rows), self.vocab_size), dtype=torch.float32)
+        for r, (i, p) in enumerate(rows):
+            ctx = contexts[i][:p + 1]
+            # tokens already produced = the longest suffix of the context that is a prefix of the script
+            # (prompts must not end with a script prefix)
+            n_out = 0
+            for k in range(len(self.script), 0, -1):
+                if len(ctx) >= k and ctx[len(ctx) - k:] == self.script[:k]:
+                    n_out = k
+                    break
+            nxt = self.script[n_out] if n_out < len(self.script) else self.script[-1]
+            out[r, nxt] = 10.0
+        return out
