@@ -37,6 +37,10 @@ class AsyncEngine:
         self._live: dict[str, Request] = {}       # request id -> request, from generate() until its final output
         self._pending_adds = 0
         self._stopping = False
+        # torch's intra-op thread count is per OS thread under OpenMP: the step thread uses the creator's setting
+        # (the runner configures it from the cores actually available)
+        import torch
+        self._torch_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="mindie-engine", daemon=True)
         self._thread.start()
 
@@ -115,6 +119,8 @@ class AsyncEngine:
             self._cv.notify()
 
     def _run(self) -> None:
+        import torch
+        torch.set_num_threads(self._torch_threads)
         core = self.core
         while True:
             with self._cv:
