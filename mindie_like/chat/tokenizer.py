@@ -21,10 +21,9 @@ class Tokenizer:
         eot: set[int] = set(extra_eos_token_ids or ())
         if self.eos_token_id is not None:
             eot.add(self.eos_token_id)
-        vocab = hf_tokenizer.get_vocab()
-        for s in END_OF_TURN_STRINGS:
-            tid = vocab.get(s)
-            if tid is not None and s in set(getattr(hf_tokenizer, "all_special_tokens", ())) | {self.eos_token}:
+        specials = set(getattr(hf_tokenizer, "all_special_tokens", ())) | {self.eos_token}
+        for s, tid in self.special_ids_for(END_OF_TURN_STRINGS).items():
+            if s in specials:
                 eot.add(tid)
         self.end_of_turn_ids: frozenset[int] = frozenset(eot)
 
@@ -74,5 +73,14 @@ class Tokenizer:
         return self.token_text(token_id)
 
     def special_ids_for(self, strings) -> dict[str, int]:
-        vocab = self.hf.get_vocab()
-        return {s: vocab[s] for s in strings if s in vocab}
+        """{string: id} for the strings that are single tokens of the vocabulary."""
+        out = {}
+        unk = getattr(self.hf, "unk_token_id", None)
+        for s in strings:
+            try:
+                tid = self.hf.convert_tokens_to_ids(s)
+            except Exception:  # noqa: BLE001
+                continue
+            if isinstance(tid, int) and tid != unk and tid >= 0:
+                out[s] = tid
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
@@ -51,8 +52,20 @@ def default_output_parser_cls():
         return _PassthroughParser
 
 
+_WRAPPED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def ensure_tokenizer(tokenizer) -> Tokenizer:
-    return tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
+    """A chat.Tokenizer for a Hugging Face tokenizer (one wrapper per tokenizer object)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    try:
+        wrapped = _WRAPPED.get(tokenizer)
+    except TypeError:
+        return Tokenizer(tokenizer)
+    if wrapped is None:
+        wrapped = _WRAPPED[tokenizer] = Tokenizer(tokenizer)
+    return wrapped
 
 
 @dataclass

@@ -41,6 +41,11 @@ def shipped(name, **kw):
     return ChatTemplate.from_file(TEMPLATES / name, **kw)
 
 
+@pytest.fixture(scope="module")
+def qwen():
+    return Tokenizer.load(str(TOKENIZERS / "qwen2.5"))
+
+
 # ------------------------------------------------------------------------------------ shipped templates
 
 def test_deepseekv3_template_tools_and_multi_turn():
@@ -100,9 +105,8 @@ def test_shipped_templates_render_without_tools_and_with_list_content(name):
     assert "hello" in out and "get_weather" not in out
 
 
-def test_deepseek_markers_are_single_special_tokens():
-    from transformers import AutoTokenizer
-    hf = AutoTokenizer.from_pretrained(str(TOKENIZERS / "qwen2.5"))
+def test_deepseek_markers_are_single_special_tokens(qwen):
+    hf = qwen.hf
     markers = ["<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
                "<｜tool▁sep｜>", "<｜end▁of▁sentence｜>"]
     hf.add_special_tokens({"additional_special_tokens": markers})
@@ -115,11 +119,6 @@ def test_deepseek_markers_are_single_special_tokens():
 
 
 # ------------------------------------------------------------------------------------ tokenizer templates
-
-@pytest.fixture(scope="module")
-def qwen():
-    return Tokenizer.load(str(TOKENIZERS / "qwen2.5"))
-
 
 def test_qwen_tokenizer_template_with_tool_conversation(qwen):
     t = ChatTemplate.from_tokenizer(qwen)
@@ -257,8 +256,8 @@ class _BosTok:
                 rest = rest[1:]
         return ([1] if add_special_tokens else []) + ids
 
-    def get_vocab(self):
-        return {"<s>": 1, "</s>": 2}
+    def convert_tokens_to_ids(self, token):
+        return {"<s>": 1, "</s>": 2}.get(token, 0)
 
     def __len__(self):
         return 1000
