@@ -79,7 +79,9 @@ class _Prepared:
     tools: Optional[list[dict]]          # what the prompt shows and the parser accepts
     parse_tools: bool                    # parse the family's tool-call syntax
     reasoning: bool
-    args_function: Optional[str] = None  # guided "arguments_json": the whole output is this function's arguments
+    args_mode: bool = False              # guided "arguments_json": the answer (after reasoning) is a call's JSON
+    args_function: Optional[str] = None  # ... the arguments of this function (None: {"name", "arguments"})
+    plan: Any = None
     family: Optional[str] = None
 
 
@@ -100,6 +102,30 @@ class _Choice:
     started: bool = False
     call_opened: bool = False
     done: bool = False
+    trim: Any = None                    # args mode: whitespace trimmer of the JSON text
+    args_buf: str = ""                  # args mode without a function name: held until the end
+
+
+class _TrimStream:
+    """Streams text without its leading and trailing whitespace (trailing whitespace held until more text)."""
+
+    def __init__(self):
+        self.started = False
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.started = True
+        body = text.rstrip()
+        if not body:
+            self.held += text
+            return ""
+        out = self.held + body
+        self.held = text[len(body):]
+        return out
 
 
 class ChatServing:
@@ -219,17 +245,16 @@ class ChatServing:
         response_format = (req.response_format.model_dump(exclude_none=True, by_alias=True)
                            if req.response_format and req.response_format.type != "text" else None)
 
+        reasoning = self.reasoning_enabled(req)
         plan = None
         if self.guided is not None and (tools is not None or response_format is not None):
+            extra = {"reasoning": True} if reasoning else {}
             try:
                 plan = self.guided.plan(family=self.family, tools=all_tools if tools else None,
                                         tool_choice=tool_choice, parallel_tool_calls=req.parallel_tool_calls,
-                                        response_format=response_format)
-            except ValidationFailure:
-                raise
-            except Exception as e:  # noqa: BLE001
-                what = "response_format" if response_format and not tools else "tools"
-                raise invalid(f"{what}: cannot be enforced: {e}") from None
+                                        response_format=response_format, **extra)
+            except Exception as e:  # noqa: BLE001 - GuidedDecodingError is a ValueError naming the parameter
+                raise self._guided_failure(e, response_format is not None and tools is None) from None
 
         messages = messages_for_template(req.messages)
         hint = getattr(plan, "prompt_hint", None) if plan is not None else None
@@ -239,15 +264,13 @@ class ChatServing:
             else:
                 messages.insert(0, {"role": "system", "content": hint})
 
-        reasoning = self.reasoning_enabled(req)
         prompt = self.template.render(messages, tools=tools, add_generation_prompt=req.add_generation_prompt,
                                       template_kwargs=req.chat_template_kwargs)
         ids, max_tokens = fit_prompt(self.tokenizer.encode_prompt(prompt), self.options, req.effective_max_tokens)
 
-        args_function = None
-        if plan is not None and getattr(plan, "output_kind", "family") == "arguments_json":
-            args_function = plan.function_name
-        parse_tools = tools is not None and args_function is None
+        args_mode = plan is not None and getattr(plan, "output_kind", "family") == "arguments_json"
+        args_function = getattr(plan, "function_name", None) if args_mode else None
+        parse_tools = tools is not None and not args_mode
         keep = set()
         if parse_tools and self.tool_processor is not None:
             keep |= set(getattr(self.tool_processor, "special_markers", ()) or ())
@@ -257,15 +280,34 @@ class ChatServing:
         jobs = []
         n = req.num_choices
         for i in range(n):
-            mask = await self.guided.build_mask(plan) if plan is not None else None
+            mask = None
+            if plan is not None:
+                try:
+                    mask = await self.guided.build_mask(plan)
+                except Exception as e:  # noqa: BLE001
+                    raise self._guided_failure(e, response_format is not None and tools is None) from None
             params = build_sampling_params(req, self.options, max_tokens=max_tokens, choice=i,
                                            keep_special=frozenset(keep), logits_mask=mask,
                                            vocab_size=self.tokenizer.vocab_size)
             jobs.append(Job(i, ids, params, request_id if n == 1 else f"{request_id}-{i}"))
         return _Prepared(req=req, request_id=request_id, response_id=f"chatcmpl-{request_id}",
                          created=int(time.time()), prompt_ids=ids, jobs=jobs, tools=tools, parse_tools=parse_tools,
-                         reasoning=reasoning and args_function is None, args_function=args_function,
+                         reasoning=reasoning, args_mode=args_mode, args_function=args_function, plan=plan,
                          family=self.family)
+
+    @staticmethod
+    def _guided_failure(e: Exception, about_response_format: bool) -> ValidationFailure:
+        if isinstance(e, ValidationFailure):
+            return e
+        what = "response_format" if about_response_format else "tools"
+        msg = str(e) or type(e).__name__
+        if isinstance(e, ValueError) and ":" in msg:
+            return invalid(msg)  # already names the parameter
+        if isinstance(e, ValueError):
+            return invalid(f"{what}: cannot be enforced: {msg}")
+        log.exception("guided decoding failed")
+        return ValidationFailure(500, f"{what}: constrained decoding failed ({type(e).__name__})",
+                                 INCOMPLETE_GENERATION)
 
     def _make_parser(self, prep: _Prepared):
         if not (prep.parse_tools or prep.reasoning):
@@ -277,6 +319,8 @@ class ChatServing:
     def _new_choice(self, prep: _Prepared, index: int, streaming: bool) -> _Choice:
         st = _Choice(index=index)
         st.parser = self._make_parser(prep)
+        if prep.args_mode:
+            st.trim = _TrimStream()
         if st.parser is not None and streaming:
             st.stream = st.parser.new_stream()
         elif prep.reasoning:  # non-streaming: a reasoning-only stream just to count reasoning tokens
@@ -305,15 +349,15 @@ class ChatServing:
     def _final_message(self, prep: _Prepared, st: _Choice, text: str) -> tuple[dict, list]:
         calls: list = []
         reasoning_content = None
-        if prep.args_function is not None:
+        if prep.args_mode:
             content = text
-            try:
-                json.loads(text)
-                calls = [{"id": new_call_id(prep.family), "type": "function",
-                          "function": {"name": prep.args_function, "arguments": text}}]
+            if st.parser is not None:  # reasoning first
+                r = st.parser.parse(text)
+                reasoning_content = r.get("reasoning_content")
+                content = r.get("content") or ""
+            calls = self._args_calls(prep, content.strip())
+            if calls:
                 content = ""
-            except ValueError:
-                pass
         elif st.parser is not None:
             r = st.parser.parse(text)
             content = r.get("content") or ""
@@ -326,6 +370,29 @@ class ChatServing:
             msg["reasoning_content"] = reasoning_content
         msg["tool_calls"] = calls
         return msg, calls
+
+    def _args_calls(self, prep: _Prepared, json_text: str) -> list[dict]:
+        """Guided "arguments_json" output → calls. A named function keeps the model's JSON text as is (so the
+        streamed fragments concatenate to exactly it); otherwise {"name", "arguments"} is unpacked."""
+        pairs = None
+        if prep.args_function is not None:
+            try:
+                ok = isinstance(json.loads(json_text), dict)
+            except ValueError:
+                ok = False
+            pairs = [(prep.args_function, json_text)] if ok else None
+        elif hasattr(prep.plan, "extract_calls"):
+            pairs = prep.plan.extract_calls(json_text)
+        else:
+            try:
+                obj = json.loads(json_text)
+                if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+                    args = obj.get("arguments", obj.get("parameters", {}))
+                    pairs = [(obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False))]
+            except ValueError:
+                pass
+        return [{"id": new_call_id(prep.family), "type": "function", "function": {"name": n, "arguments": a}}
+                for n, a in pairs or ()]
 
     def _response(self, prep: _Prepared, choices: list[_Choice]) -> dict:
         out_choices = []
@@ -362,16 +429,41 @@ class ChatServing:
             obj.update(extra)
         return sse(obj)
 
-    def _deltas_for(self, prep: _Prepared, st: _Choice, text: str) -> list[dict]:
-        if prep.args_function is not None:
-            out = []
+    def _args_deltas(self, prep: _Prepared, st: _Choice, pieces: list[dict]) -> list[dict]:
+        """Args mode: reasoning passes through; the JSON text becomes the call's argument fragments."""
+        out = []
+        for d in pieces:
+            if d.get("reasoning_content"):
+                out.append({"reasoning_content": d["reasoning_content"]})
+            text = st.trim.feed(d.get("content") or "")
+            if not text:
+                continue
+            if prep.args_function is None:
+                st.args_buf += text
+                continue
             if not st.call_opened:
                 st.call_opened = True
                 out.append({"tool_calls": [{"index": 0, "id": new_call_id(prep.family), "type": "function",
                                             "function": {"name": prep.args_function, "arguments": ""}}]})
-            if text:
-                out.append({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
-            return out
+            out.append({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+        return out
+
+    def _args_finish(self, prep: _Prepared, st: _Choice) -> list[dict]:
+        out = self._args_deltas(prep, st, st.stream.finish() if st.stream is not None else [])
+        if prep.args_function is None and st.args_buf:
+            calls = self._args_calls(prep, st.args_buf)
+            if not calls:
+                out.append({"content": st.args_buf})
+            for i, c in enumerate(calls):
+                out.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                            "function": {"name": c["function"]["name"], "arguments": ""}}]})
+                out.append({"tool_calls": [{"index": i, "function": {"arguments": c["function"]["arguments"]}}]})
+        return out
+
+    def _deltas_for(self, prep: _Prepared, st: _Choice, text: str) -> list[dict]:
+        if prep.args_mode:
+            pieces = (st.stream.feed(text) if text else []) if st.stream is not None else [{"content": text}]
+            return self._args_deltas(prep, st, pieces)
         if st.stream is not None:
             return st.stream.feed(text) if text else []
         return [{"content": text}] if text else []
@@ -409,9 +501,11 @@ class ChatServing:
         if not st.started:
             st.started = True
             yield self._chunk(prep, st, {"role": "assistant", "content": ""})
-        if st.stream is not None and prep.args_function is None:
+        if prep.args_mode:
+            yield from self._emit(prep, st, self._args_finish(prep, st))
+        elif st.stream is not None:
             yield from self._emit(prep, st, st.stream.finish())
-        if prep.parse_tools or prep.args_function is not None:
+        if prep.parse_tools or prep.args_mode:
             # the same verdict as the non-streaming answer: "tool_calls" exactly when the whole text has calls
             _, calls = self._final_message(prep, _Choice(index=st.index, parser=self._make_parser(prep)),
                                            "".join(st.parts))

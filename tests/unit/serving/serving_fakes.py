@@ -273,8 +273,8 @@ class FakeGuided:
         self.plans = []
         self.masks = []
 
-    def plan(self, family, tools, tool_choice, parallel_tool_calls, response_format):
-        self.plans.append(dict(family=family, tools=tools, tool_choice=tool_choice,
+    def plan(self, family, tools, tool_choice, parallel_tool_calls=True, response_format=None, *, reasoning=False):
+        self.plans.append(dict(family=family, tools=tools, tool_choice=tool_choice, reasoning=reasoning,
                                parallel_tool_calls=parallel_tool_calls, response_format=response_format))
         return self.plan_factory(tool_choice, tools, response_format) if self.plan_factory else None
 

@@ -449,3 +449,33 @@ def test_guided_plan_failure_is_422(hf_tok):
     with pytest.raises(ValidationFailure) as e:
         run(serving.create(body(tools=TOOLS, tool_choice="required"), "r1"))
     assert e.value.status == 422 and "unsupported schema keyword" in e.value.message
+
+
+def test_guided_arguments_json_unnamed_and_with_reasoning(hf_tok):
+    guided = FakeGuided(lambda tc, tools, rf: FakePlan("arguments_json", None, prompt_hint="Pick one."))
+    text = '<think>which one?</think>\n {"name": "get_time", "arguments": {"tz": "UTC"}}'
+    serving, engine = make(hf_tok, text, guided=guided, options=ServingOptions(enable_reasoning=True))
+    d = body(tools=TOOLS, tool_choice="required")
+    resp = run(serving.create(d, "r1"))
+    assert guided.plans[0]["reasoning"] is True
+    msg = resp["choices"][0]["message"]
+    assert msg["reasoning_content"] == "which one?" and msg["content"] == ""
+    assert msg["tool_calls"][0]["function"] == {"name": "get_time", "arguments": '{"tz": "UTC"}'}
+    smsg = reassemble(stream_events(serving, dict(d, stream=True)))
+    assert smsg["reasoning_content"] == "which one?" and smsg["finish_reason"] == "tool_calls"
+    assert [c["function"] for c in smsg["tool_calls"]] == [c["function"] for c in msg["tool_calls"]]
+
+
+def test_guided_arguments_json_named_whitespace_and_cutoff(hf_tok):
+    guided = FakeGuided(lambda tc, tools, rf: FakePlan("arguments_json", "get_weather"))
+    serving, _ = make(hf_tok, '\n  {"city": "Oslo"} \n', guided=guided)
+    d = body(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    resp = run(serving.create(d, "r1"))
+    assert resp["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
+    smsg = reassemble(stream_events(serving, dict(d, stream=True)))
+    assert smsg["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
+    # cut off by max_tokens: no call in the answer, the text stays content; both say "length"
+    resp = run(serving.create(dict(d, max_tokens=4), "r2"))
+    ch = resp["choices"][0]
+    assert ch["message"]["tool_calls"] == [] and ch["finish_reason"] == "length" and ch["message"]["content"]
+    assert reassemble(stream_events(serving, dict(d, max_tokens=4, stream=True)))["finish_reason"] == "length"
