@@ -1,0 +1,188 @@
+"""Chat-template rendering in a sandbox.
+
+Model files are untrusted input: templates run in jinja2's ImmutableSandboxedEnvironment (no attribute access
+to Python internals, no mutation of passed objects, no file or environment access), with the globals Hugging
+Face templates expect: `raise_exception`, `strftime_now`, a `tojson` that keeps Unicode, plus `bos_token`,
+`eos_token` and the tokenizer's other special tokens. A template error becomes a 422 with a clear message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import jinja2
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..protocol.errors import ValidationFailure
+
+log = logging.getLogger(__name__)
+
+MAX_RENDERED_CHARS = 64 * 1024 * 1024
+RESERVED_KWARGS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+                             "raise_exception", "strftime_now"})
+
+
+class TemplateRaised(TemplateError):
+    """`raise_exception(msg)` called by a template."""
+
+
+def _raise_exception(message: str = ""):
+    raise TemplateRaised(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(str(fmt))
+
+
+def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _make_env() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols],
+                                        autoescape=False, undefined=jinja2.Undefined)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+class ChatTemplate:
+    """A compiled chat template. `source` is the Jinja text; special tokens come from the tokenizer."""
+
+    def __init__(self, source: str, *, bos_token: Optional[str] = None, eos_token: Optional[str] = None,
+                 special_tokens: Optional[dict[str, Any]] = None, origin: str = "chat template"):
+        if not isinstance(source, str) or not source.strip():
+            raise ValueError(f"{origin}: empty chat template")
+        self.source = source
+        self.origin = origin
+        self.env = _make_env()
+        try:
+            self.template = self.env.from_string(source)
+        except TemplateError as e:
+            raise ValueError(f"{origin}: invalid Jinja: {e}") from None
+        self.special: dict[str, Any] = dict(special_tokens or {})
+        if bos_token is not None:
+            self.special["bos_token"] = bos_token
+        if eos_token is not None:
+            self.special["eos_token"] = eos_token
+        self.special.setdefault("bos_token", "")
+        self.special.setdefault("eos_token", "")
+
+    # -------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_file(cls, path: str | Path, **kw) -> "ChatTemplate":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"chat_template {p}: cannot read ({e.strerror})") from None
+        return cls(text, origin=f"chat_template {p}", **kw)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, override: str | Path | None = None) -> "ChatTemplate":
+        """The config's template file when given, else the tokenizer's own (`tokenizer.chat_template`)."""
+        hf = getattr(tokenizer, "hf", tokenizer)
+        special = {}
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+            tok = getattr(hf, name, None)
+            if isinstance(tok, str):
+                special[name] = tok
+        if override:
+            return cls.from_file(override, special_tokens=special)
+        src = getattr(hf, "chat_template", None)
+        if isinstance(src, dict):  # several named templates: prefer "tool_use" when tools matter, else default
+            src = src.get("default") or next(iter(src.values()))
+        if not src:
+            raise ValueError("the tokenizer has no chat template; set chat_template in the config")
+        return cls(src, special_tokens=special, origin="tokenizer chat template")
+
+    # -------------------------------------------------------------------------------- rendering
+    def render(self, messages: list[dict], *, tools: Optional[list[dict]] = None, add_generation_prompt: bool = True,
+               template_kwargs: Optional[dict[str, Any]] = None) -> str:
+        ctx: dict[str, Any] = dict(self.special)
+        for k, v in (template_kwargs or {}).items():
+            if k not in RESERVED_KWARGS:
+                ctx[k] = v
+        ctx["messages"] = messages
+        ctx["tools"] = tools or None
+        ctx["add_generation_prompt"] = add_generation_prompt
+        try:
+            out = self.template.render(**ctx)
+        except TemplateRaised as e:
+            raise ValidationFailure(422, f"messages: the chat template refused the conversation: {e}") from None
+        except SecurityError as e:
+            log.warning("%s attempted an unsafe operation: %s", self.origin, e)
+            raise ValidationFailure(422, "messages: the chat template attempted an unsafe operation and was "
+                                         "stopped") from None
+        except TemplateError as e:
+            raise ValidationFailure(422, f"messages: the chat template failed to render: {e}") from None
+        except RecursionError:
+            raise ValidationFailure(422, "messages: the chat template failed to render: recursion too deep") from None
+        except Exception as e:  # a template error in Python clothes (None + str...): still the request's problem
+            raise ValidationFailure(422, f"messages: the chat template failed to render: "
+                                         f"{type(e).__name__}: {e}") from None
+        if len(out) > MAX_RENDERED_CHARS:
+            raise ValidationFailure(422, "messages: the rendered prompt is too large")
+        return out
+
+
+# ------------------------------------------------------------------------------------ request → template input
+
+def _arguments_for_template(args: Any) -> Any:
+    """Templates expect arguments as an object (`| tojson`) or a string: give a dict when the JSON is one."""
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            return args
+        return parsed if isinstance(parsed, dict) else args
+    if args is None:
+        return {}
+    return args
+
+
+def messages_for_template(messages) -> list[dict]:
+    """Protocol ChatMessage objects (or dicts) → plain dicts for a template.
+
+    Content becomes a string (text parts joined by newlines; null → ""), assistant tool-call arguments given
+    as JSON strings become dicts, absent fields are left out (templates test them with `is defined`).
+    """
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            m = m.model_dump(exclude_none=True)
+        d: dict[str, Any] = {"role": m["role"]}
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "\n".join((p.get("text") or "") for p in content)
+        d["content"] = content if content is not None else ""
+        for key in ("name", "tool_call_id", "reasoning_content"):
+            if m.get(key) is not None:
+                d[key] = m[key]
+        if m.get("tool_calls"):
+            calls = []
+            for i, tc in enumerate(m["tool_calls"]):
+                fn = tc.get("function") or {}
+                calls.append({"id": tc.get("id") or f"call_{i}", "type": tc.get("type") or "function",
+                              "function": {"name": fn.get("name", ""),
+                                           "arguments": _arguments_for_template(fn.get("arguments"))}})
+            d["tool_calls"] = calls
+        out.append(d)
+    return out
+
+
+def tools_for_template(tools, tool_choice: Any = None) -> Optional[list[dict]]:
+    """The tools the prompt shows: none for tool_choice "none", only the named one for a named choice."""
+    if not tools or tool_choice == "none":
+        return None
+    dicts = [t if isinstance(t, dict) else t.model_dump(exclude_none=True, by_alias=True) for t in tools]
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("function", {}).get("name")
+        dicts = [t for t in dicts if t.get("function", {}).get("name") == name]
+    return dicts or None

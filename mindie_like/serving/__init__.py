@@ -1,0 +1,21 @@
+"""mindie_like.serving: turns protocol requests into engine calls and engine outputs into protocol responses.
+
+No HTTP, no torch. The HTTP handler does:
+
+    try:
+        if ChatServing.wants_stream(body):
+            agen = chat.stream(body, request_id)
+            first = await agen.__anext__()          # raises ValidationFailure before anything is sent
+            ... prepare an SSE response, write `first`, then `async for chunk in agen: write(chunk)`
+        else:
+            return json_response(await chat.create(body, request_id))
+    except ValidationFailure as e:
+        return json_response(e.to_body(), status=e.status)
+"""
+from ..protocol.errors import ValidationFailure
+from .chat import ChatServing
+from .common import ServingOptions, defaults_from_generation_config
+from .completion import CompletionServing
+
+__all__ = ["ChatServing", "CompletionServing", "ServingOptions", "ValidationFailure",
+           "defaults_from_generation_config"]
