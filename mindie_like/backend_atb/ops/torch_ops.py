@@ -1,0 +1,174 @@
+"""Plain-torch op table: the reference implementation, used on CPU and CUDA (SDPA for attention)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMeta:
+    """Everything attention needs for one step, built once per step (not per layer)."""
+    query_lens: list[int]
+    context_lens: list[int]
+    block_size: int
+    slot_mapping: torch.Tensor                    # [T] int64 on device
+    block_tables: torch.Tensor                    # [B, max_blocks] int32 on device
+    is_decode: bool
+    scale: float
+    # reference implementation's precomputed views
+    # decode: flat KV slots to gather [B, L] and a mask [B, 1, 1, L] (None when not needed)
+    decode_slots: Optional[torch.Tensor] = None
+    decode_mask: Optional[torch.Tensor] = None
+    decode_window_masks: dict = field(default_factory=dict)   # window -> mask
+    # prefill: per sequence (q_start, q_end, kv_slots or None when the sequence has no cached prefix)
+    prefill_seqs: list = field(default_factory=list)
+    prefill_masks: dict = field(default_factory=dict)         # (seq index, window) -> bool mask or None
+    extra: dict = field(default_factory=dict)                 # per-implementation state (NPU: seq len tensors)
+
+
+def _causal_mask(q_len: int, ctx_len: int, window: Optional[int], device) -> torch.Tensor:
+    """[q_len, ctx_len] bool, True where query i (absolute position ctx_len - q_len + i) may see key j."""
+    qpos = torch.arange(ctx_len - q_len, ctx_len, device=device)[:, None]
+    kpos = torch.arange(ctx_len, device=device)[None, :]
+    m = kpos <= qpos
+    if window is not None:
+        m &= kpos > qpos - window
+    return m
+
+
+class TorchOps:
+    name = "torch"
+
+    # ---- norms, rope, activation, linear -------------------------------------------------------------------
+    @staticmethod
+    def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), w, eps)
+        # HF semantics: normalise in float32, cast back, then scale by the weight
+        xf = x.float()
+        return w * F.rms_norm(xf, (x.shape[-1],), None, eps).to(x.dtype)
+
+    @classmethod
+    def add_rms_norm(cls, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
+        residual = x + residual
+        return cls.rms_norm(residual, w, eps), residual
+
+    @staticmethod
+    def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Neox-style (rotate_half) rotary embedding. cos/sin: [T, 1, D/2] in the activation dtype."""
+        def apply(x):
+            half = x.shape[-1] // 2
+            x1, x2 = x[..., :half], x[..., half:]
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return apply(q), apply(k)
+
+    @staticmethod
+    def rope_tables(cos_sin_cache: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+        """cos_sin_cache [max_pos, D] float32 = cat(cos, sin) of the D/2 frequencies -> per-step cos, sin."""
+        cs = cos_sin_cache.index_select(0, positions).to(dtype)
+        half = cs.shape[-1] // 2
+        return cs[:, None, :half], cs[:, None, half:]
+
+    @staticmethod
+    def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return F.silu(x[..., :half]) * x[..., half:]
+
+    @staticmethod
+    def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    # ---- KV cache and attention ----------------------------------------------------------------------------
+    @staticmethod
+    def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 slot_mapping: torch.Tensor) -> None:
+        nkv, hd = k_cache.shape[-2], k_cache.shape[-1]
+        k_cache.view(-1, nkv, hd).index_copy_(0, slot_mapping, k)
+        v_cache.view(-1, nkv, hd).index_copy_(0, slot_mapping, v)
+
+    def prepare(self, *, query_lens, context_lens, block_tables, slot_mapping, block_size, scale,
+                windows: set) -> AttentionMeta:
+        """Builds the step's attention metadata. `windows`: the set of sliding windows used by layers (None = full)."""
+        device = slot_mapping.device
+        is_decode = all(q == 1 for q in query_lens)
+        meta = AttentionMeta(list(query_lens), list(context_lens), block_size, slot_mapping, block_tables,
+                             is_decode, scale)
+        offs = torch.arange(block_size, device=device)
+        if is_decode:
+            B = len(context_lens)
+            L = max(context_lens)
+            nb = (L + block_size - 1) // block_size
+            slots = (block_tables[:, :nb].long()[:, :, None] * block_size + offs).reshape(B, nb * block_size)[:, :L]
+            meta.decode_slots = slots.contiguous()
+            ctx = torch.tensor(context_lens, device=device)[:, None]
+            kpos = torch.arange(L, device=device)[None, :]
+            for w in windows:
+                uniform = all(c == L for c in context_lens)
+                if w is None:
+                    m = None if uniform else (kpos < ctx)
+                else:
+                    m = (kpos < ctx) & (kpos > ctx - 1 - w)
+                meta.decode_window_masks[w] = None if m is None else m[:, None, None, :]
+            return meta
+        start = 0
+        for i, (ql, cl) in enumerate(zip(query_lens, context_lens)):
+            if ql == cl:
+                slots = None          # no cached prefix: attend over this step's own k, v
+            else:
+                nb = (cl + block_size - 1) // block_size
+                slots = (block_tables[i, :nb].long()[:, None] * block_size + offs).reshape(-1)[:cl]
+            meta.prefill_seqs.append((start, start + ql, slots))
+            for w in windows:
+                if ql == cl and (w is None or w >= cl):
+                    meta.prefill_masks[(i, w)] = None      # plain causal
+                elif ql == 1 and (w is None or w >= cl):
+                    meta.prefill_masks[(i, w)] = "all"     # a single query sees every key
+                else:
+                    meta.prefill_masks[(i, w)] = _causal_mask(ql, cl, w, device)
+            start += ql
+        return meta
+
+    @staticmethod
+    def _sdpa(q, k, v, mask, causal, scale):
+        """q [B, Hq, Lq, D], k/v [B, Hk, Lk, D] (GQA by head groups)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+    def attention_prefill(self, q, k, v, k_cache, v_cache, meta: AttentionMeta, window: Optional[int] = None):
+        """q [T, Hq, D], k/v [T, Hk, D] (this step's, already written to the cache) -> [T, Hq*D]."""
+        T, Hq, D = q.shape
+        nkv = k_cache.shape[-2]
+        out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
+        kc = k_cache.view(-1, nkv, D)
+        vc = v_cache.view(-1, nkv, D)
+        for i, (s, e, slots) in enumerate(meta.prefill_seqs):
+            qi = q[s:e].transpose(0, 1).unsqueeze(0)
+            if slots is None:
+                ki, vi = k[s:e], v[s:e]
+            else:
+                ki, vi = kc.index_select(0, slots), vc.index_select(0, slots)
+            ki = ki.transpose(0, 1).unsqueeze(0)
+            vi = vi.transpose(0, 1).unsqueeze(0)
+            mask = meta.prefill_masks[(i, window)]
+            if mask is None:
+                o = self._sdpa(qi, ki, vi, None, e - s > 1, meta.scale)
+            elif isinstance(mask, str):
+                o = self._sdpa(qi, ki, vi, None, False, meta.scale)
+            else:
+                o = self._sdpa(qi, ki, vi, mask, False, meta.scale)
+            out[s:e] = o[0].transpose(0, 1)
+        return out.view(T, Hq * D)
+
+    def attention_decode(self, q, k_cache, v_cache, meta: AttentionMeta, window: Optional[int] = None):
+        """q [B, Hq, D] -> [B, Hq*D]; keys/values gathered from the paged cache by the step's slot table."""
+        B, Hq, D = q.shape
+        nkv = k_cache.shape[-2]
+        slots = meta.decode_slots
+        L = slots.shape[1]
+        k = k_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
+        v = v_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
+        o = self._sdpa(q.unsqueeze(2), k, v, meta.decode_window_masks[window], False, meta.scale)
+        return o.reshape(B, Hq * D)

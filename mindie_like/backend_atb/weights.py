@@ -1,0 +1,153 @@
+"""Weight sources: Hugging Face folders (safetensors, sharded or not) and GGUF files.
+
+A GGUF file (a path to the .gguf, or a folder holding exactly one .gguf and no safetensors) is imported once
+through transformers + gguf (dequantized), rebuilt without its `quantization_config` (save_pretrained refuses
+otherwise) and stored in bfloat16 as safetensors + config + tokenizer files in a cache folder keyed by a hash of the
+source: `$MINDIE_LIKE_CACHE/<hash>/` (default `~/.cache/mindie_like/<hash>/`). Later loads read that folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+IMPORT_VERSION = 1          # bump when the import format changes, so old caches are rebuilt
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MINDIE_LIKE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mindie_like"
+
+
+def find_gguf(path: str | os.PathLike) -> Optional[Path]:
+    """The GGUF file behind `path` (a .gguf file, or a folder with one .gguf and no safetensors), else None."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return p
+    if p.is_dir():
+        if any(p.glob("*.safetensors")):
+            return None
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+        if len(ggufs) > 1:
+            raise ValueError(f"{p} holds several .gguf files ({', '.join(g.name for g in ggufs)}): name one")
+    return None
+
+
+def source_key(gguf: Path) -> str:
+    """Hash of the source: absolute path, size, mtime, and the first and last MiB of content."""
+    st = gguf.stat()
+    h = hashlib.sha256()
+    h.update(f"v{IMPORT_VERSION}|{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode())
+    with open(gguf, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > (2 << 20):
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:24]
+
+
+def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+    """A folder with config.json + safetensors (+ tokenizer) for `path`, importing a GGUF once if needed."""
+    gguf = find_gguf(path)
+    if gguf is None:
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: no config.json and no .gguf file")
+        return p
+    dest = cache_root() / source_key(gguf)
+    if (dest / "mindie_like_import.json").is_file():
+        log.info("GGUF %s: using the imported copy in %s", gguf, dest)
+        return dest
+    import_gguf(gguf, dest, trust_remote_code=trust_remote_code)
+    return dest
+
+
+def import_gguf(gguf: Path, dest: Path, trust_remote_code: bool = False) -> Path:
+    """Dequantizes `gguf` through transformers and saves a bfloat16 safetensors folder at `dest` (atomically)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    t0 = time.time()
+    log.info("importing GGUF %s into %s (once; dequantizing takes a while)", gguf, dest)
+    folder, name = str(gguf.parent), gguf.name
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16,
+                                                 trust_remote_code=trust_remote_code)
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.dtype = torch.bfloat16
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, trust_remote_code=trust_remote_code)
+    fresh.load_state_dict(model.state_dict(), assign=True)
+    if getattr(cfg, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    try:
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+    except Exception as e:  # generation config is optional
+        log.debug("no generation config saved: %s", e)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=trust_remote_code)
+    tok.save_pretrained(tmp)
+    (tmp / "mindie_like_import.json").write_text(json.dumps(
+        {"source": str(gguf.resolve()), "size": gguf.stat().st_size, "version": IMPORT_VERSION,
+         "seconds": round(time.time() - t0, 1)}, indent=1))
+    del model, fresh
+    if dest.exists():            # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+    log.info("GGUF import done in %.1f s", time.time() - t0)
+    return dest
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    idx = model_dir / "model.safetensors.index.json"
+    if idx.is_file():
+        names = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no .safetensors files")
+    return files
+
+
+def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor in the folder's safetensors, with a tqdm progress bar."""
+    from safetensors import safe_open
+    files = safetensors_files(model_dir)
+    total = 0
+    handles = []
+    for f in files:
+        h = safe_open(str(f), framework="pt", device="cpu")
+        handles.append(h)
+        total += len(list(h.keys()))
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc="loading weights", unit="tensor", leave=False,
+                       disable=os.environ.get("MINDIE_LIKE_NO_PROGRESS") == "1")
+        except ImportError:
+            bar = None
+    try:
+        for h in handles:
+            for name in h.keys():
+                yield name, h.get_tensor(name)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
