@@ -1,0 +1,127 @@
+"""Per-step choice between the quantized kernels and a dense (bf16) copy, from a crossover measured at start-up.
+
+Weight-only kernels win when a step is memory-bound (few rows: decode of a few streams); past some number of rows
+the dense bf16 matmul is faster (on the 2-core EPYC: int8/int4 win at batch 1, bf16 wins at batch 16). At start-up
+`measure_crossover` times both paths on the model's own weight shapes for a ladder of row counts and takes the
+smallest count from which dense stays faster; `QuantPolicy.choose(rows)` then answers per call. The dense copy
+costs the bf16 weight bytes again, so it is kept only when memory allows (`dense_budget_bytes`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
+@dataclass
+class QuantPolicy:
+    """`choose(batch_tokens)`: "quant" below the crossover (or when no dense copy exists), "dense" from it on."""
+    crossover: float = math.inf           # rows from which the dense path is used; inf = always quantized
+    timings: dict = field(default_factory=dict)   # rows -> (quant_ms, dense_ms) medians, from the measurement
+    reason: str = ""
+
+    def choose(self, batch_tokens: int) -> str:
+        return "dense" if batch_tokens >= self.crossover else "quant"
+
+    def describe(self) -> str:
+        c = "never (quantized kernels only)" if math.isinf(self.crossover) else f">= {int(self.crossover)} rows"
+        return f"dense path {c}{'; ' + self.reason if self.reason else ''}"
+
+
+def _time_ms(fn, reps: int) -> float:
+    fn()                                   # warm-up (packs, allocations, kernel selection)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "npu":
+        torch.npu.synchronize(device)  # type: ignore[attr-defined]
+
+
+def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps: int = 5,
+                      max_ms: float = 3000.0) -> QuantPolicy:
+    """Times ``linear`` through each QuantizedWeight's kernel and through its dense copy for each row count.
+
+    `weights`: the QuantizedWeights of one representative layer (with `dense` set). Returns a policy whose
+    crossover is the smallest row count from which dense was faster at that count and every larger one measured
+    (robust to one noisy point). Gives up extending the ladder after `max_ms` of measuring.
+    """
+    weights = [w for w in weights if w.dense is not None]
+    if not weights:
+        return QuantPolicy(reason="no dense copy")
+    device = weights[0].device
+    dtype = weights[0].dtype
+    timings: dict[int, tuple[float, float]] = {}
+    t_start = time.perf_counter()
+    with torch.inference_mode():
+        for m in ladder:
+            xs = [torch.randn(m, w.in_features, dtype=dtype, device=device) for w in weights]
+
+            def run_quant():
+                for w, x in zip(weights, xs):
+                    w.quant_linear(x)
+                _sync(device)
+
+            def run_dense():
+                for w, x in zip(weights, xs):
+                    torch.nn.functional.linear(x, w.dense)
+                _sync(device)
+
+            timings[m] = (_time_ms(run_quant, reps), _time_ms(run_dense, reps))
+            if (time.perf_counter() - t_start) * 1e3 > max_ms:
+                break
+    crossover = math.inf
+    ms = sorted(timings)
+    for i, m in enumerate(ms):
+        if all(timings[k][1] < timings[k][0] for k in ms[i:]):
+            crossover = m
+            break
+    pol = QuantPolicy(crossover=crossover, timings=timings)
+    log.info("quantization crossover on %s: %s; per row count (quant ms / dense ms): %s", device, pol.describe(),
+             ", ".join(f"{m}: {q:.2f}/{d:.2f}" for m, (q, d) in sorted(timings.items())))
+    return pol
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "npu":
+        free, _ = torch.npu.mem_get_info(device)  # type: ignore[attr-defined]
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def dense_allowed(dense_bytes: int, device, fraction: float = 0.3, budget: Optional[int] = None) -> tuple[bool, str]:
+    """Keep dense copies only if they fit in `budget` bytes (default: `fraction` of the free memory now)."""
+    avail = available_memory_bytes(device)
+    limit = budget if budget is not None else int(avail * fraction)
+    ok = dense_bytes <= limit
+    why = (f"dense copies {dense_bytes / 2**20:.0f} MiB {'within' if ok else 'over'} the budget "
+           f"{limit / 2**20:.0f} MiB ({avail / 2**20:.0f} MiB free)")
+    return ok, why

@@ -1,0 +1,383 @@
+"""Quantized weight objects with their own matmul dispatch (CPU, CUDA, NPU kernels; a dequantize reference).
+
+A `QuantizedWeight` stands where a dense ``[out_features, in_features]`` weight would: ``w.linear(x, bias)``
+computes ``x @ W.T + bias`` with the backend's weight-only kernel, and ``torch.nn.functional.linear(x, w, b)`` /
+``torch.nn.functional.embedding(ids, w)`` work on it too (torch's ``__torch_function__`` protocol for tensor-like
+objects), so model code written against a generic ``linear(x, weight)`` needs no change.
+
+Backends (chosen from the device, or forced with ``backend=``):
+
+=========  ====================================================  ===============================================
+backend    W8A16 (int8, per output channel)                      W4A16 (int4, grouped scales + zeros)
+=========  ====================================================  ===============================================
+cpu        ``aten._weight_int8pack_mm`` (bf16/fp16/fp32 x)       ``aten._weight_int4pack_mm_for_cpu`` after
+                                                                 ``_convert_weight_to_int4pack_for_cpu``
+                                                                 (N padded to 16, group 32/64/128/256)
+cuda       ``aten._weight_int8pack_mm`` when this torch has the  ``aten._weight_int4pack_mm`` (tinygemm, bf16 x
+           CUDA kernel, else int8 -> x dtype matmul, scaled       only) after ``_convert_weight_to_int4pack``;
+                                                                 other dtypes: dequantize + matmul
+npu        ``torch_npu.npu_weight_quant_batchmatmul`` (weight    same op, weight packed by
+           passed transposed, per-channel scale)                 ``npu_convert_weight_to_int4pack`` (int32, 8 per
+                                                                 word), ``antiquant_group_size`` = group size,
+                                                                 offset = zero / scale
+reference  dequantize, then ``F.linear``                         dequantize, then ``F.linear``
+=========  ====================================================  ===============================================
+
+Known torch quirk worked around: on CPU, ``_weight_int8pack_mm`` with bfloat16 activations crashes (SIGSEGV,
+torch 2.13) when in_features is not a multiple of 8; such weights use the dequantize path.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .quantize import (check_group_size, dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4_grouped,
+                       quantize_int8_per_channel, unpack_nibbles)
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("w8a16", "w4a16")
+BACKENDS = ("cpu", "cuda", "npu", "reference")
+
+
+def _npu():
+    import torch_npu  # guarded by the caller: only reached on the npu backend
+    return torch_npu
+
+
+def backend_for(device: torch.device) -> str:
+    t = torch.device(device).type
+    if t in ("cpu", "cuda", "npu"):
+        return t
+    return "reference"
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+_CUDA_INT8_OK: dict = {}
+
+
+def _cuda_has_int8pack(device: torch.device) -> bool:
+    key = str(device)
+    if key not in _CUDA_INT8_OK:
+        try:
+            x = torch.ones(1, 32, dtype=torch.bfloat16, device=device)
+            w = torch.ones(8, 32, dtype=torch.int8, device=device)
+            s = torch.ones(8, dtype=torch.bfloat16, device=device)
+            ok = bool(torch.ops.aten._weight_int8pack_mm(x, w, s).float().sum().item() == 256.0)
+        except Exception as e:  # NotImplementedError: no CUDA kernel in this torch build
+            log.info("no CUDA _weight_int8pack_mm in this torch (%s); W8A16 uses int8->bf16 matmul", type(e).__name__)
+            ok = False
+        _CUDA_INT8_OK[key] = ok
+    return _CUDA_INT8_OK[key]
+
+
+class QuantizedWeight:
+    """Base: shape bookkeeping, per-step dense/quant choice, torch function protocol."""
+
+    scheme: str = ""
+    kernel: str = ""            # the matmul actually used (for logs and tests)
+
+    def __init__(self, out_features: int, in_features: int, dtype: torch.dtype, device, backend: Optional[str]):
+        self.out_features, self.in_features = int(out_features), int(in_features)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.backend = backend or backend_for(self.device)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown quantization backend {self.backend!r} ({BACKENDS})")
+        self.dense: Optional[torch.Tensor] = None   # bf16 copy for large batches (per-step choice)
+        self.policy = None                           # QuantPolicy deciding quant vs dense per call
+
+    # ---- shape / accounting, so code that inspects weights keeps working ---------------------------------
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.out_features, self.in_features))
+
+    def size(self, dim: Optional[int] = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this weight reads per matmul on the quantized path (packed values + scales/zeros)."""
+        raise NotImplementedError
+
+    def numel(self) -> int:          # with element_size() == 1: numel() * element_size() == nbytes
+        return self.nbytes
+
+    def element_size(self) -> int:
+        return 1
+
+    def data_ptr(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.out_features}x{self.in_features}, {self.scheme}, backend={self.backend}, "
+                f"kernel={self.kernel}, dtype={str(self.dtype).replace('torch.', '')}"
+                f"{', dense copy' if self.dense is not None else ''})")
+
+    # ---- matmul ------------------------------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [..., K] -> x @ W.T + bias; dense copy when the policy says this many rows run faster in bf16."""
+        if self.dense is not None and self.policy is not None and self.policy.choose(x.numel() // x.shape[-1]) == "dense":
+            return F.linear(x, self.dense, bias)
+        return self.quant_linear(x, bias)
+
+    def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.dtype != self.dtype:
+            x2 = x2.to(self.dtype)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        y = self._mm(x2)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*lead, self.out_features)
+
+    def reference_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Dequantize then matmul in float32 (the reference of the tests)."""
+        y = F.linear(x.float(), self.dequantize(torch.float32).to(x.device))
+        if bias is not None:
+            y = y + bias.float()
+        return y
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` dequantized (embedding lookup on a quantized, possibly tied, table)."""
+        raise NotImplementedError
+
+    def materialize_dense(self) -> torch.Tensor:
+        """Keeps a dequantized copy in the compute dtype for the large-batch path."""
+        if self.dense is None:
+            self.dense = self.dequantize(self.dtype).contiguous()
+        return self.dense
+
+    def drop_dense(self) -> None:
+        self.dense = None
+
+    # ---- torch function protocol -------------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (F.linear, torch._C._nn.linear):
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if isinstance(w, QuantizedWeight) and not isinstance(x, QuantizedWeight):
+                return w.linear(x, b)
+        if func is F.embedding:
+            ids, w = args[0], args[1]
+            if isinstance(w, QuantizedWeight) and len(args) <= 2 and not any(
+                    kwargs.get(k) not in (None, False, 2.0) for k in ("padding_idx", "max_norm", "scale_grad_by_freq",
+                                                                       "sparse")):
+                return w.embedding(ids)
+        raise TypeError(f"{cls.__name__} supports only torch.nn.functional.linear and embedding (got {func})")
+
+
+class Int8Weight(QuantizedWeight):
+    """W8A16: int8 values [N, K], one scale per output channel."""
+
+    scheme = "w8a16"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
+                 device="cpu", backend: Optional[str] = None):
+        if q.dtype != torch.int8 or q.dim() != 2:
+            raise ValueError(f"int8 weight must be int8 [N, K], got {q.dtype} {tuple(q.shape)}")
+        if scale.shape != (q.shape[0],):
+            raise ValueError(f"int8 scale must be [N]={q.shape[0]}, got {tuple(scale.shape)}")
+        super().__init__(q.shape[0], q.shape[1], dtype, device, backend)
+        self.q = q.to(self.device).contiguous()
+        self.scale = scale.to(device=self.device, dtype=dtype).contiguous()
+        b, K = self.backend, self.in_features
+        if b == "cpu":
+            if dtype == torch.bfloat16 and K % 8:
+                self.kernel = "dequant-matmul (cpu int8 bf16 kernel needs K % 8 == 0)"
+            else:
+                self.kernel = "aten._weight_int8pack_mm"
+        elif b == "cuda":
+            self.kernel = "aten._weight_int8pack_mm" if _cuda_has_int8pack(self.device) else "int8->x-dtype matmul"
+        elif b == "npu":
+            if dtype not in (torch.float16, torch.bfloat16):
+                raise ValueError(f"npu_weight_quant_batchmatmul takes float16/bfloat16 activations, not {dtype}")
+            self.kernel = "torch_npu.npu_weight_quant_batchmatmul"
+        else:
+            self.kernel = "dequant-matmul"
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, *, dtype: Optional[torch.dtype] = None, device=None,
+                   backend: Optional[str] = None) -> "Int8Weight":
+        dtype = dtype or (w.dtype if w.is_floating_point() else torch.bfloat16)
+        q, s = quantize_int8_per_channel(w, dtype)
+        return cls(q, s, dtype=dtype, device=device if device is not None else w.device, backend=backend)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.numel() + self.scale.numel() * self.scale.element_size()
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel
+        if k == "aten._weight_int8pack_mm":
+            return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
+        if k == "torch_npu.npu_weight_quant_batchmatmul":
+            return _npu().npu_weight_quant_batchmatmul(x, self.q.t(), self.scale)
+        if k == "int8->x-dtype matmul":
+            return F.linear(x, self.q.to(x.dtype)) * self.scale
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        return dequantize_int8(self.q, self.scale, dtype or self.dtype)
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.q.index_select(0, ids.reshape(-1)).to(self.dtype)
+                * self.scale.index_select(0, ids.reshape(-1))[:, None]).reshape(*ids.shape, self.in_features)
+
+
+class Int4Weight(QuantizedWeight):
+    """W4A16: int4 values (0..15) [N, K], grouped along K: w = (q - 8) * scale[n, g] + zero[n, g]."""
+
+    scheme = "w4a16"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, *,
+                 dtype: torch.dtype = torch.bfloat16, device="cpu", backend: Optional[str] = None,
+                 keep_rows: bool = False):
+        """`q`: [N, K] uint8 values 0..15 (unpacked). `keep_rows`: also keep the plain nibble-packed rows (needed
+        for embedding lookups and a cheap dequantize; costs K/2 bytes per row more)."""
+        if q.dim() != 2:
+            raise ValueError(f"int4 weight must be [N, K], got {tuple(q.shape)}")
+        N, K = q.shape
+        check_group_size(K, group_size)
+        G = K // group_size
+        if scale.shape != (N, G) or zero.shape != (N, G):
+            raise ValueError(f"int4 scale/zero must be [N, K/group]=({N}, {G}), got {tuple(scale.shape)}, "
+                             f"{tuple(zero.shape)}")
+        super().__init__(N, K, dtype, device, backend)
+        self.group_size = group_size
+        dev = self.device
+        self.scale = scale.to(dtype)
+        self.zero = zero.to(dtype)
+        self.rows: Optional[torch.Tensor] = pack_nibbles(q).to(dev) if keep_rows else None
+        self._row_scale = self.scale.to(dev).contiguous() if keep_rows else None
+        self._row_zero = self.zero.to(dev).contiguous() if keep_rows else None
+        b = self.backend
+        if b == "cpu":
+            Np = _round_up(N, 16)             # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
+            qp, sp, zp = self._pad_n(q, Np)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qp.to(torch.int32).contiguous(), 1)
+            self.packed = self.packed.to(dev)
+            self.sz = torch.stack((sp.t(), zp.t()), dim=-1).to(device=dev, dtype=dtype).contiguous()  # [G, Np, 2]
+            self.kernel = "aten._weight_int4pack_mm_for_cpu"
+        elif b == "cuda" and dtype == torch.bfloat16:
+            Np = _round_up(N, 8)
+            qp, sp, zp = self._pad_n(q, Np)
+            tiles = 8 if K % 128 == 0 else (4 if K % 64 == 0 else 2)
+            hi_first = ((qp[:, 0::2] << 4) | qp[:, 1::2]).to(torch.uint8).contiguous()   # tinygemm's byte order
+            self.packed = torch.ops.aten._convert_weight_to_int4pack(hi_first.to(dev), tiles)
+            self.sz = torch.stack((sp.t(), zp.t()), dim=-1).to(device=dev, dtype=dtype).contiguous()
+            self.kernel = "aten._weight_int4pack_mm"
+        elif b == "npu":
+            if dtype not in (torch.float16, torch.bfloat16):
+                raise ValueError(f"npu_weight_quant_batchmatmul takes float16/bfloat16 activations, not {dtype}")
+            Np = _round_up(N, 8)              # npu_convert_weight_to_int4pack: last dim % 8 == 0
+            qp, sp, zp = self._pad_n(q, Np)
+            signed_kn = (qp.to(torch.int32) - 8).t().contiguous().to(dev)          # [K, Np] in [-8, 7]
+            self.packed = _npu().npu_convert_weight_to_int4pack(signed_kn)          # [K, Np/8] int32
+            sp = sp.float()
+            self.npu_scale = sp.t().to(device=dev, dtype=dtype).contiguous()       # [G, Np]
+            self.npu_offset = (zp.float() / sp).t().to(device=dev, dtype=dtype).contiguous()
+            self.kernel = "torch_npu.npu_weight_quant_batchmatmul"
+        else:
+            self.packed = pack_nibbles(q).to(dev) if self.rows is None else self.rows
+            self.kernel = "dequant-matmul"
+
+    def _pad_n(self, q: torch.Tensor, Np: int):
+        N = q.shape[0]
+        s, z = self.scale, self.zero
+        if Np == N:
+            return q.to(torch.uint8), s, z
+        pad = Np - N
+        q = torch.cat((q.to(torch.uint8), torch.full((pad, q.shape[1]), 8, dtype=torch.uint8)), 0)
+        s = torch.cat((s, torch.ones(pad, s.shape[1], dtype=s.dtype)), 0)
+        z = torch.cat((z, torch.zeros(pad, z.shape[1], dtype=z.dtype)), 0)
+        return q, s, z
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int = 32, *, dtype: Optional[torch.dtype] = None, device=None,
+                   backend: Optional[str] = None, keep_rows: bool = False) -> "Int4Weight":
+        dtype = dtype or (w.dtype if w.is_floating_point() else torch.bfloat16)
+        q, s, z = quantize_int4_grouped(w.cpu(), group_size, dtype)
+        return cls(q, s, z, group_size, dtype=dtype, device=device if device is not None else w.device,
+                   backend=backend, keep_rows=keep_rows)
+
+    @property
+    def nbytes(self) -> int:
+        n = self.packed.numel() * self.packed.element_size()
+        n += 2 * self.scale.numel() * self.scale.element_size()
+        if self.rows is not None and self.rows is not self.packed:
+            n += self.rows.numel()
+        return n
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
+        k, N = self.kernel, self.out_features
+        if k == "aten._weight_int4pack_mm_for_cpu":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self.sz)
+        elif k == "aten._weight_int4pack_mm":
+            y = torch.ops.aten._weight_int4pack_mm(x, self.packed, self.group_size, self.sz)
+        elif k == "torch_npu.npu_weight_quant_batchmatmul":
+            y = _npu().npu_weight_quant_batchmatmul(x, self.packed, self.npu_scale, self.npu_offset,
+                                                    antiquant_group_size=self.group_size)
+        else:
+            return F.linear(x, self.dequantize(x.dtype))
+        return y if y.shape[-1] == N else y[:, :N].contiguous()
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
+        if self.rows is not None or self.kernel == "dequant-matmul":
+            src = self.rows if self.rows is not None else self.packed
+            return dequantize_int4(unpack_nibbles(src), self.scale.to(src.device), self.zero.to(src.device),
+                                   self.group_size, dtype)
+        # no plain copy kept: run the kernel on the identity (exact: one product per output element)
+        eye = torch.eye(self.in_features, dtype=self.dtype, device=self.device)
+        return self._mm(eye).t().contiguous().to(dtype)
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            raise RuntimeError("embedding lookup on an int4 weight built without keep_rows=True")
+        flat = ids.reshape(-1)
+        q = unpack_nibbles(self.rows.index_select(0, flat))
+        s = self._row_scale.index_select(0, flat)
+        z = self._row_zero.index_select(0, flat)
+        out = dequantize_int4(q, s, z, self.group_size, self.dtype)
+        return out.reshape(*ids.shape, self.in_features)
+
+
+def quantize_linear_weight(weight: torch.Tensor, scheme: str, group_size: int = 32, *,
+                           dtype: Optional[torch.dtype] = None, device=None, backend: Optional[str] = None,
+                           keep_rows: bool = False) -> QuantizedWeight:
+    """A float weight [N, K] -> its W8A16 / W4A16 `QuantizedWeight` (round-to-nearest, per channel / per group)."""
+    scheme = normalize_scheme(scheme)
+    if scheme == "w8a16":
+        return Int8Weight.from_float(weight, dtype=dtype, device=device, backend=backend)
+    return Int4Weight.from_float(weight, group_size, dtype=dtype, device=device, backend=backend,
+                                 keep_rows=keep_rows)
+
+
+_ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16", "w4": "w4a16"}
+
+
+def normalize_scheme(scheme: str) -> str:
+    s = str(scheme or "").lower().strip()
+    if s not in _ALIASES:
+        raise ValueError(f"quantization {scheme!r} not supported (w8a16 or w4a16)")
+    return _ALIASES[s]

@@ -1,0 +1,132 @@
+"""Each quantized linear against its dequantized reference, odd shapes and all group sizes (CPU kernels)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mindie_like.backend_atb.quant import (Int4Weight, Int8Weight, QuantizedWeight, dequantize_int4,
+                                           dequantize_int8, linear, pack_nibbles, quantize_int4_grouped,
+                                           quantize_int8_per_channel, quantize_linear_weight, unpack_nibbles)
+
+# (tolerance relative to the output's max magnitude) bf16 output rounding ~ 2^-8; fp32 accumulation only
+TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3}
+
+
+def _rel_err(y, ref):
+    return ((y.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-6)).item()
+
+
+def test_nibble_roundtrip():
+    q = torch.randint(0, 16, (5, 64), dtype=torch.uint8)
+    assert torch.equal(unpack_nibbles(pack_nibbles(q)), q)
+
+
+def test_quantization_error_is_bounded():
+    torch.manual_seed(0)
+    w = torch.randn(40, 256)
+    q, s = quantize_int8_per_channel(w)
+    assert (dequantize_int8(q, s) - w).abs().max() <= s.max() / 2 + 1e-6
+    q4, s4, z4 = quantize_int4_grouped(w, 32)
+    err = (dequantize_int4(q4, s4, z4, 32) - w).abs()
+    assert err.max() <= s4.max() / 2 + 1e-5
+    assert q4.max() <= 15 and q4.min() >= 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,K", [(7, 16), (50, 104), (96, 896), (131, 40), (33, 13)])
+def test_int8_cpu_matches_reference(dtype, N, K):
+    torch.manual_seed(N * K)
+    w = torch.randn(N, K)
+    qw = quantize_linear_weight(w, "w8a16", dtype=dtype, device="cpu")
+    assert isinstance(qw, Int8Weight) and qw.backend == "cpu"
+    if dtype == torch.bfloat16 and K % 8:
+        assert qw.kernel.startswith("dequant")          # torch's bf16 int8 kernel crashes for K % 8 != 0
+    else:
+        assert qw.kernel == "aten._weight_int8pack_mm"
+    b = torch.randn(N, dtype=dtype)
+    for M in (1, 3, 17):
+        x = torch.randn(M, K, dtype=dtype)
+        y = qw.linear(x, b)
+        assert y.shape == (M, N) and y.dtype == dtype
+        ref = F.linear(x.float(), dequantize_int8(qw.q, qw.scale)) + b.float()
+        assert _rel_err(y, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128, 256])
+@pytest.mark.parametrize("N", [16, 50, 136, 7])
+def test_int4_cpu_matches_reference(dtype, gs, N):
+    # in_features not multiples of 64 where the group size allows it (K must be a multiple of the group size)
+    K = {32: 96, 64: 320, 128: 384, 256: 768}[gs]
+    torch.manual_seed(gs + N)
+    w = torch.randn(N, K)
+    q, s, z = quantize_int4_grouped(w, gs, dtype)
+    qw = Int4Weight(q, s, z, gs, dtype=dtype, device="cpu")
+    assert qw.kernel == "aten._weight_int4pack_mm_for_cpu"
+    ref_w = dequantize_int4(q, s, z, gs)
+    for M in (1, 5, 33):
+        x = torch.randn(M, K, dtype=dtype)
+        y = qw.linear(x)
+        assert y.shape == (M, N) and y.dtype == dtype
+        assert _rel_err(y, F.linear(x.float(), ref_w)) < TOL[dtype]
+    if dtype == torch.bfloat16 and N == 50:
+        # dequantize through the kernel (identity trick) equals the reference dequantization
+        assert torch.equal(qw.dequantize(torch.float32), ref_w.to(dtype).float())
+
+
+def test_int4_refuses_bad_group_sizes():
+    w = torch.randn(16, 100)
+    with pytest.raises(ValueError, match="not a multiple of group size 32"):
+        quantize_linear_weight(w, "w4a16", 32)
+    with pytest.raises(ValueError, match="group size 16 not supported"):
+        quantize_linear_weight(torch.randn(16, 64), "w4a16", 16)
+    with pytest.raises(ValueError, match="not supported"):
+        quantize_linear_weight(w, "w3a16")
+
+
+def test_3d_input_and_generic_linear_and_torch_function():
+    torch.manual_seed(1)
+    w = torch.randn(48, 64)
+    for scheme in ("w8a16", "w4a16"):
+        qw = quantize_linear_weight(w, scheme, 32, dtype=torch.float32)
+        x = torch.randn(2, 3, 64)
+        y1 = qw.linear(x)
+        assert y1.shape == (2, 3, 48)
+        assert torch.equal(linear(x, qw), y1)
+        assert torch.equal(F.linear(x, qw), y1)               # __torch_function__ protocol
+        assert torch.allclose(y1, qw.reference_linear(x), atol=1e-4, rtol=1e-4)
+        assert torch.equal(linear(x, w), F.linear(x, w))
+        with pytest.raises(TypeError, match="supports only"):
+            torch.matmul(x, qw)
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "w4a16"])
+def test_embedding_rows_dequantized(scheme):
+    torch.manual_seed(2)
+    w = torch.randn(100, 64)
+    qw = quantize_linear_weight(w, scheme, 32, dtype=torch.bfloat16, keep_rows=True)
+    ids = torch.tensor([[3, 99, 0], [5, 5, 42]])
+    rows = F.embedding(ids, qw)
+    assert rows.shape == (2, 3, 64) and rows.dtype == torch.bfloat16
+    assert torch.equal(rows, qw.dequantize(torch.bfloat16)[ids])
+    assert (rows.float() - w[ids]).abs().max() < (0.05 if scheme == "w8a16" else 0.5)
+
+
+def test_int4_embedding_without_rows_refused():
+    qw = quantize_linear_weight(torch.randn(32, 64), "w4a16", 32)
+    with pytest.raises(RuntimeError, match="keep_rows"):
+        qw.embedding(torch.tensor([1]))
+
+
+def test_reference_backend_and_sizes():
+    torch.manual_seed(3)
+    w = torch.randn(24, 64)
+    for scheme in ("w8a16", "w4a16"):
+        qa = quantize_linear_weight(w, scheme, 32, dtype=torch.float32, backend="reference")
+        qb = quantize_linear_weight(w, scheme, 32, dtype=torch.float32)
+        x = torch.randn(4, 64)
+        assert qa.kernel == "dequant-matmul"
+        assert torch.allclose(qa.linear(x), qb.linear(x), atol=1e-4, rtol=1e-4)
+        assert qb.shape == (24, 64) and isinstance(qb, QuantizedWeight)
+        assert qb.numel() * qb.element_size() == qb.nbytes < w.numel() * 2
