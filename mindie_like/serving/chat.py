@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -157,24 +158,28 @@ class ChatServing:
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
+    def _pump(self, prep):
+        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
+                    e2e_timeout=self.options.e2e_timeout_s)
+
     async def create(self, request_dict: dict, request_id: str) -> dict:
         """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
         prep = await self._prepare(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
-            async for idx, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                st = choices[idx]
-                delta = self._record(prep, st, out)
-                if delta:
-                    st.parts.append(delta)
-                if st.stream is not None:  # reasoning-only stream: count tokens fed while in reasoning
-                    if st.stream.in_reasoning:
-                        st.reasoning_tokens += len(out.new_token_ids or ())
+            async with aclosing(self._pump(prep)) as events:
+                async for idx, out in events:
+                    st = choices[idx]
+                    delta = self._record(prep, st, out)
                     if delta:
-                        st.stream.feed(delta)
-                if out.logprobs:
-                    st.logprobs.extend(chat_logprob_entries(self.tokenizer, out.logprobs))
+                        st.parts.append(delta)
+                    if st.stream is not None:  # reasoning-only stream: count tokens fed while in reasoning
+                        if st.stream.in_reasoning:
+                            st.reasoning_tokens += len(out.new_token_ids or ())
+                        if delta:
+                            st.stream.feed(delta)
+                    if out.logprobs:
+                        st.logprobs.extend(chat_logprob_entries(self.tokenizer, out.logprobs))
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - never a traceback to the client
@@ -194,12 +199,12 @@ class ChatServing:
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         sent = False
         try:
-            async for idx, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                st = choices[idx]
-                for chunk in self._stream_step(prep, st, out):
-                    sent = True
-                    yield chunk
+            async with aclosing(self._pump(prep)) as events:
+                async for idx, out in events:
+                    st = choices[idx]
+                    for chunk in self._stream_step(prep, st, out):
+                        sent = True
+                        yield chunk
             for st in choices:  # an engine that ended a request without a finished output
                 if not st.done:
                     st.engine_finish = st.engine_finish or "stop"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
@@ -59,6 +60,10 @@ class CompletionServing:
     @staticmethod
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
+
+    def _pump(self, prep):
+        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
+                    e2e_timeout=self.options.e2e_timeout_s)
 
     async def _prepare(self, request_dict: dict, request_id: str) -> _CPrepared:
         req = parse_completion_request(request_dict, max_n=self.options.max_n)
@@ -137,9 +142,9 @@ class CompletionServing:
         prep = await self._prepare(request_dict, request_id)
         choices = self._new_choices(prep)
         try:
-            async for key, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                self._record(prep, choices[key], out)
+            async with aclosing(self._pump(prep)) as events:
+                async for key, out in events:
+                    self._record(prep, choices[key], out)
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001
@@ -171,27 +176,27 @@ class CompletionServing:
         want_lp = prep.req.logprobs is not None
         sent = False
         try:
-            async for key, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                c = choices[key]
-                lp_start = len(c.lp_tokens)
-                text = self._record(prep, c, out)
-                if not c.started:
-                    c.started = True
-                    text = c.echo_text + text
-                lp = self._lp_since(c, lp_start) if want_lp else None
-                if out.finished:
-                    c.done = True
-                    extra = None
-                    if key == 0 and benchmark_enabled(self.options):
-                        extra = {"prefill_time": round(c.prefill_ms or 0),
-                                 "decode_time_arr": [round(x) for x in c.decode_ms]}
-                    sent = True
-                    yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
-                                      extra=extra)
-                elif text or (lp and lp["tokens"]):
-                    sent = True
-                    yield self._chunk(prep, c, text, logprobs=lp)
+            async with aclosing(self._pump(prep)) as events:
+                async for key, out in events:
+                    c = choices[key]
+                    lp_start = len(c.lp_tokens)
+                    text = self._record(prep, c, out)
+                    if not c.started:
+                        c.started = True
+                        text = c.echo_text + text
+                    lp = self._lp_since(c, lp_start) if want_lp else None
+                    if out.finished:
+                        c.done = True
+                        extra = None
+                        if key == 0 and benchmark_enabled(self.options):
+                            extra = {"prefill_time": round(c.prefill_ms or 0),
+                                     "decode_time_arr": [round(x) for x in c.decode_ms]}
+                        sent = True
+                        yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
+                                          extra=extra)
+                    elif text or (lp and lp["tokens"]):
+                        sent = True
+                        yield self._chunk(prep, c, text, logprobs=lp)
             for c in choices:
                 if not c.done:
                     c.done = True

@@ -376,10 +376,25 @@ def test_client_disconnect_aborts(hf_tok):
         agen = serving.stream(body(stream=True, n=2), "r1")
         got = [await agen.__anext__() for _ in range(4)]
         await agen.aclose()  # what the handler does when the client goes away
+        assert sorted(engine.aborted) == ["r1-0", "r1-1"]  # at once, not when the generator is collected
         return got
 
     run(go())
     assert sorted(engine.aborted) == ["r1-0", "r1-1"]
+
+    async def cancel_stream():
+        async def consume():
+            async for _ in serving.stream(body(stream=True), "r3"):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert "r3" in engine.aborted
+
+    run(cancel_stream())
 
     async def cancel():
         task = asyncio.create_task(serving.create(body(), "r2"))
