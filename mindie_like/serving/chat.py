@@ -368,6 +368,8 @@ class ChatServing:
             content = r.get("content") or ""
             reasoning_content = r.get("reasoning_content")
             calls = list(r.get("tool_calls") or [])
+            if not prep.req.parallel_tool_calls:
+                calls = calls[:1]  # where the grammar did not already enforce it (tool_choice "auto")
         else:
             content = text
         msg = {"role": "assistant", "content": content}
@@ -476,6 +478,10 @@ class ChatServing:
     def _emit(self, prep: _Prepared, st: _Choice, deltas: list[dict]):
         for d in deltas:
             d = {k: v for k, v in d.items() if v is not None}
+            if "tool_calls" in d and not prep.req.parallel_tool_calls:
+                d["tool_calls"] = [tc for tc in d["tool_calls"] if tc.get("index", 0) == 0]
+                if not d["tool_calls"]:
+                    del d["tool_calls"]
             if not d:
                 continue
             lp = None

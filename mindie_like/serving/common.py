@@ -61,6 +61,18 @@ def defaults_from_generation_config(cfg: dict) -> dict[str, Any]:
     return out
 
 
+def defaults_from_model_dir(model_dir) -> dict[str, Any]:
+    """defaults_from_generation_config of `<model_dir>/generation_config.json` ({} when absent or unreadable)."""
+    import json
+    from pathlib import Path
+    p = Path(model_dir) / "generation_config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return defaults_from_generation_config(cfg) if isinstance(cfg, dict) else {}
+
+
 def benchmark_enabled(options: ServingOptions) -> bool:
     if options.benchmark is not None:
         return options.benchmark
@@ -215,6 +227,10 @@ async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None
             if out.finish_reason == "error":
                 finished.add(by_key[key].request_id)
                 raise ValidationFailure(424, out.error or "generation failed", GENERATION_ERROR)
+            if out.finish_reason == "abort":  # not ours (we stop reading before aborting): the engine is stopping
+                finished.add(by_key[key].request_id)
+                raise ValidationFailure(503, "Service Unavailable: the request was aborted by the engine",
+                                        SERVICE_UNAVAILABLE)
             if out.finished:
                 finished.add(by_key[key].request_id)
             yield key, out

@@ -18,6 +18,8 @@ def chat(**kw):
 CASES = [
     (chat(temperature=-1), "temperature: -1 is not in [0, inf)"),
     (chat(temperature=-0.5), "temperature: -0.5 is not in [0, inf)"),
+    (chat(temperature=float("inf")), "temperature: inf is not in [0, inf)"),
+    (chat(temperature=float("nan")), "temperature: NaN is not in [0, inf)"),
     (chat(temperature="1"), 'temperature: Input should be a valid number, got "1"'),
     (chat(top_p=0), "top_p: 0 is not in (0, 1]"),
     (chat(top_p=1.5), "top_p: 1.5 is not in (0, 1]"),

@@ -494,3 +494,29 @@ def test_guided_arguments_json_named_whitespace_and_cutoff(hf_tok):
     ch = resp["choices"][0]
     assert ch["message"]["tool_calls"] == [] and ch["finish_reason"] == "length" and ch["message"]["content"]
     assert reassemble(stream_events(serving, dict(d, max_tokens=4, stream=True)))["finish_reason"] == "length"
+
+
+def test_engine_abort_output_is_503(hf_tok):
+    class AbortingEngine(FakeEngine):
+        async def generate(self, prompt_ids, params, request_id):
+            from mindie_like.engine.types import RequestOutput
+            yield RequestOutput(request_id, [1], "a")
+            yield RequestOutput(request_id, [], "", finished=True, finish_reason="abort")
+
+    engine = AbortingEngine(hf_tok, "x")
+    serving = ChatServing(engine, hf_tok, MODEL, output_parser_cls=FakeChatOutputParser)
+    with pytest.raises(ValidationFailure) as e:
+        run(serving.create(body(), "r1"))
+    assert e.value.status == 503 and e.value.error_type == "Service Unavailable"
+    events = stream_events(serving, body(stream=True))
+    assert events[-2]["error_type"] == "Service Unavailable" and events[-1] == "[DONE]"
+
+
+def test_generation_defaults_from_model_dir(tmp_path):
+    from mindie_like.serving import defaults_from_model_dir
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "do_sample": True,
+         "eos_token_id": [1, 2], "max_new_tokens": 2048}))
+    assert defaults_from_model_dir(tmp_path) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                                                 "repetition_penalty": 1.05}
+    assert defaults_from_model_dir(tmp_path / "missing") == {}

@@ -166,3 +166,12 @@ def test_lenient_recovery_through_serving(hf_tok):
     serving.options.lenient_recovery = False
     resp = run(serving.create(body(), "r3"))
     assert resp["choices"][0]["message"]["tool_calls"] == []
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(hf_tok):
+    text, eos, _, _ = CASES["qwen2_5"]
+    serving, _, proc = serving_for(hf_tok, "qwen2_5", text, eos)
+    resp = run(serving.create(body(parallel_tool_calls=False), "r1"))
+    check_calls(resp["choices"][0]["message"], CALLS[:1], proc.family)
+    msg = reassemble(run(collect_sse(serving.stream(body(parallel_tool_calls=False, stream=True), "r2"))))
+    assert [c["function"] for c in msg["tool_calls"]] == [c["function"] for c in resp["choices"][0]["message"]["tool_calls"]]
