@@ -158,13 +158,22 @@ class ChatServing:
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
+    async def _prepare_checked(self, request_dict, request_id: str):
+        try:
+            return await self._prepare(request_dict, request_id)
+        except ValidationFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
+            log.exception("chat request %s could not be prepared", request_id)
+            raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
+
     def _pump(self, prep):
         return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
                     e2e_timeout=self.options.e2e_timeout_s)
 
     async def create(self, request_dict: dict, request_id: str) -> dict:
         """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
             async with aclosing(self._pump(prep)) as events:
@@ -195,7 +204,7 @@ class ChatServing:
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         sent = False
         try:

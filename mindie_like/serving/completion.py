@@ -61,6 +61,15 @@ class CompletionServing:
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
+    async def _prepare_checked(self, request_dict, request_id: str):
+        try:
+            return await self._prepare(request_dict, request_id)
+        except ValidationFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
+            log.exception("completion request %s could not be prepared", request_id)
+            raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
+
     def _pump(self, prep):
         return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
                     e2e_timeout=self.options.e2e_timeout_s)
@@ -139,7 +148,7 @@ class CompletionServing:
         return usage_dict(prompt_tokens, sum(c.num_tokens for c in choices), cached)
 
     async def create(self, request_dict: dict, request_id: str) -> dict:
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = self._new_choices(prep)
         try:
             async with aclosing(self._pump(prep)) as events:
@@ -171,7 +180,7 @@ class CompletionServing:
 
     async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
         """SSE of text_completion chunks then `[DONE]`; errors as for ChatServing.stream."""
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = self._new_choices(prep)
         want_lp = prep.req.logprobs is not None
         sent = False

@@ -520,3 +520,16 @@ def test_generation_defaults_from_model_dir(tmp_path):
     assert defaults_from_model_dir(tmp_path) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
                                                  "repetition_penalty": 1.05}
     assert defaults_from_model_dir(tmp_path / "missing") == {}
+
+
+def test_internal_errors_are_500_without_traceback(hf_tok, monkeypatch):
+    serving, _ = make(hf_tok)
+
+    def broken(text):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(serving.tokenizer, "encode_prompt", broken)
+    with pytest.raises(ValidationFailure) as e:
+        run(serving.create(body(), "r1"))
+    assert (e.value.status, e.value.error_type) == (500, "Incomplete Generation")
+    assert e.value.message == "internal error (RuntimeError)"
