@@ -13,8 +13,9 @@ from ..chat.template import ChatTemplate, messages_for_template, tools_for_templ
 from ..chat.tokenizer import Tokenizer
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
-from .common import (DONE, Job, ServingOptions, benchmark_enabled, build_sampling_params, chat_logprob_entries,
-                     finish_reason_of, fit_prompt, new_call_id, pump, sse, sse_error, strip_end_of_turn, usage_dict)
+from .common import (DONE, Job, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
+                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, pump, sse, sse_error,
+                     strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -139,8 +140,10 @@ class ChatServing:
     """
 
     def __init__(self, engine, tokenizer, model_name: str, chat_template: Any = None, tool_processor: Any = None,
-                 guided: Any = None, options: Optional[ServingOptions] = None, output_parser_cls: Any = None):
+                 guided: Any = None, options: Optional[ServingOptions] = None, output_parser_cls: Any = None,
+                 metrics: Any = None):
         self.engine = engine
+        self.metrics = metrics
         self.tokenizer = ensure_tokenizer(tokenizer)
         self.model_name = model_name
         if isinstance(chat_template, ChatTemplate):
@@ -172,12 +175,39 @@ class ChatServing:
                     e2e_timeout=self.options.e2e_timeout_s)
 
     async def create(self, request_dict: dict, request_id: str) -> dict:
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+        obs = Observer(self.metrics)
+        try:
+            body = await self._create(request_dict, request_id, obs)
+        except BaseException:
+            obs.finish(False)
+            raise
+        obs.usage = body.get("usage")
+        obs.finish(True)
+        return body
+
+    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
+        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
+        obs = Observer(self.metrics)
+        ok = False
+        try:
+            agen = self._stream(request_dict, request_id, obs)
+            async with aclosing(agen):
+                async for chunk in agen:
+                    yield chunk
+            ok = True
+        finally:
+            obs.finish(ok)
+
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
         """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
         prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
             async with aclosing(self._pump(prep)) as events:
                 async for idx, out in events:
+                    obs.output(idx, out)
                     st = choices[idx]
                     delta = self._record(prep, st, out)
                     if delta:
@@ -196,7 +226,7 @@ class ChatServing:
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
         return self._response(prep, choices)
 
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
         """SSE bytes: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`.
 
         Validation, prompt rendering and the engine's refusal (overloaded, failed first step) raise
@@ -210,6 +240,7 @@ class ChatServing:
         try:
             async with aclosing(self._pump(prep)) as events:
                 async for idx, out in events:
+                    obs.output(idx, out)
                     st = choices[idx]
                     for chunk in self._stream_step(prep, st, out):
                         sent = True
@@ -220,13 +251,15 @@ class ChatServing:
                     for chunk in self._stream_finish(prep, st):
                         sent = True
                         yield chunk
+            obs.usage = usage = self._usage(prep, choices)
             if prep.req.include_usage:
                 yield sse({"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-                           "model": self.model_name, "choices": [], "usage": self._usage(prep, choices)})
+                           "model": self.model_name, "choices": [], "usage": usage})
             yield DONE
         except ValidationFailure as e:
             if not sent:
                 raise
+            obs.errored = True
             yield sse_error(e)
             yield DONE
         except Exception as e:  # noqa: BLE001
@@ -234,6 +267,7 @@ class ChatServing:
             failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
             if not sent:
                 raise failure from None
+            obs.errored = True
             yield sse_error(failure)
             yield DONE
 

@@ -288,3 +288,54 @@ def strip_end_of_turn(tokenizer, text: str, token_ids: list[int]) -> str:
             if pos >= 0:
                 text = text[:pos] + text[pos + len(s):]
     return text
+
+
+class Observer:
+    """Feeds a metrics sink (duck-typed like server.Metrics: observe_ttft, observe_token_time, observe_e2e,
+    add_tokens, request_success, request_failed) from one request's outputs. Never raises."""
+
+    def __init__(self, metrics=None):
+        self.metrics = metrics
+        self.t0 = time.monotonic()
+        self.first = True
+        self.last: dict[int, float] = {}
+        self.usage: Optional[dict] = None
+        self.errored = False
+        self.done = False
+
+    def _call(self, name, *args, **kw):
+        fn = getattr(self.metrics, name, None)
+        if fn is not None:
+            try:
+                fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001
+                log.debug("metrics %s failed: %s", name, e)
+
+    def output(self, key: int, out: RequestOutput) -> None:
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        if self.first:
+            self.first = False
+            self._call("observe_ttft", now - self.t0)
+        prev = self.last.get(key)
+        n = len(out.new_token_ids or ())
+        if prev is not None and n:
+            per = (now - prev) / n
+            for _ in range(n):
+                self._call("observe_token_time", per)
+        self.last[key] = now
+
+    def finish(self, success: bool) -> None:
+        if self.done or self.metrics is None:
+            self.done = True
+            return
+        self.done = True
+        if success and not self.errored:
+            self._call("observe_e2e", time.monotonic() - self.t0)
+            if self.usage:
+                self._call("add_tokens", prompt=self.usage.get("prompt_tokens", 0),
+                           generation=self.usage.get("completion_tokens", 0))
+            self._call("request_success")
+        else:
+            self._call("request_failed")

@@ -533,3 +533,44 @@ def test_internal_errors_are_500_without_traceback(hf_tok, monkeypatch):
         run(serving.create(body(), "r1"))
     assert (e.value.status, e.value.error_type) == (500, "Incomplete Generation")
     assert e.value.message == "internal error (RuntimeError)"
+
+
+class RecordingMetrics:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name.startswith(("observe_", "add_", "request_")):
+            return lambda *a, **kw: self.events.append((name, a, kw))
+        raise AttributeError(name)
+
+    def names(self):
+        return [e[0] for e in self.events]
+
+
+def test_metrics_hooks(hf_tok):
+    m = RecordingMetrics()
+    engine = FakeEngine(hf_tok, "Hello there!")
+    serving = ChatServing(engine, hf_tok, MODEL, output_parser_cls=FakeChatOutputParser, metrics=m)
+    resp = run(serving.create(body(), "r1"))
+    names = m.names()
+    assert names.count("observe_ttft") == 1 and names.count("request_success") == 1
+    assert names.count("observe_token_time") == resp["usage"]["completion_tokens"] - 1
+    assert ("add_tokens", (), {"prompt": resp["usage"]["prompt_tokens"],
+                               "generation": resp["usage"]["completion_tokens"]}) in m.events
+    assert names[-1] == "request_success" and "observe_e2e" in names
+
+    m.events.clear()
+    stream_events(serving, body(stream=True))
+    assert m.names().count("request_success") == 1 and m.names().count("observe_ttft") == 1
+
+    m.events.clear()
+    with pytest.raises(ValidationFailure):
+        run(serving.create(body(temperature=-1), "r2"))
+    assert m.names() == ["request_failed"]
+
+    m.events.clear()
+    failing = ChatServing(FakeEngine(hf_tok, "a b c d", fail_after=2), hf_tok, MODEL,
+                          output_parser_cls=FakeChatOutputParser, metrics=m)
+    events = stream_events(failing, body(stream=True))
+    assert "error" in events[-2] and m.names()[-1] == "request_failed" and "request_success" not in m.names()
