@@ -156,6 +156,40 @@ class ChatServing:
         self.options = options or ServingOptions()
         self._parser_cls = output_parser_cls or default_output_parser_cls()
 
+    @classmethod
+    def from_model(cls, engine, tokenizer, model_name: str, *, model_type: Optional[str] = None,
+                   hf_config: Any = None, tool_call_parser: Optional[str] = None,
+                   chat_template_path: Optional[str] = None, enable_reasoning: bool = False,
+                   lenient_recovery: bool = True, guided: Any = True, model_dir: Any = None, metrics: Any = None,
+                   **option_kw) -> "ChatServing":
+        """Everything from the config in one call: the chat template (config file, else the tokenizer's), the
+        tool-call processor (`tool_call_parser`, else the model's default), the grammar engine (`guided=True`
+        builds a GuidedDecoding for the tokenizer when mindie_like.guided is available; an object is used as
+        is; None/False: none), sampling defaults from `<model_dir>/generation_config.json`, and ServingOptions
+        fields (`max_n`, `max_input_len`, `max_seq_len`, `max_iter_times`, `truncation`, timeouts) as keywords."""
+        from .common import defaults_from_model_dir
+        tok = ensure_tokenizer(tokenizer)
+        template = ChatTemplate.from_tokenizer(tok, override=chat_template_path or None)
+        cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else (dict(hf_config) if hf_config else None)
+        from ..tool_call import resolve_tool_call_processor
+        proc = resolve_tool_call_processor(tool_call_parser, model_type=model_type, hf_config=cfg,
+                                           chat_template=template.source)
+        if guided is True:
+            try:
+                from ..guided import GuidedDecoding  # type: ignore[attr-defined]
+                guided = GuidedDecoding(tok.hf)
+            except Exception as e:  # noqa: BLE001 - serving works without enforcement
+                log.warning("constrained decoding unavailable (%s): tool_choice and response_format are not "
+                            "enforced", e)
+                guided = None
+        defaults = option_kw.pop("default_sampling", None)
+        if defaults is None:
+            defaults = defaults_from_model_dir(model_dir) if model_dir else {}
+        options = ServingOptions(enable_reasoning=enable_reasoning, lenient_recovery=lenient_recovery,
+                                 default_sampling=defaults, **option_kw)
+        return cls(engine, tok, model_name, chat_template=template, tool_processor=proc, guided=guided or None,
+                   options=options, metrics=metrics)
+
     # ============================================================================================ public API
     @staticmethod
     def wants_stream(request_dict: Any) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from mindie_like.tool_call import ToolsCallProcessorManager  # noqa: E402
 from serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
 
 MODEL = "m"
+REPO = Path(__file__).resolve().parents[3]
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": p}}}
          for n, p in [("get_weather", {"city": {"type": "string"}}), ("get_time", {"tz": {"type": "string"}})]]
 CALLS = [("get_weather", {"city": "Paris 巴黎"}), ("get_time", {"tz": "CET"})]
@@ -175,3 +177,19 @@ def test_parallel_tool_calls_false_keeps_the_first_call(hf_tok):
     check_calls(resp["choices"][0]["message"], CALLS[:1], proc.family)
     msg = reassemble(run(collect_sse(serving.stream(body(parallel_tool_calls=False, stream=True), "r2"))))
     assert [c["function"] for c in msg["tool_calls"]] == [c["function"] for c in resp["choices"][0]["message"]["tool_calls"]]
+
+
+def test_from_model_builds_everything(hf_tok, tmp_path):
+    (tmp_path / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.9}')
+    engine = FakeEngine(hf_tok, CASES["qwen2_5"][0])
+    serving = ChatServing.from_model(engine, hf_tok, MODEL, model_type="qwen2", tool_call_parser="",
+                                     guided=None, model_dir=tmp_path, max_n=2, max_seq_len=4096)
+    assert serving.tool_processor.family == "qwen2_5"  # the template has <tool_call>: Qwen2.5
+    assert serving.options.default_sampling == {"temperature": 0.6, "top_p": 0.9} and serving.options.max_n == 2
+    resp = run(serving.create(body(), "r1"))
+    check_calls(resp["choices"][0]["message"], CALLS, "qwen2_5")
+    assert engine.calls[0][1].temperature == 0.6
+    serving = ChatServing.from_model(engine, hf_tok, MODEL, model_type="deepseek_v3", tool_call_parser="deepseek_v31",
+                                     chat_template_path=str(REPO / "templates" / "tool_chat_template_deepseekv31.jinja"),
+                                     guided=None)
+    assert serving.tool_processor.family == "deepseek_v31" and "tool▁sep" in serving.template.source
