@@ -193,3 +193,43 @@ def test_from_model_builds_everything(hf_tok, tmp_path):
                                      chat_template_path=str(REPO / "templates" / "tool_chat_template_deepseekv31.jinja"),
                                      guided=None)
     assert serving.tool_processor.family == "deepseek_v31" and "tool▁sep" in serving.template.source
+
+
+SEED_TOOLS = [{"type": "function", "function": {
+    "name": "get_delivery_date",
+    "description": "Get the delivery date for a customer's order. Call this whenever you need to know the delivery "
+                   "date, for example when a customer asks 'Where is my package'",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string",
+                                                                 "description": "The customer's order ID."}},
+                   "required": ["order_id"], "additionalProperties": False}}}]
+
+
+def test_seed_request_and_follow_up(hf_tok):
+    """The seed document's two requests (step 4 and step 5) through the Qwen2.5 tokenizer's own template."""
+    answer = '<tool_call>\n{"name": "get_delivery_date", "arguments": {"order_id": "999888"}}\n</tool_call>'
+    serving, engine, proc = serving_for(hf_tok, "qwen2_5", answer, "<|im_end|>")
+    first = {"model": MODEL, "messages": [
+        {"role": "system", "content": "You are a helpful customer support assistant. Use the supplied tools to "
+                                      "assist the user."},
+        {"role": "user", "content": "Hi, can you tell me the delivery date for my order?  my order number is 999888"}],
+        "tools": SEED_TOOLS, "tool_choice": "auto", "stream": False}
+    resp = run(serving.create(first, "s1"))
+    ch = resp["choices"][0]
+    assert ch["finish_reason"] == "tool_calls" and ch["message"]["content"] == ""
+    call = ch["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "get_delivery_date", "arguments": '{"order_id": "999888"}'}
+    assert "get_delivery_date" in hf_tok.decode(engine.calls[0][0])
+
+    engine.script = "Your order 999888 will be delivered on 2024.09.10."
+    follow = {"model": MODEL, "messages": [first["messages"][1], ch["message"],
+                                           {"role": "tool", "content": "the delivery date is 2024.09.10.",
+                                            "tool_call_id": call["id"]}],
+              "stream": False, "max_tokens": 4096}
+    resp = run(serving.create(follow, "s2"))
+    assert resp["choices"][0]["message"]["content"] == engine.script
+    assert resp["choices"][0]["finish_reason"] == "stop"
+    prompt = hf_tok.decode(engine.calls[1][0])
+    assert ('<tool_call>\n{"name": "get_delivery_date", "arguments": {"order_id": "999888"}}\n</tool_call>'
+            in prompt)
+    assert "<tool_response>\nthe delivery date is 2024.09.10.\n</tool_response>" in prompt
+    assert "<tools>" not in prompt
