@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
+import jinja2.ext
+import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -43,8 +45,20 @@ def _tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=F
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` (marks assistant text for training masks in some HF templates):
+    rendered as its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body, lineno=lineno)
+
+
 def _make_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols],
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[loopcontrols, _GenerationBlock],
                                         autoescape=False, undefined=jinja2.Undefined)
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -73,6 +87,7 @@ class ChatTemplate:
             self.special["eos_token"] = eos_token
         self.special.setdefault("bos_token", "")
         self.special.setdefault("eos_token", "")
+        self.tool_template: Optional["ChatTemplate"] = None  # a tokenizer's separate "tool_use" template
 
     # -------------------------------------------------------------------------------- constructors
     @classmethod
@@ -88,6 +103,7 @@ class ChatTemplate:
     def from_tokenizer(cls, tokenizer, override: str | Path | None = None) -> "ChatTemplate":
         """The config's template file when given, else the tokenizer's own (`tokenizer.chat_template`)."""
         hf = getattr(tokenizer, "hf", tokenizer)
+        tool_use = None
         special = {}
         for name in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
             tok = getattr(hf, name, None)
@@ -96,15 +112,24 @@ class ChatTemplate:
         if override:
             return cls.from_file(override, special_tokens=special)
         src = getattr(hf, "chat_template", None)
-        if isinstance(src, dict):  # several named templates: prefer "tool_use" when tools matter, else default
-            src = src.get("default") or next(iter(src.values()))
+        if isinstance(src, list):  # tokenizer_config.json form: [{"name", "template"}]
+            src = {d.get("name"): d.get("template") for d in src if isinstance(d, dict)}
+        if isinstance(src, dict):  # several named templates: "tool_use" renders requests with tools
+            tool_use = src.get("tool_use")
+            src = src.get("default") or next((v for v in src.values() if v), None)
         if not src:
             raise ValueError("the tokenizer has no chat template; set chat_template in the config")
-        return cls(src, special_tokens=special, origin="tokenizer chat template")
+        tpl = cls(src, special_tokens=special, origin="tokenizer chat template")
+        if tool_use and tool_use != src:
+            tpl.tool_template = cls(tool_use, special_tokens=special, origin="tokenizer chat template 'tool_use'")
+        return tpl
 
     # -------------------------------------------------------------------------------- rendering
     def render(self, messages: list[dict], *, tools: Optional[list[dict]] = None, add_generation_prompt: bool = True,
                template_kwargs: Optional[dict[str, Any]] = None) -> str:
+        if tools and self.tool_template is not None:
+            return self.tool_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                             template_kwargs=template_kwargs)
         ctx: dict[str, Any] = dict(self.special)
         for k, v in (template_kwargs or {}).items():
             if k not in RESERVED_KWARGS:

@@ -65,7 +65,7 @@ def Range(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool 
             return v
         if isinstance(v, float) and math.isnan(v):
             raise PydanticCustomError("range", "{value} is not in {range}", {"value": "NaN", "range": text})
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        ok = (v > lo if lo_open or math.isinf(lo) else v >= lo) and (v < hi if hi_open or math.isinf(hi) else v <= hi)
         if not ok:
             raise PydanticCustomError("range", "{value} is not in {range}", {"value": fmt_value(v), "range": text})
         return v

@@ -2,8 +2,10 @@
 
 Rules: a leading `<think>` (after optional whitespace) is dropped, since the chat template may already have
 opened it; text before `</think>` is reasoning, the rest is content; without `</think>` everything is reasoning.
-Tool calls are parsed in the content part only. Reasoning text is returned as written (not trimmed); content
-goes through the tool-call processor, which applies its own rules (whole text unchanged when no call parses).
+Tool calls are parsed in the content part only. Reasoning text is returned as written (not trimmed). The
+whitespace right after `</think>` is the template's separator (Qwen3's own template drops it with
+`.lstrip('\n')` when it re-renders history), so content starts at the first non-blank character after
+`</think>`; the content then goes through the tool-call processor and its rules.
 """
 from __future__ import annotations
 
@@ -25,17 +27,24 @@ def split_reasoning(text: str) -> tuple[str, str, bool]:
     i = text.find(THINK_CLOSE)
     if i < 0:
         return text, "", False
-    return text[:i], text[i + len(THINK_CLOSE):], True
+    return text[:i], text[i + len(THINK_CLOSE):].lstrip(), True
 
 
 class ReasoningStream:
     """Streaming splitter: feed(delta) -> (reasoning_delta, content_delta)."""
 
-    __slots__ = ("_state", "_buf")
+    __slots__ = ("_state", "_buf", "_lead")
 
     def __init__(self):
         self._state = 0  # 0: start (a <think> may come), 1: reasoning, 2: content
         self._buf = ""
+        self._lead = True  # still dropping the whitespace right after </think>
+
+    def _after(self, text: str) -> str:
+        if self._lead and text:
+            text = text.lstrip()
+            self._lead = not text
+        return text
 
     @property
     def in_reasoning(self) -> bool:
@@ -43,7 +52,7 @@ class ReasoningStream:
 
     def feed(self, delta: str) -> tuple[str, str]:
         if self._state == 2:
-            return "", delta
+            return "", self._after(delta)
         buf = self._buf + delta
         self._buf = ""
         if self._state == 0:
@@ -58,7 +67,7 @@ class ReasoningStream:
         i = buf.find(THINK_CLOSE)
         if i >= 0:
             self._state = 2
-            return buf[:i], buf[i + len(THINK_CLOSE):]
+            return buf[:i], self._after(buf[i + len(THINK_CLOSE):])
         # hold a suffix that may be the start of </think>
         for k in range(min(len(THINK_CLOSE) - 1, len(buf)), 0, -1):
             if THINK_CLOSE.startswith(buf[-k:]):
@@ -69,7 +78,7 @@ class ReasoningStream:
     def finish(self) -> tuple[str, str]:
         buf, self._buf = self._buf, ""
         if self._state == 2:
-            return "", buf
+            return "", self._after(buf)
         if self._state == 0:  # only whitespace and part of "<think>": that is reasoning text
             j = _LEADING_WS.match(buf).end()
             if buf.startswith(THINK_OPEN, j):

@@ -14,8 +14,8 @@ No HTTP, no torch. The HTTP handler does:
 """
 from ..protocol.errors import ValidationFailure
 from .chat import ChatServing
-from .common import ServingOptions, defaults_from_generation_config
+from .common import ServingOptions, defaults_from_generation_config, defaults_from_model_dir
 from .completion import CompletionServing
 
 __all__ = ["ChatServing", "CompletionServing", "ServingOptions", "ValidationFailure",
-           "defaults_from_generation_config"]
+           "defaults_from_generation_config", "defaults_from_model_dir"]

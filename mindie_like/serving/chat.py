@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from ..chat.template import ChatTemplate, messages_for_template, tools_for_templ
 from ..chat.tokenizer import Tokenizer
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
-from .common import (DONE, Job, ServingOptions, benchmark_enabled, build_sampling_params, chat_logprob_entries,
-                     finish_reason_of, fit_prompt, new_call_id, pump, sse, sse_error, strip_end_of_turn, usage_dict)
+from .common import (DONE, Job, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
+                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, pump, sse, sse_error,
+                     strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -138,8 +140,10 @@ class ChatServing:
     """
 
     def __init__(self, engine, tokenizer, model_name: str, chat_template: Any = None, tool_processor: Any = None,
-                 guided: Any = None, options: Optional[ServingOptions] = None, output_parser_cls: Any = None):
+                 guided: Any = None, options: Optional[ServingOptions] = None, output_parser_cls: Any = None,
+                 metrics: Any = None):
         self.engine = engine
+        self.metrics = metrics
         self.tokenizer = ensure_tokenizer(tokenizer)
         self.model_name = model_name
         if isinstance(chat_template, ChatTemplate):
@@ -152,29 +156,103 @@ class ChatServing:
         self.options = options or ServingOptions()
         self._parser_cls = output_parser_cls or default_output_parser_cls()
 
+    @classmethod
+    def from_model(cls, engine, tokenizer, model_name: str, *, model_type: Optional[str] = None,
+                   hf_config: Any = None, tool_call_parser: Optional[str] = None,
+                   chat_template_path: Optional[str] = None, enable_reasoning: bool = False,
+                   lenient_recovery: bool = True, guided: Any = True, model_dir: Any = None, metrics: Any = None,
+                   **option_kw) -> "ChatServing":
+        """Everything from the config in one call: the chat template (config file, else the tokenizer's), the
+        tool-call processor (`tool_call_parser`, else the model's default), the grammar engine (`guided=True`
+        builds a GuidedDecoding for the tokenizer when mindie_like.guided is available; an object is used as
+        is; None/False: none), sampling defaults from `<model_dir>/generation_config.json`, and ServingOptions
+        fields (`max_n`, `max_input_len`, `max_seq_len`, `max_iter_times`, `truncation`, timeouts) as keywords."""
+        from .common import defaults_from_model_dir
+        tok = ensure_tokenizer(tokenizer)
+        template = ChatTemplate.from_tokenizer(tok, override=chat_template_path or None)
+        cfg = hf_config.to_dict() if hasattr(hf_config, "to_dict") else (dict(hf_config) if hf_config else None)
+        from ..tool_call import resolve_tool_call_processor
+        proc = resolve_tool_call_processor(tool_call_parser, model_type=model_type, hf_config=cfg,
+                                           chat_template=template.source)
+        if guided is True:
+            try:
+                from ..guided import GuidedDecoding  # type: ignore[attr-defined]
+                guided = GuidedDecoding(tok.hf)
+            except Exception as e:  # noqa: BLE001 - serving works without enforcement
+                log.warning("constrained decoding unavailable (%s): tool_choice and response_format are not "
+                            "enforced", e)
+                guided = None
+        defaults = option_kw.pop("default_sampling", None)
+        if defaults is None:
+            defaults = defaults_from_model_dir(model_dir) if model_dir else {}
+        options = ServingOptions(enable_reasoning=enable_reasoning, lenient_recovery=lenient_recovery,
+                                 default_sampling=defaults, **option_kw)
+        return cls(engine, tok, model_name, chat_template=template, tool_processor=proc, guided=guided or None,
+                   options=options, metrics=metrics)
+
     # ============================================================================================ public API
     @staticmethod
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
+    async def _prepare_checked(self, request_dict, request_id: str):
+        try:
+            return await self._prepare(request_dict, request_id)
+        except ValidationFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
+            log.exception("chat request %s could not be prepared", request_id)
+            raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
+
+    def _pump(self, prep):
+        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
+                    e2e_timeout=self.options.e2e_timeout_s)
+
     async def create(self, request_dict: dict, request_id: str) -> dict:
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+        obs = Observer(self.metrics)
+        try:
+            body = await self._create(request_dict, request_id, obs)
+        except BaseException:
+            obs.finish(False)
+            raise
+        obs.usage = body.get("usage")
+        obs.finish(True)
+        return body
+
+    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
+        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
+        obs = Observer(self.metrics)
+        ok = False
+        try:
+            agen = self._stream(request_dict, request_id, obs)
+            async with aclosing(agen):
+                async for chunk in agen:
+                    yield chunk
+            ok = True
+        finally:
+            obs.finish(ok)
+
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
         """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
-            async for idx, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                st = choices[idx]
-                delta = self._record(prep, st, out)
-                if delta:
-                    st.parts.append(delta)
-                if st.stream is not None:  # reasoning-only stream: count tokens fed while in reasoning
-                    if st.stream.in_reasoning:
-                        st.reasoning_tokens += len(out.new_token_ids or ())
+            async with aclosing(self._pump(prep)) as events:
+                async for idx, out in events:
+                    obs.output(idx, out)
+                    st = choices[idx]
+                    delta = self._record(prep, st, out)
                     if delta:
-                        st.stream.feed(delta)
-                if out.logprobs:
-                    st.logprobs.extend(chat_logprob_entries(self.tokenizer, out.logprobs))
+                        st.parts.append(delta)
+                    if st.stream is not None:  # reasoning-only stream: count tokens fed while in reasoning
+                        if st.stream.in_reasoning:
+                            st.reasoning_tokens += len(out.new_token_ids or ())
+                        if delta:
+                            st.stream.feed(delta)
+                    if out.logprobs:
+                        st.logprobs.extend(chat_logprob_entries(self.tokenizer, out.logprobs))
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - never a traceback to the client
@@ -182,7 +260,7 @@ class ChatServing:
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
         return self._response(prep, choices)
 
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
         """SSE bytes: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`.
 
         Validation, prompt rendering and the engine's refusal (overloaded, failed first step) raise
@@ -190,29 +268,32 @@ class ChatServing:
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         sent = False
         try:
-            async for idx, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                st = choices[idx]
-                for chunk in self._stream_step(prep, st, out):
-                    sent = True
-                    yield chunk
+            async with aclosing(self._pump(prep)) as events:
+                async for idx, out in events:
+                    obs.output(idx, out)
+                    st = choices[idx]
+                    for chunk in self._stream_step(prep, st, out):
+                        sent = True
+                        yield chunk
             for st in choices:  # an engine that ended a request without a finished output
                 if not st.done:
                     st.engine_finish = st.engine_finish or "stop"
                     for chunk in self._stream_finish(prep, st):
                         sent = True
                         yield chunk
+            obs.usage = usage = self._usage(prep, choices)
             if prep.req.include_usage:
                 yield sse({"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-                           "model": self.model_name, "choices": [], "usage": self._usage(prep, choices)})
+                           "model": self.model_name, "choices": [], "usage": usage})
             yield DONE
         except ValidationFailure as e:
             if not sent:
                 raise
+            obs.errored = True
             yield sse_error(e)
             yield DONE
         except Exception as e:  # noqa: BLE001
@@ -220,6 +301,7 @@ class ChatServing:
             failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
             if not sent:
                 raise failure from None
+            obs.errored = True
             yield sse_error(failure)
             yield DONE
 
@@ -363,6 +445,8 @@ class ChatServing:
             content = r.get("content") or ""
             reasoning_content = r.get("reasoning_content")
             calls = list(r.get("tool_calls") or [])
+            if not prep.req.parallel_tool_calls:
+                calls = calls[:1]  # where the grammar did not already enforce it (tool_choice "auto")
         else:
             content = text
         msg = {"role": "assistant", "content": content}
@@ -471,6 +555,10 @@ class ChatServing:
     def _emit(self, prep: _Prepared, st: _Choice, deltas: list[dict]):
         for d in deltas:
             d = {k: v for k, v in d.items() if v is not None}
+            if "tool_calls" in d and not prep.req.parallel_tool_calls:
+                d["tool_calls"] = [tc for tc in d["tool_calls"] if tc.get("index", 0) == 0]
+                if not d["tool_calls"]:
+                    del d["tool_calls"]
             if not d:
                 continue
             lp = None

@@ -61,6 +61,18 @@ def defaults_from_generation_config(cfg: dict) -> dict[str, Any]:
     return out
 
 
+def defaults_from_model_dir(model_dir) -> dict[str, Any]:
+    """defaults_from_generation_config of `<model_dir>/generation_config.json` ({} when absent or unreadable)."""
+    import json
+    from pathlib import Path
+    p = Path(model_dir) / "generation_config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return defaults_from_generation_config(cfg) if isinstance(cfg, dict) else {}
+
+
 def benchmark_enabled(options: ServingOptions) -> bool:
     if options.benchmark is not None:
         return options.benchmark
@@ -215,6 +227,10 @@ async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None
             if out.finish_reason == "error":
                 finished.add(by_key[key].request_id)
                 raise ValidationFailure(424, out.error or "generation failed", GENERATION_ERROR)
+            if out.finish_reason == "abort":  # not ours (we stop reading before aborting): the engine is stopping
+                finished.add(by_key[key].request_id)
+                raise ValidationFailure(503, "Service Unavailable: the request was aborted by the engine",
+                                        SERVICE_UNAVAILABLE)
             if out.finished:
                 finished.add(by_key[key].request_id)
             yield key, out
@@ -272,3 +288,54 @@ def strip_end_of_turn(tokenizer, text: str, token_ids: list[int]) -> str:
             if pos >= 0:
                 text = text[:pos] + text[pos + len(s):]
     return text
+
+
+class Observer:
+    """Feeds a metrics sink (duck-typed like server.Metrics: observe_ttft, observe_token_time, observe_e2e,
+    add_tokens, request_success, request_failed) from one request's outputs. Never raises."""
+
+    def __init__(self, metrics=None):
+        self.metrics = metrics
+        self.t0 = time.monotonic()
+        self.first = True
+        self.last: dict[int, float] = {}
+        self.usage: Optional[dict] = None
+        self.errored = False
+        self.done = False
+
+    def _call(self, name, *args, **kw):
+        fn = getattr(self.metrics, name, None)
+        if fn is not None:
+            try:
+                fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001
+                log.debug("metrics %s failed: %s", name, e)
+
+    def output(self, key: int, out: RequestOutput) -> None:
+        if self.metrics is None:
+            return
+        now = time.monotonic()
+        if self.first:
+            self.first = False
+            self._call("observe_ttft", now - self.t0)
+        prev = self.last.get(key)
+        n = len(out.new_token_ids or ())
+        if prev is not None and n:
+            per = (now - prev) / n
+            for _ in range(n):
+                self._call("observe_token_time", per)
+        self.last[key] = now
+
+    def finish(self, success: bool) -> None:
+        if self.done or self.metrics is None:
+            self.done = True
+            return
+        self.done = True
+        if success and not self.errored:
+            self._call("observe_e2e", time.monotonic() - self.t0)
+            if self.usage:
+                self._call("add_tokens", prompt=self.usage.get("prompt_tokens", 0),
+                           generation=self.usage.get("completion_tokens", 0))
+            self._call("request_success")
+        else:
+            self._call("request_failed")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
@@ -10,8 +11,8 @@ from typing import Any, AsyncIterator, Optional
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
 from .chat import ensure_tokenizer
-from .common import (DONE, Job, ServingOptions, benchmark_enabled, build_sampling_params, finish_reason_of,
-                     fit_prompt, pump, sse, sse_error, usage_dict)
+from .common import (DONE, Job, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
+                     finish_reason_of, fit_prompt, pump, sse, sse_error, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -50,8 +51,10 @@ class _CPrepared:
 class CompletionServing:
     """Serves /v1/completions for one model (same sampling parameters as chat; no templates, no tools)."""
 
-    def __init__(self, engine, tokenizer, model_name: str, options: Optional[ServingOptions] = None):
+    def __init__(self, engine, tokenizer, model_name: str, options: Optional[ServingOptions] = None,
+                 metrics: Any = None):
         self.engine = engine
+        self.metrics = metrics
         self.tokenizer = ensure_tokenizer(tokenizer)
         self.model_name = model_name
         self.options = options or ServingOptions()
@@ -59,6 +62,19 @@ class CompletionServing:
     @staticmethod
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
+
+    async def _prepare_checked(self, request_dict, request_id: str):
+        try:
+            return await self._prepare(request_dict, request_id)
+        except ValidationFailure:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
+            log.exception("completion request %s could not be prepared", request_id)
+            raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
+
+    def _pump(self, prep):
+        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
+                    e2e_timeout=self.options.e2e_timeout_s)
 
     async def _prepare(self, request_dict: dict, request_id: str) -> _CPrepared:
         req = parse_completion_request(request_dict, max_n=self.options.max_n)
@@ -134,12 +150,39 @@ class CompletionServing:
         return usage_dict(prompt_tokens, sum(c.num_tokens for c in choices), cached)
 
     async def create(self, request_dict: dict, request_id: str) -> dict:
-        prep = await self._prepare(request_dict, request_id)
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+        obs = Observer(self.metrics)
+        try:
+            body = await self._create(request_dict, request_id, obs)
+        except BaseException:
+            obs.finish(False)
+            raise
+        obs.usage = body.get("usage")
+        obs.finish(True)
+        return body
+
+    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
+        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
+        obs = Observer(self.metrics)
+        ok = False
+        try:
+            agen = self._stream(request_dict, request_id, obs)
+            async with aclosing(agen):
+                async for chunk in agen:
+                    yield chunk
+            ok = True
+        finally:
+            obs.finish(ok)
+
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = self._new_choices(prep)
         try:
-            async for key, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                self._record(prep, choices[key], out)
+            async with aclosing(self._pump(prep)) as events:
+                async for key, out in events:
+                    obs.output(key, out)
+                    self._record(prep, choices[key], out)
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001
@@ -164,47 +207,50 @@ class CompletionServing:
             obj.update(extra)
         return sse(obj)
 
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
         """SSE of text_completion chunks then `[DONE]`; errors as for ChatServing.stream."""
-        prep = await self._prepare(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id)
         choices = self._new_choices(prep)
         want_lp = prep.req.logprobs is not None
         sent = False
         try:
-            async for key, out in pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                                       e2e_timeout=self.options.e2e_timeout_s):
-                c = choices[key]
-                lp_start = len(c.lp_tokens)
-                text = self._record(prep, c, out)
-                if not c.started:
-                    c.started = True
-                    text = c.echo_text + text
-                lp = self._lp_since(c, lp_start) if want_lp else None
-                if out.finished:
-                    c.done = True
-                    extra = None
-                    if key == 0 and benchmark_enabled(self.options):
-                        extra = {"prefill_time": round(c.prefill_ms or 0),
-                                 "decode_time_arr": [round(x) for x in c.decode_ms]}
-                    sent = True
-                    yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
-                                      extra=extra)
-                elif text or (lp and lp["tokens"]):
-                    sent = True
-                    yield self._chunk(prep, c, text, logprobs=lp)
+            async with aclosing(self._pump(prep)) as events:
+                async for key, out in events:
+                    obs.output(key, out)
+                    c = choices[key]
+                    lp_start = len(c.lp_tokens)
+                    text = self._record(prep, c, out)
+                    if not c.started:
+                        c.started = True
+                        text = c.echo_text + text
+                    lp = self._lp_since(c, lp_start) if want_lp else None
+                    if out.finished:
+                        c.done = True
+                        extra = None
+                        if key == 0 and benchmark_enabled(self.options):
+                            extra = {"prefill_time": round(c.prefill_ms or 0),
+                                     "decode_time_arr": [round(x) for x in c.decode_ms]}
+                        sent = True
+                        yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
+                                          extra=extra)
+                    elif text or (lp and lp["tokens"]):
+                        sent = True
+                        yield self._chunk(prep, c, text, logprobs=lp)
             for c in choices:
                 if not c.done:
                     c.done = True
                     sent = True
                     yield self._chunk(prep, c, "" if c.started else c.echo_text,
                                       finish=finish_reason_of(c.engine_finish))
+            obs.usage = usage = self._usage(prep, choices)
             if prep.req.include_usage:
                 yield sse({"id": prep.response_id, "object": "text_completion", "created": prep.created,
-                           "model": self.model_name, "choices": [], "usage": self._usage(prep, choices)})
+                           "model": self.model_name, "choices": [], "usage": usage})
             yield DONE
         except ValidationFailure as e:
             if not sent:
                 raise
+            obs.errored = True
             yield sse_error(e)
             yield DONE
         except Exception as e:  # noqa: BLE001
@@ -212,5 +258,6 @@ class CompletionServing:
             failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
             if not sent:
                 raise failure from None
+            obs.errored = True
             yield sse_error(failure)
             yield DONE

@@ -275,3 +275,20 @@ def test_end_of_turn_ids(qwen):
     assert qwen.hf.convert_tokens_to_ids("<|im_end|>") in qwen.end_of_turn_ids
     assert qwen.hf.convert_tokens_to_ids("<tool_call>") not in qwen.end_of_turn_ids
     assert qwen.token_text(qwen.hf.convert_tokens_to_ids("<|im_end|>")) == "<|im_end|>"
+
+
+def test_generation_block_is_rendered_as_its_body():
+    t = ChatTemplate("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}[{{ m.content }}]"
+                     "{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}")
+    assert t.render(msgs([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])) == "q[a]"
+
+
+def test_named_tokenizer_templates_pick_tool_use():
+    class Tok:
+        bos_token, eos_token = "<s>", "</s>"
+        chat_template = {"default": "plain:{{ messages[0].content }}",
+                         "tool_use": "tools:{{ tools | length }}:{{ messages[0].content }}"}
+
+    t = ChatTemplate.from_tokenizer(Tok())
+    m = msgs(CONVERSATION[1:2])
+    assert t.render(m).startswith("plain:") and t.render(m, tools=TOOLS).startswith("tools:2:")

@@ -18,6 +18,8 @@ def chat(**kw):
 CASES = [
     (chat(temperature=-1), "temperature: -1 is not in [0, inf)"),
     (chat(temperature=-0.5), "temperature: -0.5 is not in [0, inf)"),
+    (chat(temperature=float("inf")), "temperature: inf is not in [0, inf)"),
+    (chat(temperature=float("nan")), "temperature: NaN is not in [0, inf)"),
     (chat(temperature="1"), 'temperature: Input should be a valid number, got "1"'),
     (chat(top_p=0), "top_p: 0 is not in (0, 1]"),
     (chat(top_p=1.5), "top_p: 1.5 is not in (0, 1]"),
@@ -158,3 +160,28 @@ def test_completion_prompt_shapes():
     assert parse_completion_request({"model": "m", "prompt": ["a", "b"]}).prompts == ["a", "b"]
     assert parse_completion_request({"model": "m", "prompt": [1, 2]}).prompts == [[1, 2]]
     assert parse_completion_request({"model": "m", "prompt": [[1], [2, 3]]}).prompts == [[1], [2, 3]]
+
+
+# ------------------------------------------------------------------------------------ arbitrary input never crashes
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
+                    | st.text(max_size=8),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+                    max_leaves=20)
+KEYS = st.sampled_from(["model", "messages", "tools", "tool_choice", "temperature", "top_p", "top_k", "n", "stop",
+                        "max_tokens", "logprobs", "top_logprobs", "response_format", "stream_options", "seed",
+                        "stop_token_ids", "prompt", "chat_template_kwargs", "role", "content", "function"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(KEYS, JSON, max_size=8), st.booleans())
+def test_arbitrary_bodies_give_422_or_a_request(data, chat_route):
+    data.setdefault("model", "m")
+    if chat_route:
+        data.setdefault("messages", [{"role": "user", "content": "x"}])
+    try:
+        (parse_chat_request if chat_route else parse_completion_request)(data)
+    except ValidationFailure as e:
+        assert e.status == 422 and e.message and "Traceback" not in e.message

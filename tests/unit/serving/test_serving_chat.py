@@ -376,10 +376,25 @@ def test_client_disconnect_aborts(hf_tok):
         agen = serving.stream(body(stream=True, n=2), "r1")
         got = [await agen.__anext__() for _ in range(4)]
         await agen.aclose()  # what the handler does when the client goes away
+        assert sorted(engine.aborted) == ["r1-0", "r1-1"]  # at once, not when the generator is collected
         return got
 
     run(go())
     assert sorted(engine.aborted) == ["r1-0", "r1-1"]
+
+    async def cancel_stream():
+        async def consume():
+            async for _ in serving.stream(body(stream=True), "r3"):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert "r3" in engine.aborted
+
+    run(cancel_stream())
 
     async def cancel():
         task = asyncio.create_task(serving.create(body(), "r2"))
@@ -479,3 +494,83 @@ def test_guided_arguments_json_named_whitespace_and_cutoff(hf_tok):
     ch = resp["choices"][0]
     assert ch["message"]["tool_calls"] == [] and ch["finish_reason"] == "length" and ch["message"]["content"]
     assert reassemble(stream_events(serving, dict(d, max_tokens=4, stream=True)))["finish_reason"] == "length"
+
+
+def test_engine_abort_output_is_503(hf_tok):
+    class AbortingEngine(FakeEngine):
+        async def generate(self, prompt_ids, params, request_id):
+            from mindie_like.engine.types import RequestOutput
+            yield RequestOutput(request_id, [1], "a")
+            yield RequestOutput(request_id, [], "", finished=True, finish_reason="abort")
+
+    engine = AbortingEngine(hf_tok, "x")
+    serving = ChatServing(engine, hf_tok, MODEL, output_parser_cls=FakeChatOutputParser)
+    with pytest.raises(ValidationFailure) as e:
+        run(serving.create(body(), "r1"))
+    assert e.value.status == 503 and e.value.error_type == "Service Unavailable"
+    events = stream_events(serving, body(stream=True))
+    assert events[-2]["error_type"] == "Service Unavailable" and events[-1] == "[DONE]"
+
+
+def test_generation_defaults_from_model_dir(tmp_path):
+    from mindie_like.serving import defaults_from_model_dir
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "do_sample": True,
+         "eos_token_id": [1, 2], "max_new_tokens": 2048}))
+    assert defaults_from_model_dir(tmp_path) == {"temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                                                 "repetition_penalty": 1.05}
+    assert defaults_from_model_dir(tmp_path / "missing") == {}
+
+
+def test_internal_errors_are_500_without_traceback(hf_tok, monkeypatch):
+    serving, _ = make(hf_tok)
+
+    def broken(text):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(serving.tokenizer, "encode_prompt", broken)
+    with pytest.raises(ValidationFailure) as e:
+        run(serving.create(body(), "r1"))
+    assert (e.value.status, e.value.error_type) == (500, "Incomplete Generation")
+    assert e.value.message == "internal error (RuntimeError)"
+
+
+class RecordingMetrics:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        if name.startswith(("observe_", "add_", "request_")):
+            return lambda *a, **kw: self.events.append((name, a, kw))
+        raise AttributeError(name)
+
+    def names(self):
+        return [e[0] for e in self.events]
+
+
+def test_metrics_hooks(hf_tok):
+    m = RecordingMetrics()
+    engine = FakeEngine(hf_tok, "Hello there!")
+    serving = ChatServing(engine, hf_tok, MODEL, output_parser_cls=FakeChatOutputParser, metrics=m)
+    resp = run(serving.create(body(), "r1"))
+    names = m.names()
+    assert names.count("observe_ttft") == 1 and names.count("request_success") == 1
+    assert names.count("observe_token_time") == resp["usage"]["completion_tokens"] - 1
+    assert ("add_tokens", (), {"prompt": resp["usage"]["prompt_tokens"],
+                               "generation": resp["usage"]["completion_tokens"]}) in m.events
+    assert names[-1] == "request_success" and "observe_e2e" in names
+
+    m.events.clear()
+    stream_events(serving, body(stream=True))
+    assert m.names().count("request_success") == 1 and m.names().count("observe_ttft") == 1
+
+    m.events.clear()
+    with pytest.raises(ValidationFailure):
+        run(serving.create(body(temperature=-1), "r2"))
+    assert m.names() == ["request_failed"]
+
+    m.events.clear()
+    failing = ChatServing(FakeEngine(hf_tok, "a b c d", fail_after=2), hf_tok, MODEL,
+                          output_parser_cls=FakeChatOutputParser, metrics=m)
+    events = stream_events(failing, body(stream=True))
+    assert "error" in events[-2] and m.names()[-1] == "request_failed" and "request_success" not in m.names()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mindie_like.tool_call import ToolsCallProcessorManager, resolve_tool_call_processor
-from mindie_like.tool_call.families import DS_CALL_BEGIN, DS_CALL_END, DS_CALLS_BEGIN, DS_SEP
+from mindie_like.tool_call.families import DS_CALL_BEGIN, DS_CALLS_BEGIN, DS_SEP
 from tc_helpers import ALL_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream
 
 REPO = Path(__file__).resolve().parents[3]
