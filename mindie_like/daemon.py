@@ -170,6 +170,24 @@ def _ssl_factory(loaded: LoadedConfig):
     return lambda plane: server_ssl_context(loaded, plane)
 
 
+async def drain(ctx, listeners, grace: float) -> None:
+    """Stop accepting (listening sockets closed, new requests on open connections get 503), then give in-flight
+    requests up to `grace` seconds. aiohttp's own shutdown would stop reading request bodies at once, so the
+    waiting is done here and aiohttp's cleanup only cancels what is left."""
+    ctx.stopping = True
+    log.info("stopping: no new connections; %d in-flight request(s) get up to %.0fs", ctx.inflight, grace)
+    for ls in listeners:
+        if ls.runner is not None:
+            for site in list(ls.runner.sites):
+                await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while ctx.inflight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if ctx.inflight:
+        log.warning("grace period over: cancelling %d request(s)", ctx.inflight)
+
+
 async def serve(ctx, ssl_factory) -> int:
     from aiohttp import web
     from .server.app import build_listeners
@@ -186,7 +204,8 @@ async def serve(ctx, ssl_factory) -> int:
     backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
     try:
         for ls in listeners:
-            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+            # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
+            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await ls.runner.setup()
             site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
                                reuse_address=True)
@@ -201,8 +220,7 @@ async def serve(ctx, ssl_factory) -> int:
                      ls.scheme, ls.host, ls.port)
         print(START_LINE, flush=True)
         await stop.wait()
-        log.info("stopping: no new connections; in-flight requests get %.0fs", grace)
-        ctx.stopping = True
+        await drain(ctx, listeners, grace)
     finally:
         await asyncio.gather(*(ls.runner.cleanup() for ls in listeners if ls.runner is not None),
                              return_exceptions=True)
