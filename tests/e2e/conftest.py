@@ -77,9 +77,14 @@ def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: O
     return deep_merge(cfg, top or {})
 
 
-def gen_certs(home: Path) -> dict[str, Path]:
-    subprocess.run([sys.executable, str(REPO / "bin" / "gen_certs"), "--home", str(home)], check=True,
-                   capture_output=True)
+def gen_certs(home: Path, in_process: bool = False) -> dict[str, Path]:
+    """Certificates by bin/gen_certs (or, faster, by the same code in-process)."""
+    if in_process:
+        from mindie_like.server import certgen
+        certgen.generate(home)
+    else:
+        subprocess.run([sys.executable, str(REPO / "bin" / "gen_certs"), "--home", str(home)], check=True,
+                       capture_output=True)
     sec = home / "security"
     return {"ca": sec / "ca/ca.pem", "client_cert": sec / "client/client.pem",
             "client_key": sec / "client/client.key.pem", "revoked_cert": sec / "client/revoked.pem",
@@ -211,7 +216,7 @@ class DaemonHandle:
 def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:
     """A configured (not yet started) daemon in `home` with fresh certs and free ports."""
     env = overrides.pop("env", None)
-    certs = gen_certs(home)
+    certs = gen_certs(home, in_process=overrides.pop("in_process_certs", False))
     h = DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs)
     h._env = env
     return h
