@@ -147,6 +147,7 @@ def build_backend(loaded: LoadedConfig):
     engine_config = to_engine_config(loaded)
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
+    log.info("loading the tokenizer and config of %s", model_path)
     try:
         tokenizer, hf_config, gguf = load_tokenizer_and_config(model_path, engine_config.trust_remote_code,
                                                                loaded.home / "cache" / "gguf_tokenizers")
