@@ -86,7 +86,7 @@ def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
     if not root.handlers:
         root.addHandler(logging.NullHandler())
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "asyncio", "urllib3", "filelock"):
+    for noisy in ("aiohttp.access", "asyncio", "urllib3", "filelock", "torch", "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -245,9 +245,29 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+class _StopDuringStart(BaseException):   # not caught by the `except Exception` of loaders
+    pass
+
+
+def _stop_during_start(signum, frame):
+    raise _StopDuringStart(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(None)
+    # SIGTERM/SIGINT while the model loads: nothing is in flight yet, so stop at once and exit 0
+    # (serve() installs the graceful handlers once the listeners are up)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_during_start)
+    try:
+        return _main(args)
+    except _StopDuringStart as e:
+        log.info("%s during start-up: stopped", e)
+        return 0
+
+
+def _main(args) -> int:
     try:
         loaded = load_config(args.config_file, strict_permissions=args.strict_permissions)
         setup_logging(loaded)
