@@ -52,7 +52,7 @@ def _parse_level(value: Optional[str]) -> Optional[int]:
     return None
 
 
-def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
+def setup_logging(loaded: Optional[LoadedConfig] = None, env=None, stream=None) -> None:
     """Logging per MINDIE_LOG_LEVEL / MINDIE_LOG_TO_STDOUT / MINDIE_LOG_TO_FILE / MINDIE_LOG_PATH, falling back
     on LogConfig. Prompts and outputs are logged only at DEBUG (by the routes)."""
     env = os.environ if env is None else env
@@ -65,7 +65,7 @@ def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
         h.close()
     fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     if _env_bool(env, "MINDIE_LOG_TO_STDOUT", True):
-        h = logging.StreamHandler(sys.stdout)
+        h = logging.StreamHandler(stream or sys.stdout)
         h.setFormatter(fmt)
         root.addHandler(h)
     if _env_bool(env, "MINDIE_LOG_TO_FILE", False) and loaded is not None:
@@ -255,7 +255,7 @@ def _stop_during_start(signum, frame):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(None)
+    setup_logging(None, stream=sys.stderr if args.check_config else None)
     # SIGTERM/SIGINT while the model loads: nothing is in flight yet, so stop at once and exit 0
     # (serve() installs the graceful handlers once the listeners are up)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     try:
         loaded = load_config(args.config_file, strict_permissions=args.strict_permissions)
-        setup_logging(loaded)
+        setup_logging(loaded, stream=sys.stderr if args.check_config else None)   # --check-config: stdout is JSON
         planes_needing_tls = ["business", "management", "metrics"] if loaded.config.ServerConfig.httpsEnabled else []
         if planes_needing_tls:
             from .server.tls import check_all_planes

@@ -5,6 +5,7 @@ Reuse it from any e2e module:
     def test_x(tiny_daemon):                       # one daemon per module, tiny random qwen2 model
         status, body = tiny_daemon.request("GET", "/v1/models")
         ctx = tiny_daemon.ssl_context()           # ssl.SSLContext with the client cert, for openai/httpx/aiohttp
+        client = tiny_daemon.openai_client()      # openai.OpenAI over mutual TLS (async_client=True: AsyncOpenAI)
         url = tiny_daemon.base_url                # https://127.0.0.1:<port>
 
     @pytest.fixture(scope="module")
@@ -148,6 +149,15 @@ class DaemonHandle:
         if client:
             ctx.load_cert_chain(str(self.certs[f"{client}_cert"]), str(self.certs[f"{client}_key"]))
         return ctx
+
+    def openai_client(self, *, async_client: bool = False, **kw):
+        """The official `openai` client over mutual TLS (the certificate goes in an SSLContext: NOTES.md)."""
+        import openai
+        if async_client:
+            return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key="x",
+                                      http_client=openai.DefaultAsyncHttpxClient(verify=self.ssl_context()), **kw)
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="x",
+                             http_client=openai.DefaultHttpxClient(verify=self.ssl_context()), **kw)
 
     def curl_args(self, client: Optional[str] = "client") -> list[str]:
         args = ["curl", "-sS", "--max-time", "60", "--cacert", str(self.certs["ca"])]

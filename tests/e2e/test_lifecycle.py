@@ -45,7 +45,7 @@ def test_check_config_prints_the_effective_config(configured):
     write_conf(configured)
     r = run_daemon(configured.home, "--check-config")
     assert r.returncode == 0, r.stderr
-    eff = json.loads(r.stdout[r.stdout.index("{"):])
+    eff = json.loads(r.stdout)
     assert eff["ServerConfig"]["maxJsonDepth"] == 10                       # a default filled in
     assert eff["BackendConfig"]["ScheduleConfig"]["maxIterTimes"] == 512
     assert eff["BackendConfig"]["npuDeviceIds"] == [[0]]
