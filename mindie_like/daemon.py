@@ -141,6 +141,15 @@ def build_engine(engine_config: EngineConfig, backend) -> Optional[Engine]:
     return None
 
 
+def register_routes() -> None:
+    """>>> ROUTE PLUG-IN POINT <<<
+
+    Business routes beyond /v1/models are registered here, before the planes are built, e.g.
+        from .server import register_business_routes
+        from .server.chat import add_chat_routes          # add_chat_routes(app, ctx) -> None
+        register_business_routes(add_chat_routes)"""
+
+
 def build_backend(loaded: LoadedConfig):
     """Loads the model's tokenizer and config, then the engine (build_engine)."""
     from .server.context import Backend
@@ -291,6 +300,7 @@ def _main(args) -> int:
         return EXIT_RUNTIME
     from .server.context import ServingContext
     from .server.metrics import Metrics
+    register_routes()
     ctx = ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
                          metrics=Metrics(loaded.config.model.modelName))
     try:

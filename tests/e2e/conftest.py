@@ -110,6 +110,7 @@ class DaemonHandle:
     proc: Optional[subprocess.Popen] = None
     lines: list = field(default_factory=list)
     host: str = "127.0.0.1"
+    env: Optional[dict] = None          # extra environment for the daemon process
 
     @property
     def port(self) -> int:
@@ -183,6 +184,7 @@ class DaemonHandle:
             conn.close()
 
     def start(self, env: Optional[dict] = None, timeout: float = 180) -> "DaemonHandle":
+        env = {**(self.env or {}), **(env or {})}
         conf = self.home / "conf"
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "config.json").write_text(json.dumps(self.config, indent=2))
@@ -227,9 +229,7 @@ def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:
     """A configured (not yet started) daemon in `home` with fresh certs and free ports."""
     env = overrides.pop("env", None)
     certs = gen_certs(home, in_process=overrides.pop("in_process_certs", False))
-    h = DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs)
-    h._env = env
-    return h
+    return DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def daemon_factory(tmp_path_factory):
         home = tmp_path_factory.mktemp("home")
         h = new_daemon(home, Path(model_dir), **overrides)
         started.append(h)
-        return h.start(env=h._env)
+        return h.start()
 
     yield factory
     for h in started:
