@@ -52,7 +52,7 @@ def _parse_level(value: Optional[str]) -> Optional[int]:
     return None
 
 
-def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
+def setup_logging(loaded: Optional[LoadedConfig] = None, env=None, stream=None) -> None:
     """Logging per MINDIE_LOG_LEVEL / MINDIE_LOG_TO_STDOUT / MINDIE_LOG_TO_FILE / MINDIE_LOG_PATH, falling back
     on LogConfig. Prompts and outputs are logged only at DEBUG (by the routes)."""
     env = os.environ if env is None else env
@@ -65,7 +65,7 @@ def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
         h.close()
     fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     if _env_bool(env, "MINDIE_LOG_TO_STDOUT", True):
-        h = logging.StreamHandler(sys.stdout)
+        h = logging.StreamHandler(stream or sys.stdout)
         h.setFormatter(fmt)
         root.addHandler(h)
     if _env_bool(env, "MINDIE_LOG_TO_FILE", False) and loaded is not None:
@@ -86,7 +86,7 @@ def setup_logging(loaded: Optional[LoadedConfig] = None, env=None) -> None:
     if not root.handlers:
         root.addHandler(logging.NullHandler())
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "asyncio", "urllib3", "filelock"):
+    for noisy in ("aiohttp.access", "asyncio", "urllib3", "filelock", "torch", "transformers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -141,12 +141,22 @@ def build_engine(engine_config: EngineConfig, backend) -> Optional[Engine]:
     return None
 
 
+def register_routes() -> None:
+    """>>> ROUTE PLUG-IN POINT <<<
+
+    Business routes beyond /v1/models are registered here, before the planes are built, e.g.
+        from .server import register_business_routes
+        from .server.chat import add_chat_routes          # add_chat_routes(app, ctx) -> None
+        register_business_routes(add_chat_routes)"""
+
+
 def build_backend(loaded: LoadedConfig):
     """Loads the model's tokenizer and config, then the engine (build_engine)."""
     from .server.context import Backend
     engine_config = to_engine_config(loaded)
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
+    log.info("loading the tokenizer and config of %s", model_path)
     try:
         tokenizer, hf_config, gguf = load_tokenizer_and_config(model_path, engine_config.trust_remote_code,
                                                                loaded.home / "cache" / "gguf_tokenizers")
@@ -170,6 +180,24 @@ def _ssl_factory(loaded: LoadedConfig):
     return lambda plane: server_ssl_context(loaded, plane)
 
 
+async def drain(ctx, listeners, grace: float) -> None:
+    """Stop accepting (listening sockets closed, new requests on open connections get 503), then give in-flight
+    requests up to `grace` seconds. aiohttp's own shutdown would stop reading request bodies at once, so the
+    waiting is done here and aiohttp's cleanup only cancels what is left."""
+    ctx.stopping = True
+    log.info("stopping: no new connections; %d in-flight request(s) get up to %.0fs", ctx.inflight, grace)
+    for ls in listeners:
+        if ls.runner is not None:
+            for site in list(ls.runner.sites):
+                await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while ctx.inflight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if ctx.inflight:
+        log.warning("grace period over: cancelling %d request(s)", ctx.inflight)
+
+
 async def serve(ctx, ssl_factory) -> int:
     from aiohttp import web
     from .server.app import build_listeners
@@ -186,7 +214,8 @@ async def serve(ctx, ssl_factory) -> int:
     backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
     try:
         for ls in listeners:
-            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=grace)
+            # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
+            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await ls.runner.setup()
             site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
                                reuse_address=True)
@@ -201,8 +230,7 @@ async def serve(ctx, ssl_factory) -> int:
                      ls.scheme, ls.host, ls.port)
         print(START_LINE, flush=True)
         await stop.wait()
-        log.info("stopping: no new connections; in-flight requests get %.0fs", grace)
-        ctx.stopping = True
+        await drain(ctx, listeners, grace)
     finally:
         await asyncio.gather(*(ls.runner.cleanup() for ls in listeners if ls.runner is not None),
                              return_exceptions=True)
@@ -226,12 +254,32 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+class _StopDuringStart(BaseException):   # not caught by the `except Exception` of loaders
+    pass
+
+
+def _stop_during_start(signum, frame):
+    raise _StopDuringStart(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(None)
+    setup_logging(None, stream=sys.stderr if args.check_config else None)
+    # SIGTERM/SIGINT while the model loads: nothing is in flight yet, so stop at once and exit 0
+    # (serve() installs the graceful handlers once the listeners are up)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_during_start)
+    try:
+        return _main(args)
+    except _StopDuringStart as e:
+        log.info("%s during start-up: stopped", e)
+        return 0
+
+
+def _main(args) -> int:
     try:
         loaded = load_config(args.config_file, strict_permissions=args.strict_permissions)
-        setup_logging(loaded)
+        setup_logging(loaded, stream=sys.stderr if args.check_config else None)   # --check-config: stdout is JSON
         planes_needing_tls = ["business", "management", "metrics"] if loaded.config.ServerConfig.httpsEnabled else []
         if planes_needing_tls:
             from .server.tls import check_all_planes
@@ -252,6 +300,7 @@ def main(argv=None) -> int:
         return EXIT_RUNTIME
     from .server.context import ServingContext
     from .server.metrics import Metrics
+    register_routes()
     ctx = ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
                          metrics=Metrics(loaded.config.model.modelName))
     try:

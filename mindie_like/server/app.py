@@ -95,6 +95,17 @@ class ConnectionCap:
         return connection_cap
 
 
+def _inflight_middleware(ctx: ServingContext):
+    @web.middleware
+    async def inflight(request: web.Request, handler):
+        ctx.inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            ctx.inflight -= 1
+    return inflight
+
+
 def _stopping_middleware(ctx: ServingContext):
     @web.middleware
     async def stopping(request: web.Request, handler):
@@ -137,7 +148,7 @@ def group_planes(ctx: ServingContext) -> list[tuple[str, int, list[str]]]:
 def build_app(ctx: ServingContext, planes: list[str]) -> tuple[web.Application, Optional[ConnectionCap]]:
     s = ctx.config.ServerConfig
     max_bytes = s.maxRequestLength * 1024 * 1024
-    middlewares = [error_middleware]
+    middlewares = [_inflight_middleware(ctx), error_middleware]
     cap = None
     if "business" in planes:
         cap = ConnectionCap(s.maxLinkNum)

@@ -39,6 +39,7 @@ class ServingContext:
     metrics: Metrics
     started_at: float = field(default_factory=time.time)
     stopping: bool = False
+    inflight: int = 0                                # requests being handled now, all planes
     extra: dict = field(default_factory=dict)      # free room for later modules (e.g. a chat renderer cache)
 
     @property

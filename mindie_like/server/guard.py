@@ -21,7 +21,8 @@ from aiohttp import web
 
 from .errors import ApiError
 
-JSON_KEY = "mindie_like.json_body"
+# the parsed body is kept on the request (web.RequestKey on aiohttp >= 3.13, a plain string key before)
+JSON_KEY = web.RequestKey("mindie_like_json_body", object) if hasattr(web, "RequestKey") else "mindie_like.json_body"
 GUARDED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)

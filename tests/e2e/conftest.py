@@ -5,6 +5,7 @@ Reuse it from any e2e module:
     def test_x(tiny_daemon):                       # one daemon per module, tiny random qwen2 model
         status, body = tiny_daemon.request("GET", "/v1/models")
         ctx = tiny_daemon.ssl_context()           # ssl.SSLContext with the client cert, for openai/httpx/aiohttp
+        client = tiny_daemon.openai_client()      # openai.OpenAI over mutual TLS (async_client=True: AsyncOpenAI)
         url = tiny_daemon.base_url                # https://127.0.0.1:<port>
 
     @pytest.fixture(scope="module")
@@ -77,9 +78,14 @@ def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: O
     return deep_merge(cfg, top or {})
 
 
-def gen_certs(home: Path) -> dict[str, Path]:
-    subprocess.run([sys.executable, str(REPO / "bin" / "gen_certs"), "--home", str(home)], check=True,
-                   capture_output=True)
+def gen_certs(home: Path, in_process: bool = False) -> dict[str, Path]:
+    """Certificates by bin/gen_certs (or, faster, by the same code in-process)."""
+    if in_process:
+        from mindie_like.server import certgen
+        certgen.generate(home)
+    else:
+        subprocess.run([sys.executable, str(REPO / "bin" / "gen_certs"), "--home", str(home)], check=True,
+                       capture_output=True)
     sec = home / "security"
     return {"ca": sec / "ca/ca.pem", "client_cert": sec / "client/client.pem",
             "client_key": sec / "client/client.key.pem", "revoked_cert": sec / "client/revoked.pem",
@@ -104,6 +110,7 @@ class DaemonHandle:
     proc: Optional[subprocess.Popen] = None
     lines: list = field(default_factory=list)
     host: str = "127.0.0.1"
+    env: Optional[dict] = None          # extra environment for the daemon process
 
     @property
     def port(self) -> int:
@@ -144,6 +151,15 @@ class DaemonHandle:
             ctx.load_cert_chain(str(self.certs[f"{client}_cert"]), str(self.certs[f"{client}_key"]))
         return ctx
 
+    def openai_client(self, *, async_client: bool = False, **kw):
+        """The official `openai` client over mutual TLS (the certificate goes in an SSLContext: NOTES.md)."""
+        import openai
+        if async_client:
+            return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key="x",
+                                      http_client=openai.DefaultAsyncHttpxClient(verify=self.ssl_context()), **kw)
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="x",
+                             http_client=openai.DefaultHttpxClient(verify=self.ssl_context()), **kw)
+
     def curl_args(self, client: Optional[str] = "client") -> list[str]:
         args = ["curl", "-sS", "--max-time", "60", "--cacert", str(self.certs["ca"])]
         if client:
@@ -168,6 +184,7 @@ class DaemonHandle:
             conn.close()
 
     def start(self, env: Optional[dict] = None, timeout: float = 180) -> "DaemonHandle":
+        env = {**(self.env or {}), **(env or {})}
         conf = self.home / "conf"
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "config.json").write_text(json.dumps(self.config, indent=2))
@@ -211,10 +228,8 @@ class DaemonHandle:
 def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:
     """A configured (not yet started) daemon in `home` with fresh certs and free ports."""
     env = overrides.pop("env", None)
-    certs = gen_certs(home)
-    h = DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs)
-    h._env = env
-    return h
+    certs = gen_certs(home, in_process=overrides.pop("in_process_certs", False))
+    return DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +240,7 @@ def daemon_factory(tmp_path_factory):
         home = tmp_path_factory.mktemp("home")
         h = new_daemon(home, Path(model_dir), **overrides)
         started.append(h)
-        return h.start(env=h._env)
+        return h.start()
 
     yield factory
     for h in started:

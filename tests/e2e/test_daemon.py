@@ -34,6 +34,11 @@ def test_curl_with_client_cert_gets_models_and_health(d):
     assert json.loads(r.stdout)["id"] == d.model_name
 
 
+def test_openai_client_lists_models(d):
+    with d.openai_client() as client:
+        assert [m.id for m in client.models.list()] == [d.model_name]
+
+
 def test_no_client_cert_is_refused(d):
     r = curl(d, d.base_url + "/v1/models", client=None)
     assert r.returncode != 0 and r.stdout == ""
