@@ -138,10 +138,12 @@ class Sampler:
         tokens = torch.empty(n, dtype=torch.int64)
         greedy = [i for i, r in enumerate(rows) if r.params.temperature <= 0.0]
         rand = [i for i, r in enumerate(rows) if r.params.temperature > 0.0]
-        if greedy:
+        if len(greedy) == n:                 # the common all-greedy batch: no row gather (a [S, vocab] copy)
+            tokens = torch.argmax(logits, dim=-1)
+        elif greedy:
             tokens[greedy] = torch.argmax(logits[greedy], dim=-1)
         if rand:
-            sub = logits[rand]
+            sub = logits[rand] if len(rand) < n else logits
             t = torch.tensor([rows[i].params.temperature for i in rand], dtype=torch.float32)
             k = torch.tensor([rows[i].params.top_k for i in rand], dtype=torch.int64)
             tp = torch.tensor([rows[i].params.top_p for i in rand], dtype=torch.float32)
