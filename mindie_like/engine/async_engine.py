@@ -66,8 +66,8 @@ class AsyncEngine:
         req = self.core.make_request(request_id, prompt_token_ids, sampling_params)
         req.sink = (loop, queue)
         with self._cv:
-            if self._stopping:
-                raise EngineError("the engine is shutting down")
+            if self._stopping or not self._thread.is_alive():
+                raise EngineError("the engine is not running")
             if request_id in self._live:
                 raise EngineError(f"duplicate request id {request_id!r}")
             qmax = self.config.max_queue_size

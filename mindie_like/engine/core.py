@@ -174,8 +174,17 @@ class EngineCore:
         now = time.perf_counter()
         step_ms = (now - t0) * 1000.0
         outs = []
-        for req, tok, lp in zip(sampled, tokens, logprobs):
-            outs.append((req, self._append(req, tok, lp, now, step_ms)))
+        row_errors = self.sampler.row_errors
+        for i, (req, tok, lp) in enumerate(zip(sampled, tokens, logprobs)):
+            if i in row_errors:
+                outs.append((req, self._finish(req, "error", error=row_errors[i])))
+                continue
+            try:
+                outs.append((req, self._append(req, tok, lp, now, step_ms)))
+            except Exception as e:  # noqa: BLE001 - e.g. a LogitsMask.accept bug: this request only
+                logger.exception("request %s failed after sampling", req.request_id)
+                if not req.is_finished:
+                    outs.append((req, self._finish(req, "error", error=f"{type(e).__name__}: {e}")))
         return outs
 
     def _append(self, req: Request, tok: int, lp, now: float, step_ms: float) -> RequestOutput:

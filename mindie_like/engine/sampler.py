@@ -70,16 +70,22 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
         logits[pf_idx] = logits[pf_idx] - freq * counts - pres * (counts > 0).to(logits.dtype)
 
 
-def apply_masks(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
-    """In place: forbidden ids (min_tokens) and the per-request LogitsMask hook."""
+def apply_masks(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> dict[int, str]:
+    """In place: forbidden ids (min_tokens) and the per-request LogitsMask hook. A hook that raises fails only
+    its own row: returns {row: error message}."""
     vocab = logits.shape[1]
+    errors: dict[int, str] = {}
     for i, r in enumerate(rows):
         if r.masked_ids:
             ids = [t for t in r.masked_ids if 0 <= t < vocab]
             if ids:
                 logits[i, ids] = float("-inf")
         if r.params.logits_mask is not None:
-            r.params.logits_mask.apply(logits[i])
+            try:
+                r.params.logits_mask.apply(logits[i])
+            except Exception as e:  # noqa: BLE001 - constrained decoding bug: this request only
+                errors[i] = f"logits mask failed: {type(e).__name__}: {e}"
+    return errors
 
 
 def apply_filters(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -124,6 +130,9 @@ def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
 
 
 class Sampler:
+    def __init__(self):
+        self.row_errors: dict[int, str] = {}   # rows of the last call whose LogitsMask raised
+
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]
                  ) -> tuple[list[int], list[Optional[TokenLogprob]]]:
         assert logits.shape[0] == len(rows)
@@ -133,15 +142,17 @@ class Sampler:
         raw_lp = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
 
         apply_penalties(logits, rows)
-        apply_masks(logits, rows)
+        self.row_errors = apply_masks(logits, rows)
 
         tokens = torch.empty(n, dtype=torch.int64)
         greedy = [i for i, r in enumerate(rows) if r.params.temperature <= 0.0]
         rand = [i for i, r in enumerate(rows) if r.params.temperature > 0.0]
-        if greedy:
+        if len(greedy) == n:                 # the common all-greedy batch: no row gather (a [S, vocab] copy)
+            tokens = torch.argmax(logits, dim=-1)
+        elif greedy:
             tokens[greedy] = torch.argmax(logits[greedy], dim=-1)
         if rand:
-            sub = logits[rand]
+            sub = logits[rand] if len(rand) < n else logits
             t = torch.tensor([rows[i].params.temperature for i in rand], dtype=torch.float32)
             k = torch.tensor([rows[i].params.top_k for i in rand], dtype=torch.int64)
             tp = torch.tensor([rows[i].params.top_p for i in rand], dtype=torch.float32)

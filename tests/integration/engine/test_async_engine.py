@@ -281,3 +281,25 @@ def test_shutdown_ends_outstanding_requests():
         assert last.finished and last.finish_reason == "abort"
 
     asyncio.run(main())
+
+
+class Broken(AllowOnly):
+    def apply(self, logits):
+        raise ValueError("grammar bug")
+
+
+def test_failing_logits_mask_fails_only_its_request():
+    engine = engine_for(FakeRunner(block_size=4))
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+
+    async def main():
+        bad, good = await asyncio.gather(
+            collect(engine, [1, 2, 3], SamplingParams(temperature=0, max_tokens=6, logits_mask=Broken([1], 9)), "b"),
+            collect(engine, [1, 2, 4], params, "g"))
+        assert bad[-1].finish_reason == "error" and "grammar bug" in bad[-1].error
+        assert good[-1].finish_reason == "length" and len(good) == 6
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.shutdown()

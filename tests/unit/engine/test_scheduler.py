@@ -223,3 +223,50 @@ def test_prefix_cache_disabled_by_config_or_runner():
     assert not core.enable_prefix_cache
     core, runner = make_core(prefix=False)
     assert not core.enable_prefix_cache
+
+
+@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("ENGINE_FUZZ_SEEDS", "12"))))
+def test_random_workloads_match_alone(seed):
+    """Random configs (tiny caches, budgets, chunking, prefix cache on/off) and prompts sharing prefixes, with
+    aborts: every surviving request equals its solo run, and everything is freed at the end."""
+    rng = random.Random(seed)
+    bs = rng.choice([2, 4, 8])
+    prefix = rng.random() < 0.7
+    kw = dict(block_size=bs, prefix=prefix, max_prefill_tokens=rng.choice([8, 16, 64]),
+              chunked_prefill=rng.random() < 0.5, max_batch_size=rng.choice([2, 4, 16]),
+              max_prefill_batch_size=rng.choice([1, 3, 8]))
+    base = [rng.randrange(1, 64) for _ in range(rng.randrange(5, 30))]
+    ps = []
+    for _ in range(rng.randrange(3, 9)):
+        p = (base[:rng.randrange(0, len(base))] if rng.random() < 0.6 else []) + \
+            [rng.randrange(1, 64) for _ in range(rng.randrange(1, 20))]
+        ps.append(p)
+    longest = max(len(p) for p in ps) + 16
+    kw["num_blocks"] = -(-longest // bs) + rng.randrange(0, 6)      # at least one request always fits
+    params = SamplingParams(max_tokens=16, **GREEDY)
+    core, runner = make_core(**dict(kw))
+    for i, p in enumerate(ps):
+        core.add_request(core.make_request(f"r{i}", p, params))
+    abort_at = {f"r{i}": rng.randrange(1, 40) for i in range(len(ps)) if rng.random() < 0.25}
+    outs, reasons, step = {}, {}, 0
+    while core.has_work():
+        step += 1
+        assert step < 5000
+        for rid, at in list(abort_at.items()):
+            if at == step:
+                r = core.abort_request(rid)
+                if r is not None:
+                    reasons[rid] = r[1].finish_reason
+        for req, o in core.step():
+            outs.setdefault(req.request_id, []).extend(o.new_token_ids)
+            if o.finished:
+                reasons[req.request_id] = o.finish_reason
+    assert all(b.ref_count == 0 for b in core.bm.blocks)
+    assert core.bm.num_free_blocks == core.bm.num_blocks
+    kw.pop("num_blocks")
+    solo = alone(ps, params, num_blocks=core.bm.num_blocks, **kw)
+    for rid, toks in solo.items():
+        if reasons.get(rid) == "abort":
+            assert outs.get(rid, []) == toks[:len(outs.get(rid, []))]
+        else:
+            assert reasons[rid] == "length" and outs[rid] == toks, rid
