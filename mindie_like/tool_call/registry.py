@@ -126,9 +126,16 @@ def _default_family(model_type: str | None, hf_config: dict | None, chat_templat
     return None
 
 
+# (hidden_size, intermediate_size) of the Qwen1.5 dense checkpoints (0.5B ... 110B). Qwen2 and Qwen2.5 share
+# their sizes with each other, so the config cannot tell those two apart: the chat template can (<tool_call>).
+_QWEN1_5_SIZES = {(1024, 2816), (2048, 5504), (2560, 6912), (4096, 11008), (5120, 13696), (5120, 27392),
+                  (8192, 24576), (8192, 49152)}
+
+
 def _qwen2_by_config(cfg: dict) -> str:
-    """Qwen1.5/Qwen2 vs Qwen2.5 without a template: Qwen2.5 checkpoints ship `max_window_layers` equal to
-    `num_hidden_layers` ... in practice both do, so the size tells little; Qwen2.5 is by far the common case."""
+    """Qwen1.5 vs Qwen2.5 without a chat template: Qwen1.5's known sizes, else Qwen2.5 (the common case)."""
+    if (cfg.get("hidden_size"), cfg.get("intermediate_size")) in _QWEN1_5_SIZES:
+        return "qwen1_5_or_2"
     return "qwen2_5"
 
 

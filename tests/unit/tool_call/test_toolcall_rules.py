@@ -279,6 +279,8 @@ def test_registry_aliases():
     ("qwen2", None, "{% if tools %}<tool_call>{% endif %}", "qwen2_5"),
     ("qwen2", None, "{{ messages }}", "qwen1_5_or_2"),
     ("qwen2", {"model_type": "qwen2"}, None, "qwen2_5"),
+    ("qwen2", {"hidden_size": 4096, "intermediate_size": 11008}, None, "qwen1_5_or_2"),   # Qwen1.5-7B
+    ("qwen2", {"hidden_size": 3584, "intermediate_size": 18944}, None, "qwen2_5"),        # Qwen2(.5)-7B
     ("llama", None, None, "llama3"), ("mistral", None, None, "mistral"),
     ("chatglm", {"padded_vocab_size": 65024}, None, "chatglm3"),
     ("chatglm", {"padded_vocab_size": 151552}, None, "glm4"),
