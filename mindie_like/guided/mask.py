@@ -59,7 +59,8 @@ class GuidedLogitsMask:
             # Chunks under torch's parallel grain size (32768) stay on the calling thread: on a busy 2-core
             # machine, waking the intra-op pool for one 151k add cost ~7 ms instead of ~30 us.
             for s in range(0, k, _CHUNK):
-                logits[s:s + _CHUNK].add_(b[s:s + _CHUNK])
+                e = min(s + _CHUNK, k)
+                logits[s:e].add_(b[s:e])
         if row > n:
             logits[n:] = float("-inf")
 
