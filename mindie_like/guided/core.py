@@ -254,7 +254,8 @@ class GuidedDecoding:
                 seq = f"call ({sep} call)*" if sep else "call+"
             else:
                 seq = "call"
-            w.rule("tool_calls", " ".join(x for x in (w.render(fmt.prefix), seq, w.render(fmt.suffix)) if x))
+            prefix = fmt.json_union_prefix if (json_schema is not None and fmt.json_union_prefix) else fmt.prefix
+            w.rule("tool_calls", " ".join(x for x in (w.render(prefix), seq, w.render(fmt.suffix)) if x))
             body = "tool_calls"
             if json_schema is not None:
                 j = w.json_rule("json_reply", json_schema)

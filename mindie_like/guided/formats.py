@@ -57,6 +57,11 @@ class FamilyFormat:
     multi: bool = True                 # the format can carry several calls in one answer
     params_style: Optional[str] = None  # "qwen3_coder" | "dsml": PARAMS is written parameter by parameter
     expressible: bool = True           # False: only the arguments JSON is constrained (output_kind arguments_json)
+    # Prefix used instead of `prefix` when the calls are in a union with a JSON reply (tool_choice auto +
+    # response_format): llguidance decides between a Lark literal and a %json at their first shared byte, so a
+    # format whose calls start with `{` must then start with a marker (the bare-JSON call stays possible as a
+    # JSON reply, which the family processor reports as a call).
+    json_union_prefix: Optional[tuple] = None
 
 
 _DS_CALLS_BEGIN, _DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
@@ -74,7 +79,8 @@ FAMILY_FORMATS: dict[str, FamilyFormat] = {f.family: f for f in [
                        M("</tool_call>")),
                  sep=(OPT(S("\n")),), params_style="qwen3_coder"),
     FamilyFormat("qwen1_5_or_2", call=(S("✿FUNCTION✿: "), NAME, S("\n✿ARGS✿: "), ARGS), sep=(S("\n"),)),
-    FamilyFormat("llama3", prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),)),
+    FamilyFormat("llama3", prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),),
+                 json_union_prefix=(M("<|python_tag|>"),)),
     FamilyFormat("mistral", prefix=(M("[TOOL_CALLS]"), OPT(S(" ")), S("[")), call=json_call("arguments"),
                  sep=(IS,), suffix=(S("]"),)),
     FamilyFormat("deepseek_v3", prefix=(M(_DS_CALLS_BEGIN),),
