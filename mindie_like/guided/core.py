@@ -152,6 +152,7 @@ class GuidedDecoding:
             self._added = dict(tokenizer.get_added_vocab())
         except Exception:  # noqa: BLE001 - tokenizers without added vocab
             pass
+        self._markers: dict[str, Optional[int]] = {}
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._cache_size = max(1, int(cache_size))
         self._lock = threading.Lock()
@@ -179,13 +180,27 @@ class GuidedDecoding:
     # ---- markers ----
     def marker(self, text: str) -> str:
         """Lark for a tool marker: `<[id]>` when it is one added token of this tokenizer, else its text."""
-        tid = self._added.get(text)
+        tid = self.special_token_id(text)
         if tid is not None:
             return f"<[{tid}]>"
         return json.dumps(text, ensure_ascii=False)
 
-    def is_special(self, text: str) -> bool:
-        return text in self._added
+    def special_token_id(self, text: str) -> Optional[int]:
+        """The id of `text` when it is one added/special token of this tokenizer, else None."""
+        if text in self._markers:
+            return self._markers[text]
+        tid = self._added.get(text)
+        if tid is None:   # control tokens some tokenizers keep in the base vocabulary (e.g. [TOOL_CALLS])
+            try:
+                t = self.tokenizer.convert_tokens_to_ids(text)
+            except Exception:  # noqa: BLE001
+                t = None
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if isinstance(t, int) and t != unk and 0 <= t < self.vocab_size \
+                    and self.ll_tokenizer.is_special_token(t):
+                tid = t
+        self._markers[text] = tid
+        return tid
 
     # ---- planning ----
     def plan(self, family: str, tools: Optional[list], tool_choice: Any, parallel_tool_calls: bool = True,
