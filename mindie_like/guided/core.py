@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 import llguidance
 import llguidance.hf
 
-from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, GrammarWriter, arguments_json_call_rule, check_name,
-                      json_call, think_prefix)
+from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter, arguments_json_call_rule,
+                      check_name, think_prefix)
 from .mask import GuidedLogitsMask
 from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
 
@@ -217,6 +217,10 @@ class GuidedDecoding:
         if fmt is None:
             logger.warning("guided decoding: unknown tool-call family %r, constraining arguments only", family)
             fam, fmt = "passthrough", FAMILY_FORMATS["passthrough"]
+        for token, variant in FAMILY_VARIANTS.get(fam, ()):
+            if self.special_token_id(token) is not None:
+                fmt = variant
+                break
         if hasattr(tool_choice, "value"):        # enums
             tool_choice = tool_choice.value
         json_schema = _response_schema(response_format)

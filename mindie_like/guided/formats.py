@@ -99,6 +99,13 @@ FAMILY_FORMATS: dict[str, FamilyFormat] = {f.family: f for f in [
     FamilyFormat("passthrough", expressible=False),
 ]}
 
+# Variants chosen by the tokenizer: (a special token whose presence selects it, the format). Mistral's v11+
+# tokenizers (Magistral, Devstral, Mistral Small 3.2) have [ARGS] and write `[TOOL_CALLS]name[ARGS]{json}` per call;
+# older ones the JSON array after [TOOL_CALLS].
+FAMILY_VARIANTS: dict[str, list[tuple[str, FamilyFormat]]] = {
+    "mistral": [("[ARGS]", FamilyFormat("mistral", call=(M("[TOOL_CALLS]"), NAME, M("[ARGS]"), ARGS)))],
+}
+
 FAMILY_ALIASES = {
     "hermes": "qwen3", "qwen3_moe": "qwen3", "qwen25": "qwen2_5", "qwen_2_5": "qwen2_5",
     "qwen1_5": "qwen1_5_or_2", "qwen_1_5": "qwen1_5_or_2", "qwen2": "qwen1_5_or_2", "qwen_2": "qwen1_5_or_2",

@@ -265,3 +265,36 @@ def test_pydantic_like_inputs_and_aliases(qwen):
     assert plan.family == "qwen3" and plan.function_name == "search"
     assert g.plan("some_unknown_family", TOOLS, "required").output_kind == "arguments_json"
 
+
+
+def test_mistral_args_variant_when_the_tokenizer_has_it(newer):
+    g, tok = newer
+    plan = g.plan("mistral", TOOLS, "required")
+    assert plan.family == "mistral"
+    s1 = ("search", {"query": "llm"})
+    text = f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(W1[1])}[TOOL_CALLS]search[ARGS]{json.dumps(s1[1])}"
+    ok, mask, _ = feed(g, text, tok, plan)
+    assert ok and mask.is_accepting(), mask.error
+    ok, _, _ = feed(g, write("mistral", [W1]), tok, plan)     # the older array format is not this model's
+    assert not ok
+    ok, mask, _ = feed(g, text, tok, g.plan("mistral", TOOLS, "required", parallel_tool_calls=False))
+    assert not ok
+
+
+def test_reasoning_with_special_think_tokens(newer):
+    g, tok = newer
+    plan = g.plan("qwen3", TOOLS, named("get_weather"), reasoning=True)
+    for prefix in ("<think>\nweather, Paris\n</think>\n\n", "weather, Paris\n</think>\n\n", "</think>"):
+        ok, mask, _ = feed(g, prefix + write("qwen3", [W1]), tok, plan)
+        assert ok and mask.is_accepting(), (prefix, mask.error)
+    ok, _, _ = feed(g, "<think>\nno\n</think>\n\nSure!", tok, plan)
+    assert not ok
+
+
+def test_inference_mode_batch_rows(qwen):
+    g, tok = qwen
+    mask = g.build_mask_sync(g.plan("qwen2_5", TOOLS, "required"))
+    with torch.inference_mode():
+        batch = torch.zeros(2, g.vocab_size + 64)
+        mask.apply(batch[1])
+    assert torch.isfinite(batch[1]).sum() == 1 and torch.isfinite(batch[0]).all()
