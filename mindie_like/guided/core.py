@@ -3,7 +3,6 @@ hands the engine a fresh per-request LogitsMask over a cached, compiled llguidan
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import threading
@@ -99,8 +98,8 @@ def _named_choice(tool_choice: Any) -> Optional[str]:
         if not isinstance(name, str) or not name:
             raise GuidedDecodingError("tool_choice: a named choice needs function.name")
         return name
-    raise GuidedDecodingError(f"tool_choice: expected \"none\", \"auto\", \"required\" or "
-                              f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {json.dumps(tool_choice)}")
+    raise GuidedDecodingError("tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                              f"\"function\": {{\"name\": ...}}}}, got {json.dumps(tool_choice, default=str)}")
 
 
 def _response_schema(response_format: Any) -> Optional[Any]:

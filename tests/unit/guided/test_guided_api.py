@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -298,3 +297,20 @@ def test_inference_mode_batch_rows(qwen):
         batch = torch.zeros(2, g.vocab_size + 64)
         mask.apply(batch[1])
     assert torch.isfinite(batch[1]).sum() == 1 and torch.isfinite(batch[0]).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mistral_args_variant_random_logits(newer, seed):
+    g, tok = newer
+    plan = g.plan("mistral", TOOLS, "required", parallel_tool_calls=seed % 2 == 0)
+    ids, finished = sample(g, plan, seed)
+    assert finished
+    text = tok.decode(ids, skip_special_tokens=False)
+    parts = text.split("[TOOL_CALLS]")
+    assert parts[0] == "" and len(parts) >= 2
+    if seed % 2:
+        assert len(parts) == 2
+    for p in parts[1:]:
+        name, args = p.split("[ARGS]")
+        jsonschema.validate(json.loads(args), next(t["function"]["parameters"] for t in TOOLS
+                                                   if t["function"]["name"] == name))
