@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import llguidance
-import llguidance.hf
 
 from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter, arguments_json_call_rule,
                       check_name, think_prefix)
 from .mask import GuidedLogitsMask
+from .tokenizer import ll_tokenizer_for
 from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
 
 logger = logging.getLogger(__name__)
@@ -141,9 +141,10 @@ class GuidedDecoding:
         self.eos_token_ids = eos
         if ll_tokenizer is None:
             try:
-                ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=eos)
-            except ValueError as e:   # slow (python) tokenizers are not supported by llguidance.hf
-                raise GuidedDecodingError(f"constrained decoding needs a fast tokenizer: {e}") from e
+                ll_tokenizer = ll_tokenizer_for(tokenizer, eos)
+            except Exception as e:  # noqa: BLE001
+                raise GuidedDecodingError(f"cannot build the grammar tokenizer for {type(tokenizer).__name__}: "
+                                          f"{e}") from e
         self.ll_tokenizer = ll_tokenizer
         self.vocab_size = ll_tokenizer.vocab_size
         self._added = {}

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -314,3 +315,37 @@ def test_mistral_args_variant_random_logits(newer, seed):
         name, args = p.split("[ARGS]")
         jsonschema.validate(json.loads(args), next(t["function"]["parameters"] for t in TOOLS
                                                    if t["function"]["name"] == name))
+
+
+class _PythonTokenizer:
+    """Looks like a remote-code ("slow") tokenizer: not a PreTrainedTokenizerFast, same pieces and encode."""
+
+    def __init__(self, fast):
+        self._t = fast
+
+    def __len__(self):
+        return len(self._t)
+
+    def __getattr__(self, k):
+        return getattr(self._t, k)
+
+
+def test_slow_tokenizers_get_the_same_token_table_and_masks(other):
+    from mindie_like.guided import GuidedDecoding
+    g_fast, fast = other
+    g_slow = GuidedDecoding(_PythonTokenizer(fast))
+    n = len(fast)
+    assert [g_slow.ll_tokenizer.decode_bytes([i]) for i in range(n)] == \
+        [g_fast.ll_tokenizer.decode_bytes([i]) for i in range(n)]
+    assert g_slow.eos_token_ids == g_fast.eos_token_ids
+    for family in ("deepseek_v31", "llama3", "chatglm3"):
+        m1 = g_fast.build_mask_sync(g_fast.plan(family, TOOLS, named("search")))
+        m2 = g_slow.build_mask_sync(g_slow.plan(family, TOOLS, named("search")))
+        rng = np.random.default_rng(0)
+        for _ in range(120):
+            a1 = m1.allowed_token_ids()
+            assert np.array_equal(a1, m2.allowed_token_ids())
+            t = int(rng.choice(a1))
+            assert m1.accept(t) and m2.accept(t)
+            if m1.is_finished() or t in g_fast.eos_token_ids:
+                break
