@@ -153,6 +153,7 @@ class GuidedDecoding:
         except Exception:  # noqa: BLE001 - tokenizers without added vocab
             pass
         self._markers: dict[str, Optional[int]] = {}
+        self._inflight: dict[str, threading.Event] = {}
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._cache_size = max(1, int(cache_size))
         self._lock = threading.Lock()
@@ -367,14 +368,31 @@ class GuidedDecoding:
         return m, (m.get_error() if m.is_error() else "")
 
     def _compiled(self, plan: GuidancePlan):
+        """The pristine compiled matcher for the plan's grammar: from the cache, or compiled once even when
+        several requests ask for the same new grammar at the same time (the others wait for it)."""
         key = plan.grammar
-        with self._lock:
-            m = self._cache.get(key)
-            if m is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return m
-            self.misses += 1
+        while True:
+            with self._lock:
+                m = self._cache.get(key)
+                if m is not None:
+                    self._cache.move_to_end(key)
+                    self.hits += 1
+                    return m
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()          # another thread compiles it; then take it from the cache (or retry)
+        try:
+            return self._compile(plan)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            pending.set()
+
+    def _compile(self, plan: GuidancePlan):
+        key = plan.grammar
         t0 = time.perf_counter()
         m, err = self._new_matcher(key)
         if err and plan._build is not None:

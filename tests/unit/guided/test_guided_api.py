@@ -127,6 +127,7 @@ def test_build_mask_compiles_off_the_event_loop(qwen):
     finally:
         del g._new_matcher
     assert seen and all(t != loop_thread and t.startswith("guided-compile") for t in seen)
+    assert len(seen) == 1                                    # three concurrent requests, one compile
     assert len({id(m) for m in masks}) == 3
 
 
