@@ -229,7 +229,7 @@ class GuidedDecoding:
         if tool_choice is None or tool_choice in ("auto", "none"):
             if json_schema is None:
                 return None
-            ntools = _normalize_tools(tools) if tool_choice == "auto" else []
+            ntools = _normalize_tools(tools) if tool_choice != "none" else []   # None with tools means auto
             if ntools and fmt.expressible:
                 # Either the family's tool calls or the JSON reply: the processor tells them apart.
                 return self._tool_plan(fam, fmt, ntools, None, parallel_tool_calls, json_schema, reasoning)
@@ -244,7 +244,8 @@ class GuidedDecoding:
             named = _named_choice(tool_choice)
         ntools = _normalize_tools(tools)
         if not ntools:
-            raise GuidedDecodingError(f"tool_choice {json.dumps(tool_choice)} needs at least one function in tools")
+            raise GuidedDecodingError(f"tool_choice: {json.dumps(tool_choice, default=str)} needs at least one "
+                                      "function in tools")
         if named is not None:
             sel = [t for t in ntools if t["name"] == named]
             if not sel:

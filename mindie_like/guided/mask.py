@@ -51,7 +51,7 @@ class GuidedLogitsMask:
         k = min(row, n)
         b = torch.from_numpy(bias[:k])
         if logits.device.type != "cpu":
-            logits[:k].add_(b.to(logits.device, non_blocking=True))
+            logits[:k].add_(b.to(logits.device))    # a blocking copy: the numpy buffer is reused next step
         elif logits.dtype == torch.float32 and logits.is_contiguous() and not logits.requires_grad:
             ln = logits.numpy()
             np.add(ln[:k], bias[:k], out=ln[:k])
