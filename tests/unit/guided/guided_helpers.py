@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
-
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-TOKENIZERS = Path("/work/shared/tokenizers") if not (SHARED / "tokenizers").is_dir() else SHARED / "tokenizers"
+from tiny_models import TOKENIZERS  # noqa: F401 - ../shared/tokenizers (MINDIE_LIKE_SHARED overrides)
 
 DS_CALLS_BEGIN, DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 DS_CALL_BEGIN, DS_CALL_END, DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
