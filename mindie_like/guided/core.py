@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -153,6 +154,12 @@ class GuidedDecoding:
         except Exception:  # noqa: BLE001 - tokenizers without added vocab
             pass
         self._markers: dict[str, Optional[int]] = {}
+        self._split_cache: dict[str, list] = {}
+        # Added tokens llguidance treats as special (never matched through their spelling), longest first.
+        self._special_ids = {t: i for t, i in self._added.items()
+                             if len(t) > 1 and 0 <= i < self.vocab_size and ll_tokenizer.is_special_token(i)}
+        self._special_re = (re.compile("|".join(re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True)))
+                            if self._special_ids else None)
         self._inflight: dict[str, threading.Event] = {}
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._cache_size = max(1, int(cache_size))
@@ -180,11 +187,33 @@ class GuidedDecoding:
 
     # ---- markers ----
     def marker(self, text: str) -> str:
-        """Lark for a tool marker: `<[id]>` when it is one added token of this tokenizer, else its text."""
+        """Lark for literal text such as a tool marker: `<[id]>` for special tokens of this tokenizer (the whole
+        text, or special tokens inside it), string literals for the rest."""
+        return " ".join(f"<[{x}]>" if isinstance(x, int) else json.dumps(x, ensure_ascii=False)
+                        for x in self.split_specials(text) if x != "")
+
+    def split_specials(self, text: str) -> list:
+        """`text` cut into plain strings and the ids of the special tokens in it, in order."""
+        hit = self._split_cache.get(text)
+        if hit is not None:
+            return hit
         tid = self.special_token_id(text)
         if tid is not None:
-            return f"<[{tid}]>"
-        return json.dumps(text, ensure_ascii=False)
+            out: list = [tid]
+        elif self._special_re is None:
+            out = [text]
+        else:
+            out, pos = [], 0
+            for m in self._special_re.finditer(text):
+                if m.start() > pos:
+                    out.append(text[pos:m.start()])
+                out.append(self._special_ids[m.group(0)])
+                pos = m.end()
+            if pos < len(text):
+                out.append(text[pos:])
+        if len(self._split_cache) < 4096:
+            self._split_cache[text] = out
+        return out
 
     def special_token_id(self, text: str) -> Optional[int]:
         """The id of `text` when it is one added/special token of this tokenizer, else None."""
@@ -267,7 +296,7 @@ class GuidedDecoding:
         parallel = bool(parallel) and fmt.multi
 
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             calls = [w.rule(f"call_{i}", w.render(fmt.call, t, fmt)) for i, t in enumerate(tools)]
             w.rule("call", " | ".join(calls))
             if parallel:
@@ -297,7 +326,7 @@ class GuidedDecoding:
         single = named if named is not None else (tools[0]["name"] if len(tools) == 1 else None)
 
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             if single is not None:
                 body = w.json_rule("args", tools[0]["parameters"])
             else:
@@ -322,7 +351,7 @@ class GuidedDecoding:
 
     def _json_plan(self, fam, schema, reasoning) -> GuidancePlan:
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             j = w.json_rule("json_reply", schema)
             start = f"{think_prefix(w)} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")

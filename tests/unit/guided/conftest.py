@@ -33,9 +33,10 @@ def gd(qwen, other):
 
 @pytest.fixture(scope="session")
 def newer():
-    """SmolLM2's tokenizer with Mistral v11+'s [ARGS] and Qwen3-style <think>/</think> as special tokens."""
+    """SmolLM2's tokenizer with Mistral v11+'s [ARGS], Qwen3-style <think>/</think> and a `｜DSML｜` special token
+    (a special token inside longer markers) added."""
     from transformers import AutoTokenizer
     from mindie_like.guided import GuidedDecoding
     tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "smollm2"))
-    tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + ["[ARGS]", "<think>", "</think>"]})
+    tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + ["[ARGS]", "<think>", "</think>", "｜DSML｜"]})
     return GuidedDecoding(tok), tok

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_helpers import TOOLS, feed, named, sample, write
+from guided_helpers import TOOLS, feed, named, parse, sample, write
 from mindie_like.engine.types import LogitsMask
 from mindie_like.guided import FAMILIES, GuidedDecodingError
 
@@ -350,3 +350,22 @@ def test_slow_tokenizers_get_the_same_token_table_and_masks(other):
             assert m1.accept(t) and m2.accept(t)
             if m1.is_finished() or t in g_fast.eos_token_ids:
                 break
+
+
+def test_special_tokens_inside_longer_literals(newer):
+    g, tok = newer
+    dsml = tok.convert_tokens_to_ids("｜DSML｜")
+    assert g.split_specials("<｜DSML｜invoke") == ["<", dsml, "invoke"]
+    assert g.marker("a<|python_tag|>b") == f'"a" <[{tok.convert_tokens_to_ids("<|python_tag|>")}]> "b"'
+    plan = g.plan("deepseek_v32", TOOLS, "required")
+    assert f"<[{dsml}]>" in plan.grammar
+    text = write("deepseek_v32", [W1, ("search", {"query": "x"})])
+    assert dsml in tok.encode(text, add_special_tokens=False)
+    ok, mask, _ = feed(g, text, tok, plan)
+    assert ok and mask.is_accepting(), mask.error
+    for seed in range(3):
+        ids, finished = sample(g, plan, seed)
+        assert finished
+        for name, args in parse("deepseek_v32", tok.decode(ids, skip_special_tokens=False)):
+            jsonschema.validate(args, next(t["function"]["parameters"] for t in TOOLS
+                                           if t["function"]["name"] == name))
