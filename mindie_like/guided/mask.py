@@ -2,8 +2,8 @@
 
 apply() asks the matcher for the allowed-token bitmask (32 tokens per int32 word), unpacks it with numpy into a
 0 / -inf bias row and adds it to the logits: plain numpy + torch, no torch.compile (llguidance.torch compiles for
-9-17 s on first use). Building the bias with integer ops and one add is several times faster on CPU than `masked_fill_` with a
-boolean mask (measured: docs/benchmarks.md).
+9-17 s on first use). Building the bias with integer ops and one add is several times faster on CPU than
+`masked_fill_` with a boolean mask (measured: docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -38,5 +38,6 @@ def newer():
     from transformers import AutoTokenizer
     from mindie_like.guided import GuidedDecoding
     tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "smollm2"))
-    tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + ["[ARGS]", "<think>", "</think>", "｜DSML｜"]})
+    extra = ["[ARGS]", "<think>", "</think>", "｜DSML｜"]
+    tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + extra})
     return GuidedDecoding(tok), tok
