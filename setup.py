@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         "npu": ["torch_npu"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0"],
         "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2"],  # the re-parse baseline of bench_tool_parse
     },
     include_package_data=True,

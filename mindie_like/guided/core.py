@@ -3,9 +3,9 @@ hands the engine a fresh per-request LogitsMask over a cached, compiled llguidan
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import llguidance
-import llguidance.hf
 
-from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, GrammarWriter, arguments_json_call_rule, check_name,
-                      json_call, think_prefix)
+from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter, arguments_json_call_rule,
+                      check_name, think_prefix)
 from .mask import GuidedLogitsMask
+from .tokenizer import ll_tokenizer_for
 from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
 
 logger = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def _named_choice(tool_choice: Any) -> Optional[str]:
         if not isinstance(name, str) or not name:
             raise GuidedDecodingError("tool_choice: a named choice needs function.name")
         return name
-    raise GuidedDecodingError(f"tool_choice: expected \"none\", \"auto\", \"required\" or "
-                              f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {json.dumps(tool_choice)}")
+    raise GuidedDecodingError("tool_choice: expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                              f"\"function\": {{\"name\": ...}}}}, got {json.dumps(tool_choice, default=str)}")
 
 
 def _response_schema(response_format: Any) -> Optional[Any]:
@@ -142,9 +142,10 @@ class GuidedDecoding:
         self.eos_token_ids = eos
         if ll_tokenizer is None:
             try:
-                ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, eos_token=eos)
-            except ValueError as e:   # slow (python) tokenizers are not supported by llguidance.hf
-                raise GuidedDecodingError(f"constrained decoding needs a fast tokenizer: {e}") from e
+                ll_tokenizer = ll_tokenizer_for(tokenizer, eos)
+            except Exception as e:  # noqa: BLE001
+                raise GuidedDecodingError(f"cannot build the grammar tokenizer for {type(tokenizer).__name__}: "
+                                          f"{e}") from e
         self.ll_tokenizer = ll_tokenizer
         self.vocab_size = ll_tokenizer.vocab_size
         self._added = {}
@@ -152,6 +153,14 @@ class GuidedDecoding:
             self._added = dict(tokenizer.get_added_vocab())
         except Exception:  # noqa: BLE001 - tokenizers without added vocab
             pass
+        self._markers: dict[str, Optional[int]] = {}
+        self._split_cache: dict[str, list] = {}
+        # Added tokens llguidance treats as special (never matched through their spelling), longest first.
+        self._special_ids = {t: i for t, i in self._added.items()
+                             if len(t) > 1 and 0 <= i < self.vocab_size and ll_tokenizer.is_special_token(i)}
+        self._special_re = (re.compile("|".join(re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True)))
+                            if self._special_ids else None)
+        self._inflight: dict[str, threading.Event] = {}
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._cache_size = max(1, int(cache_size))
         self._lock = threading.Lock()
@@ -178,14 +187,50 @@ class GuidedDecoding:
 
     # ---- markers ----
     def marker(self, text: str) -> str:
-        """Lark for a tool marker: `<[id]>` when it is one added token of this tokenizer, else its text."""
-        tid = self._added.get(text)
-        if tid is not None:
-            return f"<[{tid}]>"
-        return json.dumps(text, ensure_ascii=False)
+        """Lark for literal text such as a tool marker: `<[id]>` for special tokens of this tokenizer (the whole
+        text, or special tokens inside it), string literals for the rest."""
+        return " ".join(f"<[{x}]>" if isinstance(x, int) else json.dumps(x, ensure_ascii=False)
+                        for x in self.split_specials(text) if x != "")
 
-    def is_special(self, text: str) -> bool:
-        return text in self._added
+    def split_specials(self, text: str) -> list:
+        """`text` cut into plain strings and the ids of the special tokens in it, in order."""
+        hit = self._split_cache.get(text)
+        if hit is not None:
+            return hit
+        tid = self.special_token_id(text)
+        if tid is not None:
+            out: list = [tid]
+        elif self._special_re is None:
+            out = [text]
+        else:
+            out, pos = [], 0
+            for m in self._special_re.finditer(text):
+                if m.start() > pos:
+                    out.append(text[pos:m.start()])
+                out.append(self._special_ids[m.group(0)])
+                pos = m.end()
+            if pos < len(text):
+                out.append(text[pos:])
+        if len(self._split_cache) < 4096:
+            self._split_cache[text] = out
+        return out
+
+    def special_token_id(self, text: str) -> Optional[int]:
+        """The id of `text` when it is one added/special token of this tokenizer, else None."""
+        if text in self._markers:
+            return self._markers[text]
+        tid = self._added.get(text)
+        if tid is None:   # control tokens some tokenizers keep in the base vocabulary (e.g. [TOOL_CALLS])
+            try:
+                t = self.tokenizer.convert_tokens_to_ids(text)
+            except Exception:  # noqa: BLE001
+                t = None
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if isinstance(t, int) and t != unk and 0 <= t < self.vocab_size \
+                    and self.ll_tokenizer.is_special_token(t):
+                tid = t
+        self._markers[text] = tid
+        return tid
 
     # ---- planning ----
     def plan(self, family: str, tools: Optional[list], tool_choice: Any, parallel_tool_calls: bool = True,
@@ -202,6 +247,10 @@ class GuidedDecoding:
         if fmt is None:
             logger.warning("guided decoding: unknown tool-call family %r, constraining arguments only", family)
             fam, fmt = "passthrough", FAMILY_FORMATS["passthrough"]
+        for token, variant in FAMILY_VARIANTS.get(fam, ()):
+            if self.special_token_id(token) is not None:
+                fmt = variant
+                break
         if hasattr(tool_choice, "value"):        # enums
             tool_choice = tool_choice.value
         json_schema = _response_schema(response_format)
@@ -209,7 +258,7 @@ class GuidedDecoding:
         if tool_choice is None or tool_choice in ("auto", "none"):
             if json_schema is None:
                 return None
-            ntools = _normalize_tools(tools) if tool_choice == "auto" else []
+            ntools = _normalize_tools(tools) if tool_choice != "none" else []   # None with tools means auto
             if ntools and fmt.expressible:
                 # Either the family's tool calls or the JSON reply: the processor tells them apart.
                 return self._tool_plan(fam, fmt, ntools, None, parallel_tool_calls, json_schema, reasoning)
@@ -224,7 +273,8 @@ class GuidedDecoding:
             named = _named_choice(tool_choice)
         ntools = _normalize_tools(tools)
         if not ntools:
-            raise GuidedDecodingError(f"tool_choice {json.dumps(tool_choice)} needs at least one function in tools")
+            raise GuidedDecodingError(f"tool_choice: {json.dumps(tool_choice, default=str)} needs at least one "
+                                      "function in tools")
         if named is not None:
             sel = [t for t in ntools if t["name"] == named]
             if not sel:
@@ -246,7 +296,7 @@ class GuidedDecoding:
         parallel = bool(parallel) and fmt.multi
 
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             calls = [w.rule(f"call_{i}", w.render(fmt.call, t, fmt)) for i, t in enumerate(tools)]
             w.rule("call", " | ".join(calls))
             if parallel:
@@ -254,7 +304,8 @@ class GuidedDecoding:
                 seq = f"call ({sep} call)*" if sep else "call+"
             else:
                 seq = "call"
-            w.rule("tool_calls", " ".join(x for x in (w.render(fmt.prefix), seq, w.render(fmt.suffix)) if x))
+            prefix = fmt.json_union_prefix if (json_schema is not None and fmt.json_union_prefix) else fmt.prefix
+            w.rule("tool_calls", " ".join(x for x in (w.render(prefix), seq, w.render(fmt.suffix)) if x))
             body = "tool_calls"
             if json_schema is not None:
                 j = w.json_rule("json_reply", json_schema)
@@ -275,7 +326,7 @@ class GuidedDecoding:
         single = named if named is not None else (tools[0]["name"] if len(tools) == 1 else None)
 
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             if single is not None:
                 body = w.json_rule("args", tools[0]["parameters"])
             else:
@@ -300,7 +351,7 @@ class GuidedDecoding:
 
     def _json_plan(self, fam, schema, reasoning) -> GuidancePlan:
         def build(resolve):
-            w = GrammarWriter(self.marker, resolve, self.separators)
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
             j = w.json_rule("json_reply", schema)
             start = f"{think_prefix(w)} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")
@@ -347,14 +398,31 @@ class GuidedDecoding:
         return m, (m.get_error() if m.is_error() else "")
 
     def _compiled(self, plan: GuidancePlan):
+        """The pristine compiled matcher for the plan's grammar: from the cache, or compiled once even when
+        several requests ask for the same new grammar at the same time (the others wait for it)."""
         key = plan.grammar
-        with self._lock:
-            m = self._cache.get(key)
-            if m is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return m
-            self.misses += 1
+        while True:
+            with self._lock:
+                m = self._cache.get(key)
+                if m is not None:
+                    self._cache.move_to_end(key)
+                    self.hits += 1
+                    return m
+                pending = self._inflight.get(key)
+                if pending is None:
+                    pending = self._inflight[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()          # another thread compiles it; then take it from the cache (or retry)
+        try:
+            return self._compile(plan)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+            pending.set()
+
+    def _compile(self, plan: GuidancePlan):
+        key = plan.grammar
         t0 = time.perf_counter()
         m, err = self._new_matcher(key)
         if err and plan._build is not None:

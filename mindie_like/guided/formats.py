@@ -57,6 +57,11 @@ class FamilyFormat:
     multi: bool = True                 # the format can carry several calls in one answer
     params_style: Optional[str] = None  # "qwen3_coder" | "dsml": PARAMS is written parameter by parameter
     expressible: bool = True           # False: only the arguments JSON is constrained (output_kind arguments_json)
+    # Prefix used instead of `prefix` when the calls are in a union with a JSON reply (tool_choice auto +
+    # response_format): llguidance decides between a Lark literal and a %json at their first shared byte, so a
+    # format whose calls start with `{` must then start with a marker (the bare-JSON call stays possible as a
+    # JSON reply, which the family processor reports as a call).
+    json_union_prefix: Optional[tuple] = None
 
 
 _DS_CALLS_BEGIN, _DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
@@ -74,7 +79,8 @@ FAMILY_FORMATS: dict[str, FamilyFormat] = {f.family: f for f in [
                        M("</tool_call>")),
                  sep=(OPT(S("\n")),), params_style="qwen3_coder"),
     FamilyFormat("qwen1_5_or_2", call=(S("✿FUNCTION✿: "), NAME, S("\n✿ARGS✿: "), ARGS), sep=(S("\n"),)),
-    FamilyFormat("llama3", prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),)),
+    FamilyFormat("llama3", prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),),
+                 json_union_prefix=(M("<|python_tag|>"),)),
     FamilyFormat("mistral", prefix=(M("[TOOL_CALLS]"), OPT(S(" ")), S("[")), call=json_call("arguments"),
                  sep=(IS,), suffix=(S("]"),)),
     FamilyFormat("deepseek_v3", prefix=(M(_DS_CALLS_BEGIN),),
@@ -92,6 +98,13 @@ FAMILY_FORMATS: dict[str, FamilyFormat] = {f.family: f for f in [
     FamilyFormat("chatglm2", expressible=False),
     FamilyFormat("passthrough", expressible=False),
 ]}
+
+# Variants chosen by the tokenizer: (a special token whose presence selects it, the format). Mistral's v11+
+# tokenizers (Magistral, Devstral, Mistral Small 3.2) have [ARGS] and write `[TOOL_CALLS]name[ARGS]{json}` per call;
+# older ones the JSON array after [TOOL_CALLS].
+FAMILY_VARIANTS: dict[str, list[tuple[str, FamilyFormat]]] = {
+    "mistral": [("[ARGS]", FamilyFormat("mistral", call=(M("[TOOL_CALLS]"), NAME, M("[ARGS]"), ARGS)))],
+}
 
 FAMILY_ALIASES = {
     "hermes": "qwen3", "qwen3_moe": "qwen3", "qwen25": "qwen2_5", "qwen_2_5": "qwen2_5",
@@ -142,12 +155,17 @@ def check_name(name: Any, where: str) -> str:
 
 
 class GrammarWriter:
-    """Collects Lark rules. `marker(text)` -> Lark for a marker; `resolve(schema)` -> the schema to embed
-    (identity, or a fallback for schemas llguidance cannot compile)."""
+    """Collects Lark rules.
 
-    def __init__(self, marker: Callable[[str], str], resolve: Callable[[Any], Any],
+    `split(text)` cuts a literal into plain strings and token ids: the special tokens of the tokenizer that occur
+    in it (a whole marker like `<tool_call>`, or a special token inside a longer literal). The model's tokenizer
+    encodes such text with the special token, so the grammar must ask for the token, never for its spelling.
+    `resolve(schema)` -> the schema to embed (identity, or a fallback for schemas llguidance cannot compile).
+    """
+
+    def __init__(self, split: Callable[[str], list], resolve: Callable[[Any], Any],
                  separators: tuple[str, str]):
-        self.marker = marker
+        self.split = split
         self.resolve = resolve
         self.separators = separators
         self.rules: list[str] = []
@@ -169,6 +187,14 @@ class GrammarWriter:
     def text(self) -> str:
         return "\n".join(self.rules) + "\n"
 
+    @staticmethod
+    def _lark_pieces(pieces: list) -> str:
+        return " ".join(f"<[{x}]>" if isinstance(x, int) else lark_str(x) for x in pieces if x != "")
+
+    def lit(self, text: str) -> str:
+        """Lark for literal text (special tokens in it as token references); "" for no text."""
+        return self._lark_pieces(self.split(text)) if text else ""
+
     # ---- template rendering ----
     def render(self, parts: tuple, tool: Optional[dict] = None, fmt: Optional[FamilyFormat] = None) -> str:
         out = []
@@ -180,10 +206,8 @@ class GrammarWriter:
 
     def render_part(self, p: tuple, tool: Optional[dict], fmt: Optional[FamilyFormat]) -> str:
         kind = p[0]
-        if kind == "m":
-            return self.marker(p[1])
-        if kind == "s":
-            return lark_str(p[1]) if p[1] else ""
+        if kind in ("m", "s"):
+            return self.lit(p[1])
         if kind == "opt":
             inner = self.render_part(p[1], tool, fmt)
             return f"({inner})?" if inner else ""
@@ -192,9 +216,9 @@ class GrammarWriter:
         if kind == "is":
             return "ITEM_SEP"
         if kind == "name":
-            return lark_str(tool["name"])
+            return self.lit(tool["name"])
         if kind == "qname":
-            return lark_str(json.dumps(tool["name"], ensure_ascii=False))
+            return self.lit(json.dumps(tool["name"], ensure_ascii=False))
         if kind == "args":
             return self.json_rule("args", tool["parameters"])
         if kind == "params":
@@ -219,17 +243,17 @@ class GrammarWriter:
             items.append(f"({open_} {val})*")
         return self.rule(self.fresh("params"), " ".join(items))
 
-    def _param_tags(self, style: str, key: Optional[str], is_string: bool) -> tuple[str, tuple[str, str, str]]:
-        """Lark for the opening of a parameter, and its close as (text before the end marker, the end
-        marker, text after it)."""
-        key_lark = lark_str(key) if key is not None else "/[A-Za-z0-9_.\\-]{1,64}/"
+    def _param_tags(self, style: str, key: Optional[str], is_string: bool) -> tuple[str, str]:
+        """Lark for the opening of a parameter, and the text that closes its value."""
+        key_lark = self.lit(key) if key is not None else "/[A-Za-z0-9_.\\-]{1,64}/"
         if style == "qwen3_coder":
-            return f'"<parameter=" {key_lark} ">\\n"', ("\n", "</parameter>", "\n")
-        if style == "dsml":
+            before, after, close = "<parameter=", ">\n", "\n</parameter>\n"
+        elif style == "dsml":
             flag = "true" if is_string else "false"
-            return (f'"<{_DSML}parameter name=\\"" {key_lark} "\\" string=\\"{flag}\\">"',
-                    ("", f"</{_DSML}parameter>", "\n"))
-        raise ValueError(style)
+            before, after, close = f'<{_DSML}parameter name="', f'" string="{flag}">', f"</{_DSML}parameter>\n"
+        else:
+            raise ValueError(style)
+        return f"{self.lit(before)} {key_lark} {self.lit(after)}", close
 
     def param(self, style: str, key: str, sub: Any, defs: dict) -> str:
         types = schema_types(sub)
@@ -242,37 +266,33 @@ class GrammarWriter:
             for k, v in defs.items():
                 full.setdefault(k, v)
             j = self.json_rule("pjson", full)
-            val = f"{j} {self.close_lark(close)}"
+            val = f"{j} {self.lit(close)}"
         return self.rule(self.fresh("param"), f"{open_} {val}")
 
-    def close_lark(self, close: tuple[str, str, str]) -> str:
-        pre, marker, post = close
-        return " ".join(x for x in (lark_str(pre) if pre else "", self.marker(marker),
-                                    lark_str(post) if post else "") if x)
-
-    def raw_value(self, sub: Any, close: tuple[str, str, str]) -> str:
-        """A string parameter written raw (no quotes), followed by its closing tag."""
+    def raw_value(self, sub: Any, close: str) -> str:
+        """A string parameter written raw (no quotes), followed by the text `close` that ends it."""
         sub = sub if isinstance(sub, dict) else {}
         choices = [sub["const"]] if "const" in sub else sub.get("enum")
         if isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices):
-            alts = " | ".join(lark_str(c) for c in choices if c != "") or '""'
+            alts = " | ".join(self.lit(c) for c in choices if c != "") or '""'
             if "" in choices:
                 alts = f"({alts})?"
-            return f"({alts}) {self.close_lark(close)}"
+            return f"({alts}) {self.lit(close)}"
         lo = int(sub.get("minLength", 0))
         hi = sub.get("maxLength")
         if hi is not None and int(hi) <= _MAX_REGEX_REPEAT:
             body = f"(?s:.{{{lo},{int(hi)}}})"
         else:
             body = f"(?s:.{{{lo},}})" if lo else "(?s:.*)"
-        pre, marker, post = close
-        m = self.marker(marker)
-        if m.startswith("<["):       # end marker is a special token: the text ends where it comes
+        pieces = self.split(close)
+        k = next((i for i, x in enumerate(pieces) if isinstance(x, int)), None)
+        if k is not None:
+            # The close holds a special token: the raw text (a regex never spans one) ends right before it.
             term = self.fresh("RAW").upper()
-            self.rules.append(f"{term}: /{body}{regex_literal(pre)}/")
-            return f"{term} {m}" + (f" {lark_str(post)}" if post else "")
-        name = self.fresh("raw")
-        self.rules.append(f"{name}[lazy]: /{body}{regex_literal(pre + marker + post)}/")
+            self.rules.append(f"{term}: /{body}{regex_literal(''.join(pieces[:k]))}/")
+            return f"{term} {self._lark_pieces(pieces[k:])}"
+        name = self.fresh("raw")   # lazy: the value ends at the first occurrence of the close text
+        self.rules.append(f"{name}[lazy]: /{body}{regex_literal(close)}/")
         return name
 
 
@@ -283,10 +303,11 @@ def arguments_json_call_rule(w: GrammarWriter, tool: dict) -> str:
 
 def think_prefix(w: GrammarWriter) -> str:
     """An optional `<think>`, free reasoning text, `</think>`, up to two newlines."""
-    open_m, close_m = w.marker("<think>"), w.marker("</think>")
-    if close_m.startswith("<["):
+    open_p, close_p = w.split("<think>"), w.split("</think>")
+    if any(isinstance(x, int) for x in close_p):
         w.rules.append("THINK_TEXT: /(?s:.*)/")
-        body = f"({open_m})? THINK_TEXT {close_m}"
+        opt = f"({w.lit('<think>')})? " if any(isinstance(x, int) for x in open_p) else ""
+        body = f"{opt}THINK_TEXT {w.lit('</think>')}"
     else:
         name = w.fresh("think_text")
         w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal('</think>')}/")

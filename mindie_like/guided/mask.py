@@ -1,9 +1,9 @@
 """The engine's per-request LogitsMask, backed by one llguidance matcher.
 
-apply() asks the matcher for the allowed-token bitmask (32 tokens per int32 word), unpacks it with numpy and adds a
-0 / -inf bias row to the logits: plain numpy + torch, no torch.compile (llguidance.torch compiles for 9-17 s on first
-use). A gather from a 2-entry table followed by one add is several times faster on CPU than `masked_fill_` with a
-boolean mask (measured: docs/benchmarks.md).
+apply() asks the matcher for the allowed-token bitmask (32 tokens per int32 word), unpacks it with numpy into a
+0 / -inf bias row and adds it to the logits: plain numpy + torch, no torch.compile (llguidance.torch compiles for
+9-17 s on first use). Building the bias with integer ops and one add is several times faster on CPU than
+`masked_fill_` with a boolean mask (measured: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_BIAS_TABLE = np.array([-np.inf, 0.0], dtype=np.float32)   # bit 0 -> -inf, bit 1 -> 0
+_NEG_INF_BITS = np.int32(-8388608)     # 0xFF800000: float32 -inf
 _CHUNK = 16384
 
 
@@ -31,13 +31,14 @@ class GuidedLogitsMask:
       call), only continuations and the end-of-turn tokens are allowed; sampling one of those ends it the same way.
     """
 
-    __slots__ = ("_m", "_n", "_words", "_bias", "_eos", "num_tokens", "plan")
+    __slots__ = ("_m", "_n", "_words", "_bias", "_bias_i32", "_eos", "num_tokens", "plan")
 
     def __init__(self, matcher: Any, vocab_size: int, eos_token_ids: Iterable[int], plan: Any = None):
         self._m = matcher
         self._n = int(vocab_size)
         self._words = np.zeros((self._n + 31) // 32, dtype=np.int32)
         self._bias = np.empty(self._n, dtype=np.float32)
+        self._bias_i32 = self._bias.view(np.int32)
         self._eos = sorted(set(int(t) for t in eos_token_ids))
         self.num_tokens = 0
         self.plan = plan
@@ -50,7 +51,7 @@ class GuidedLogitsMask:
         k = min(row, n)
         b = torch.from_numpy(bias[:k])
         if logits.device.type != "cpu":
-            logits[:k].add_(b.to(logits.device, non_blocking=True))
+            logits[:k].add_(b.to(logits.device))    # a blocking copy: the numpy buffer is reused next step
         elif logits.dtype == torch.float32 and logits.is_contiguous() and not logits.requires_grad:
             ln = logits.numpy()
             np.add(ln[:k], bias[:k], out=ln[:k])
@@ -58,7 +59,8 @@ class GuidedLogitsMask:
             # Chunks under torch's parallel grain size (32768) stay on the calling thread: on a busy 2-core
             # machine, waking the intra-op pool for one 151k add cost ~7 ms instead of ~30 us.
             for s in range(0, k, _CHUNK):
-                logits[s:s + _CHUNK].add_(b[s:s + _CHUNK])
+                e = min(s + _CHUNK, k)
+                logits[s:e].add_(b[s:e])
         if row > n:
             logits[n:] = float("-inf")
 
@@ -104,6 +106,11 @@ class GuidedLogitsMask:
             return bias
         w = self._words
         self._m.unsafe_compute_mask_ptr(w.ctypes.data, w.nbytes)
-        bits = np.unpackbits(w.view(np.uint8), count=self._n, bitorder="little")
-        np.take(_BIAS_TABLE, bits, out=bias, mode="clip")   # "clip": no buffered bounds check
+        bits = np.unpackbits(w.view(np.uint8), count=self._n, bitorder="little")   # 1 = allowed
+        # bit -> float32 bit pattern: 1 -> 0x00000000 (0.0), 0 -> 0xFF800000 (-inf); three branch-free passes,
+        # ~3x faster than a table gather and ~15x faster than masked_fill_ with a boolean mask.
+        b32 = self._bias_i32
+        np.copyto(b32, bits, casting="unsafe")
+        np.subtract(b32, 1, out=b32)
+        np.bitwise_and(b32, _NEG_INF_BITS, out=b32)
         return bias

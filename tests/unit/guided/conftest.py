@@ -29,3 +29,15 @@ def other():
 def gd(qwen, other):
     """gd(family) -> (GuidedDecoding, tokenizer) suited to the family."""
     return lambda family: other if family in OTHER_FAMILIES else qwen
+
+
+@pytest.fixture(scope="session")
+def newer():
+    """SmolLM2's tokenizer with Mistral v11+'s [ARGS], Qwen3-style <think>/</think> and a `｜DSML｜` special token
+    (a special token inside longer markers) added."""
+    from transformers import AutoTokenizer
+    from mindie_like.guided import GuidedDecoding
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "smollm2"))
+    extra = ["[ARGS]", "<think>", "</think>", "｜DSML｜"]
+    tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + extra})
+    return GuidedDecoding(tok), tok

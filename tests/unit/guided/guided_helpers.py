@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
-
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-TOKENIZERS = Path("/work/shared/tokenizers") if not (SHARED / "tokenizers").is_dir() else SHARED / "tokenizers"
+from tiny_models import TOKENIZERS  # noqa: F401 - ../shared/tokenizers (MINDIE_LIKE_SHARED overrides)
 
 DS_CALLS_BEGIN, DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 DS_CALL_BEGIN, DS_CALL_END, DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -199,7 +196,7 @@ def parse(family: str, text: str, *, function_name: str | None = None) -> list[t
 
 # ---- the engine's loop, with random logits -------------------------------------------------------------------------
 def sample(g, plan, seed: int, *, cap: int = 500, pad: int = 0) -> tuple[list[int], bool]:
-    """Drive a fresh mask with random logits (argmax of N(0,1) logits: a uniform pick among allowed tokens).
+    """Drive a fresh mask with random logits (argmax of i.i.d. random logits: a uniform pick among the allowed tokens).
     Returns (generated ids without a final end-of-turn token, finished)."""
     mask = g.build_mask_sync(plan)
     rng = np.random.default_rng(seed)
@@ -208,7 +205,7 @@ def sample(g, plan, seed: int, *, cap: int = 500, pad: int = 0) -> tuple[list[in
     ids: list[int] = []
     for _ in range(cap):
         # numpy, not torch: torch's intra-op pool on a busy 2-core machine makes each 151k-wide op cost ms
-        row = rng.standard_normal(width, dtype=np.float32)
+        row = rng.random(width, dtype=np.float32)          # uniform logits: argmax is a uniform pick
         mask.apply(torch.from_numpy(row))
         if pad:
             assert np.isneginf(row[g.vocab_size:]).all()
