@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional
 
 from .config import ConfigError, LoadedConfig, effective_config, gguf_file_in, load_config, to_engine_config
-from .engine.types import Engine, EngineConfig
 
 log = logging.getLogger("mindie_like.daemon")
 
@@ -95,83 +94,41 @@ class BackendLoadError(Exception):
     pass
 
 
-def load_tokenizer_and_config(model_path: Path, trust_remote_code: bool = False,
-                              cache_root: Optional[Path] = None):
-    """AutoConfig + AutoTokenizer from a Hugging Face folder, or from the single .gguf file a folder holds.
-
-    Reading a tokenizer out of a GGUF file takes tens of seconds on 2 cores, so the result is saved once under
-    `cache_root` (keyed by the file's name, size and mtime) and read from there on later starts."""
-    from transformers import AutoConfig, AutoTokenizer
-    gguf = gguf_file_in(model_path)
-    kw = {"trust_remote_code": trust_remote_code}
-    src = model_path
-    if gguf is None and model_path.is_file() and model_path.suffix == ".gguf":
-        src, gguf = model_path.parent, model_path.name
-    cache = None
-    if gguf and cache_root is not None:
-        st = (src / gguf).stat()
-        cache = cache_root / f"{Path(gguf).stem}-{st.st_size}-{int(st.st_mtime)}"
-        if (cache / "config.json").is_file() and (cache / "tokenizer_config.json").is_file():
-            try:
-                return (AutoTokenizer.from_pretrained(cache, **kw), AutoConfig.from_pretrained(cache, **kw), gguf)
-            except Exception as e:
-                log.warning("ignoring the tokenizer cache %s (%s)", cache, e)
-    if gguf:
-        kw["gguf_file"] = gguf
-    hf_config = AutoConfig.from_pretrained(src, **kw)
-    tokenizer = AutoTokenizer.from_pretrained(src, **kw)
-    if cache is not None:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tokenizer.save_pretrained(cache)
-            hf_config.save_pretrained(cache)
-        except Exception as e:   # a read-only home only costs the next start some seconds
-            log.warning("could not cache the GGUF tokenizer/config in %s (%s)", cache, e)
-    return tokenizer, hf_config, gguf
-
-
-def build_engine(engine_config: EngineConfig, backend) -> Optional[Engine]:
-    """>>> ENGINE PLUG-IN POINT <<<
-
-    Create and return the real engine (mindie_like.engine.AsyncEngine) here, e.g.
-        from .engine import AsyncEngine
-        return AsyncEngine(engine_config, tokenizer=backend.tokenizer, hf_config=backend.hf_config)
-    If the engine has `async start()` / `async shutdown()` the daemon awaits them around serving.
-    Until the engine lands this returns None: routes that generate answer 503, nothing is faked."""
-    return None
-
-
-def register_routes() -> None:
-    """>>> ROUTE PLUG-IN POINT <<<
-
-    Business routes beyond /v1/models are registered here, before the planes are built, e.g.
-        from .server import register_business_routes
-        from .server.chat import add_chat_routes          # add_chat_routes(app, ctx) -> None
-        register_business_routes(add_chat_routes)"""
-
-
 def build_backend(loaded: LoadedConfig):
-    """Loads the model's tokenizer and config, then the engine (build_engine)."""
+    """Loads the model (mindie_like.backend_atb imports a GGUF file once into a safetensors cache), its tokenizer
+    and config from the loaded folder, and starts the engine on it."""
+    from transformers import AutoTokenizer
+
+    from .backend_atb import ModelRunner
+    from .engine import AsyncEngine
     from .server.context import Backend
     engine_config = to_engine_config(loaded)
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
-    log.info("loading the tokenizer and config of %s", model_path)
+    log.info("loading the model in %s", model_path)
     try:
-        tokenizer, hf_config, gguf = load_tokenizer_and_config(model_path, engine_config.trust_remote_code,
-                                                               loaded.home / "cache" / "gguf_tokenizers")
-    except Exception as e:  # transformers raises many kinds
+        runner = ModelRunner.load(engine_config)
+        tokenizer = AutoTokenizer.from_pretrained(runner.tokenizer_path,
+                                                  trust_remote_code=engine_config.trust_remote_code)
+    except Exception as e:  # transformers and safetensors raise many kinds
         raise BackendLoadError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: {model_path}: "
-                               f"cannot load the model's config/tokenizer ({type(e).__name__}: {e})") from e
-    model_type = getattr(hf_config, "model_type", "") or ""
-    backend = Backend(tokenizer=tokenizer, hf_config=hf_config, model_type=model_type, model_path=model_path,
-                      gguf_file=gguf)
-    log.info("loaded tokenizer and config of %s (model_type %s) in %.1fs", model_path, model_type,
-             time.monotonic() - t0)
-    backend.engine = build_engine(engine_config, backend)
-    if backend.engine is None:
-        log.warning("no inference engine is plugged in yet: generation routes answer 503")
+                               f"cannot load the model ({type(e).__name__}: {e})") from e
+    engine = AsyncEngine(engine_config, runner, tokenizer)
+    backend = Backend(tokenizer=tokenizer, hf_config=runner.hf_config, model_type=runner.model_type,
+                      model_path=model_path, gguf_file=gguf_file_in(model_path), engine=engine,
+                      tokenizer_dir=runner.tokenizer_path)
+    stats = engine.stats()
+    log.info("model %s (model_type %s) ready in %.1fs on %s, %s; KV cache %d blocks of %d tokens",
+             loaded.config.model.modelName, runner.model_type, time.monotonic() - t0, runner.device,
+             str(runner.dtype).replace("torch.", ""), stats.total_blocks, stats.block_size)
     return backend, engine_config
+
+
+def register_routes() -> None:
+    """Business routes beyond /v1/models, registered before the planes are built."""
+    from .server import register_business_routes
+    from .server.openai import add_openai_routes
+    register_business_routes(add_openai_routes)
 
 
 # -- serving -----------------------------------------------------------------------------------------------
@@ -207,15 +164,14 @@ async def serve(ctx, ssl_factory) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine = ctx.engine
-    if engine is not None and hasattr(engine, "start"):
-        await engine.start()
     grace = float(ctx.config.ServerConfig.shutdownGracePeriod)
     listeners = build_listeners(ctx, ssl_factory)
     backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
     try:
         for ls in listeners:
             # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
-            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
+                                      handler_cancellation=True)   # a client gone away aborts its request
             await ls.runner.setup()
             site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
                                reuse_address=True)
@@ -236,7 +192,7 @@ async def serve(ctx, ssl_factory) -> int:
                              return_exceptions=True)
         if engine is not None and hasattr(engine, "shutdown"):
             try:
-                await asyncio.wait_for(engine.shutdown(), timeout=max(grace, 1.0))
+                await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
             except Exception:
                 log.exception("engine shutdown failed")
     log.info("stopped")

@@ -293,7 +293,8 @@ class GuidedDecoding:
 
     def _tool_plan(self, fam, fmt, tools, named, parallel, json_schema, reasoning) -> GuidancePlan:
         tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
-        parallel = bool(parallel) and fmt.multi
+        # a named choice is one call of that function (OpenAI's semantics), whatever parallel_tool_calls says
+        parallel = bool(parallel) and fmt.multi and named is None
 
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)

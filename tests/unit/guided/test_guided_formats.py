@@ -76,6 +76,10 @@ def test_named_function_only(gd, family):
     assert ok, mask.error
     ok, _, _ = feed(g, write(family, [W1]), tok, plan)
     assert not ok
+    assert not plan.parallel_tool_calls   # a named choice is exactly one call
+    if family in MULTI:
+        ok, _, _ = feed(g, write(family, [S1, S1]), tok, plan)
+        assert not ok
 
 
 BAD_ARGS = [
