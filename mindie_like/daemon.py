@@ -141,6 +141,13 @@ def build_engine(engine_config: EngineConfig, backend) -> Optional[Engine]:
     return None
 
 
+def cache_dir(loaded: LoadedConfig) -> Path:
+    """Where derived files go (the GGUF tokenizer/config, and the engine's converted weights): env
+    MINDIE_LIKE_CACHE_DIR, else <home>/cache."""
+    env = os.environ.get("MINDIE_LIKE_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else loaded.home / "cache"
+
+
 def register_routes() -> None:
     """>>> ROUTE PLUG-IN POINT <<<
 
@@ -159,7 +166,7 @@ def build_backend(loaded: LoadedConfig):
     log.info("loading the tokenizer and config of %s", model_path)
     try:
         tokenizer, hf_config, gguf = load_tokenizer_and_config(model_path, engine_config.trust_remote_code,
-                                                               loaded.home / "cache" / "gguf_tokenizers")
+                                                               cache_dir(loaded) / "gguf_tokenizers")
     except Exception as e:  # transformers raises many kinds
         raise BackendLoadError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: {model_path}: "
                                f"cannot load the model's config/tokenizer ({type(e).__name__}: {e})") from e

@@ -18,7 +18,9 @@ DEMO = Path(os.environ.get("MINDIE_LIKE_DEMO_MODEL", REPO / "models" / "qwen2.5-
 def demo(daemon_factory):
     if not any(DEMO.glob("*.gguf")) and not (DEMO / "config.json").is_file():
         pytest.skip(f"the demo model is not at {DEMO}: run bin/fetch_models")
-    return daemon_factory(DEMO)
+    # share the GGUF tokenizer cache with the checkout's own runs (the first load of a GGUF takes a minute or more)
+    return daemon_factory(DEMO, env={"MINDIE_LIKE_CACHE_DIR": os.environ.get("MINDIE_LIKE_CACHE_DIR",
+                                                                             str(REPO / "cache"))})
 
 
 def test_demo_model_is_served(demo):
