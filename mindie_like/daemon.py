@@ -94,6 +94,13 @@ class BackendLoadError(Exception):
     pass
 
 
+def cache_dir(loaded: LoadedConfig) -> Path:
+    """Where derived files go (a GGUF model imported as safetensors with its tokenizer): env
+    MINDIE_LIKE_CACHE_DIR, else <home>/cache."""
+    env = os.environ.get("MINDIE_LIKE_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else loaded.home / "cache"
+
+
 def build_backend(loaded: LoadedConfig):
     """Loads the model (mindie_like.backend_atb imports a GGUF file once into a safetensors cache), its tokenizer
     and config from the loaded folder, and starts the engine on it."""
@@ -103,6 +110,7 @@ def build_backend(loaded: LoadedConfig):
     from .engine import AsyncEngine
     from .server.context import Backend
     engine_config = to_engine_config(loaded)
+    engine_config.extra["cache_dir"] = str(cache_dir(loaded))   # where a GGUF model is imported once
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
     log.info("loading the model in %s", model_path)

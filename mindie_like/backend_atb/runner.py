@@ -76,7 +76,8 @@ class ModelRunner:
         t0 = time.time()
         device = select_device(config.device, (config.device_ids or [0])[0])
         threads = configure_threads(config.num_threads) if device.type == "cpu" else None
-        model_dir = resolve_model_dir(config.model_path, config.trust_remote_code)
+        model_dir = resolve_model_dir(config.model_path, config.trust_remote_code,
+                                      config.extra.get("cache_dir"))
         cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
         cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         dtype = choose_dtype(config.dtype, cfg_dtype, device)

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 IMPORT_VERSION = 1          # bump when the import format changes, so old caches are rebuilt
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MINDIE_LIKE_CACHE")
+def cache_root(override: Optional[str | os.PathLike] = None) -> Path:
+    """Where imported GGUF models go: `override` (the daemon's cache dir), else env MINDIE_LIKE_CACHE_DIR,
+    else ~/.cache/mindie_like."""
+    env = override or os.environ.get("MINDIE_LIKE_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mindie_like"
 
 
@@ -57,7 +59,8 @@ def source_key(gguf: Path) -> str:
     return h.hexdigest()[:24]
 
 
-def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False,
+                      cache_dir: Optional[str | os.PathLike] = None) -> Path:
     """A folder with config.json + safetensors (+ tokenizer) for `path`, importing a GGUF once if needed."""
     gguf = find_gguf(path)
     if gguf is None:
@@ -65,7 +68,7 @@ def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False) 
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"{p}: no config.json and no .gguf file")
         return p
-    dest = cache_root() / source_key(gguf)
+    dest = cache_root(cache_dir) / source_key(gguf)
     if (dest / "mindie_like_import.json").is_file():
         log.info("GGUF %s: using the imported copy in %s", gguf, dest)
         return dest

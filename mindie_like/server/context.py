@@ -61,6 +61,13 @@ class ServingContext:
         return self.loaded.config.model.options_for(self.backend.model_type)
 
     @property
+    def chat_template_path(self) -> Optional[Path]:
+        """The configured `models.<model_type>.chat_template` file, resolved against the home dir (None: use the
+        tokenizer's template). Its existence was checked at start."""
+        t = self.model_options.chat_template
+        return self.loaded.resolve(t, "chat_template", confine=False) if t else None
+
+    @property
     def ready(self) -> bool:
         return not self.stopping
 

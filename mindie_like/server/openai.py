@@ -24,8 +24,7 @@ log = logging.getLogger("mindie_like.server.openai")
 def build_serving(ctx: ServingContext) -> tuple[ChatServing, CompletionServing]:
     """The chat and completion serving objects of the loaded model, from the config's `models.<model_type>`."""
     cfg, opts, backend = ctx.config, ctx.model_options, ctx.backend
-    template_path = (str(ctx.loaded.resolve(opts.chat_template, "models.chat_template", confine=False))
-                     if opts.chat_template else None)
+    template_path = str(ctx.chat_template_path) if ctx.chat_template_path else None
     limits = dict(max_input_len=cfg.deploy.maxInputTokenLen, max_seq_len=cfg.deploy.maxSeqLen,
                   max_iter_times=cfg.schedule.maxIterTimes, truncation=int(cfg.deploy.truncation),
                   token_timeout_s=float(cfg.ServerConfig.tokenTimeout) or None,

@@ -51,6 +51,18 @@ def test_check_config_prints_the_effective_config(configured):
     assert eff["BackendConfig"]["npuDeviceIds"] == [[0]]
 
 
+@pytest.mark.parametrize("script", ["serviced_daemon", "mindieservice_daemon"])
+def test_bin_wrappers_run_from_the_checkout(configured, script):
+    write_conf(configured)
+    env = daemon_env(configured.home, {"MINDIE_LIKE_PYTHON": sys.executable})
+    env.pop("PYTHONPATH")
+    r = subprocess.run([str(REPO / "bin" / script), "--check-config"], cwd="/", env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]["modelName"] == \
+        configured.model_name
+
+
 def test_config_file_option_wins(configured, tmp_path):
     write_conf(configured)
     other = tmp_path / "other.json"

@@ -18,7 +18,7 @@ REAL_GGUF = Path(os.environ.get("MINDIE_LIKE_DEMO_GGUF", "/work/models/qwen2.5-c
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     d = tmp_path / "cache"
-    monkeypatch.setenv("MINDIE_LIKE_CACHE", str(d))
+    monkeypatch.setenv("MINDIE_LIKE_CACHE_DIR", str(d))
     return d
 
 

@@ -46,6 +46,31 @@ def test_one_listener_when_all_ports_coincide(tmp_path):
     assert set(run(ls.app, check).values()) == {200}
 
 
+def test_model_routes(tmp_path):
+    ctx = make_ctx(tmp_path)
+    business = next(ls for ls in build_listeners(ctx) if "business" in ls.planes)
+
+    async def check(client):
+        a = await client.get("/v1/models/tiny")
+        b = await client.get("/v1/models/other")
+        return (a.status, json.loads(await a.read())), (b.status, json.loads(await b.read()))
+    (sa, a), (sb, b) = run(business.app, check)
+    assert sa == 200 and a["id"] == "tiny" and a["object"] == "model"
+    assert sb == 404 and b == {"error": "Model not found", "error_type": "Not Found"}
+
+
+def test_chat_template_path_resolves_against_home(tmp_path):
+    ctx = make_ctx(tmp_path)
+    assert ctx.chat_template_path is None
+    d = {"ServerConfig": {"httpsEnabled": False},
+         "BackendConfig": {"ModelDeployConfig": {"ModelConfig": [{
+             "modelName": "tiny", "modelWeightPath": "w",
+             "models": {"qwen2": {"chat_template": "templates/t.jinja"}}}]}}}
+    cfg, _, _ = validate_config(d, env={})
+    ctx.loaded = LoadedConfig(config=cfg, path=tmp_path / "conf/config.json", home=tmp_path)
+    assert ctx.chat_template_path == tmp_path.resolve() / "templates/t.jinja"
+
+
 def test_three_listeners_by_default(tmp_path):
     ctx = make_ctx(tmp_path)
     planes = {tuple(ls.planes): (ls.host, ls.port) for ls in build_listeners(ctx)}
