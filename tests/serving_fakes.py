@@ -24,7 +24,7 @@ SMOL_TOKENIZER = SHARED / "tokenizers" / "smollm2"
 FAMILY_SPECIAL_TOKENS = [
     "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
     "<｜end▁of▁sentence｜>", "<|python_tag|>", "<|eot_id|>", "<|eom_id|>", "[TOOL_CALLS]", "[ARGS]",
-    "<|assistant|>", "<|observation|>",
+    "<|assistant|>", "<|observation|>", "</s>",
 ]
 
 
