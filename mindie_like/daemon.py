@@ -139,10 +139,33 @@ def register_routes() -> None:
     register_business_routes(add_openai_routes)
 
 
+def build_context(loaded: LoadedConfig, backend, engine_config):
+    """The ServingContext the planes serve, with the OpenAI routes registered: what the daemon runs, and what
+    in-process tests build around a test backend (tests/e2e/test_parser_wiring_http.py)."""
+    from .server.context import ServingContext
+    from .server.metrics import Metrics
+    register_routes()
+    return ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
+                          metrics=Metrics(loaded.config.model.modelName))
+
+
 # -- serving -----------------------------------------------------------------------------------------------
-def _ssl_factory(loaded: LoadedConfig):
+def ssl_factory(loaded: LoadedConfig):
+    """plane -> the server SSLContext of that plane (mutual TLS), for build_listeners."""
     from .server.tls import server_ssl_context
     return lambda plane: server_ssl_context(loaded, plane)
+
+
+async def start_listener(ls, backlog: int) -> None:
+    """Sets up `ls.runner` and starts listening (raises OSError when the port cannot be bound)."""
+    from aiohttp import web
+    # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
+    ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
+                              handler_cancellation=True)   # a client gone away aborts its request
+    await ls.runner.setup()
+    site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
+                       reuse_address=True)
+    await site.start()
 
 
 async def drain(ctx, listeners, grace: float) -> None:
@@ -164,7 +187,6 @@ async def drain(ctx, listeners, grace: float) -> None:
 
 
 async def serve(ctx, ssl_factory) -> int:
-    from aiohttp import web
     from .server.app import build_listeners
 
     loop = asyncio.get_running_loop()
@@ -177,14 +199,8 @@ async def serve(ctx, ssl_factory) -> int:
     backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
     try:
         for ls in listeners:
-            # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
-            ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
-                                      handler_cancellation=True)   # a client gone away aborts its request
-            await ls.runner.setup()
-            site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
-                               reuse_address=True)
             try:
-                await site.start()
+                await start_listener(ls, backlog)
             except OSError as e:
                 key = {"business": "port", "management": "managementPort", "metrics": "metricsPort"}[ls.planes[0]]
                 print(f"ServerConfig.{key}: cannot listen on {ls.host}:{ls.port} ({e.strerror or e})",
@@ -262,14 +278,10 @@ def _main(args) -> int:
     except BackendLoadError as e:
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_RUNTIME
-    from .server.context import ServingContext
-    from .server.metrics import Metrics
-    register_routes()
-    ctx = ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
-                         metrics=Metrics(loaded.config.model.modelName))
+    ctx = build_context(loaded, backend, engine_config)
     try:
-        ssl_factory = _ssl_factory(loaded) if loaded.config.ServerConfig.httpsEnabled else None
-        return asyncio.run(serve(ctx, ssl_factory))
+        factory = ssl_factory(loaded) if loaded.config.ServerConfig.httpsEnabled else None
+        return asyncio.run(serve(ctx, factory))
     except ConfigError as e:
         for line in e.lines:
             print(line, file=sys.stderr, flush=True)

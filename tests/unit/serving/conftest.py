@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from serving_fakes import load_test_tokenizer  # noqa: E402
+from serving_fakes import load_test_tokenizer  # tests/serving_fakes.py (tests/ is on sys.path: tests/conftest.py)
 
 
 @pytest.fixture(scope="session")

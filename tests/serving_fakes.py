@@ -1,5 +1,8 @@
 """Test doubles for the serving layer: a scripted engine over a real tokenizer, and a small output parser
-implementing the ChatOutputParser API (used until/unless mindie_like.reasoning provides the real one)."""
+implementing the ChatOutputParser API (used until/unless mindie_like.reasoning provides the real one).
+
+Shared by tests/unit/serving (through ChatServing directly) and tests/e2e/test_parser_wiring_http.py (through
+HTTP); tests/ is on sys.path (tests/conftest.py), so `from serving_fakes import ...` works everywhere."""
 from __future__ import annotations
 
 import asyncio
@@ -7,15 +10,13 @@ import json
 import random
 import re
 import string
-from pathlib import Path
 from typing import Callable, Optional, Union
 
 from mindie_like.engine.types import (EngineError, EngineOverloaded, EngineStats, RequestOutput, SamplingParams,
                                       TokenLogprob)
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
+from tiny_models import SHARED  # ../shared (MINDIE_LIKE_SHARED overrides)
+
 QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
 SMOL_TOKENIZER = SHARED / "tokenizers" / "smollm2"
 
@@ -23,7 +24,7 @@ SMOL_TOKENIZER = SHARED / "tokenizers" / "smollm2"
 FAMILY_SPECIAL_TOKENS = [
     "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
     "<｜end▁of▁sentence｜>", "<|python_tag|>", "<|eot_id|>", "<|eom_id|>", "[TOOL_CALLS]", "[ARGS]",
-    "<|assistant|>", "<|observation|>",
+    "<|assistant|>", "<|observation|>", "</s>",
 ]
 
 
