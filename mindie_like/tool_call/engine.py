@@ -4,7 +4,9 @@
 appends the delta and resumes the parser where it stopped, so the work per feed is proportional to the delta
 (plus a bounded hold-back: a partial marker, a short token, a name not closed yet). The parser is a Python
 generator: it `yield`s when it needs more text and is resumed by the next feed; it never re-reads text it has
-consumed and never keeps a buffer position across a `yield` (the consumed prefix is dropped between feeds).
+consumed (one exception: a marker-less `{...}` candidate that fails is scanned once more as plain JSON, to skip
+the whole value; see `_bare_failed`) and never keeps a buffer position across a `yield` (the consumed prefix is
+dropped between feeds).
 
 Grammars (`_g_*`) are small compositions of shared primitives (literal, whitespace, bounded name, the canonical
 JSON scanner, Python keyword arguments via `ast`, XML parameters typed by the schema). `families.py` says which
@@ -48,6 +50,10 @@ _QSTR = re.compile(r'"((?:[^"\\]|\\[\s\S])*)"')
 _ATTR = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*"([^"]*)"')
 NAME_LIMIT = 128        # longest function name we wait for
 WS_LOOKAHEAD = 256      # longest whitespace run we look across for an optional marker
+HEAD_LIMIT = 256        # longest `{ "first key":` we wait for to tell a JSON object from a brace in prose
+# `{` + whitespace + `}` or a first key and its colon: the brace opens a JSON object (else it is prose)
+_OBJ_HEAD = re.compile(r'\{[ \t\n\r]*(?:\}|"(?:[^"\\\x00-\x1f]|\\.)*"[ \t\n\r]*:)')
+_OBJ_HEAD_PART = re.compile(r'\{[ \t\n\r]*(?:"(?:[^"\\\x00-\x1f]|\\.)*(?:\\|"[ \t\n\r]*)?)?')
 
 CONTENT, DROP, PENDING = 0, 1, 2
 
@@ -269,6 +275,10 @@ class ToolCallStream:
         self.lenient = bool(lenient) and self.tool_names is not None and not spec.passthrough
         handlers = {lit: getattr(self, "_g_" + g) for lit, g in spec.triggers}
         self._restarts = tuple(handlers)
+        # the family's own markers end the skip over a JSON value that is not a call (`_skip_value`)
+        self._stop_re = _alt(self._restarts) if self._restarts else None
+        self._stop_prefixes = _prefixes(self._restarts)
+        self._stop_max = max((len(x) for x in self._restarts), default=1)
         if spec.bare_json or self.lenient:
             handlers["{"] = self._g_bare
         if self.lenient:
@@ -683,7 +693,7 @@ class ToolCallStream:
             src.pos = _hold_point(buf, pos, pre, mx)
             yield
 
-    def _failed(self, call: _Call, f: Fail, ends=(), starts=None, resume: bool = False):
+    def _failed(self, call: _Call, f: Fail, ends=(), starts=None):
         """Attribute a failed call's text: cut off at the end -> content; malformed -> pending, then resync."""
         self._call_fail(call, f)
         src = self._src
@@ -692,9 +702,81 @@ class ToolCallStream:
             self._cut(CONTENT)
             return
         src.pos = f.pos
-        if not resume:
-            yield from self._skip(ends, self._restarts if starts is None else starts)
+        yield from self._skip(ends, self._restarts if starts is None else starts)
         self._cut(PENDING)
+
+    def _consumed(self) -> int:
+        """How much text has been consumed since the last `_cut` (where the current candidate started)."""
+        src = self._src
+        return sum(map(len, src.rec)) + src.pos - src.mark
+
+    def _bare_failed(self, call: _Call, f: Fail, obj: int):
+        """A marker-less candidate (a bare `{...}` or a ```` ```json ```` fence whose object starts `obj`
+        characters after the candidate's start) that is not a call. Cut off at the end: content. Otherwise the
+        JSON value its `{` opens is skipped whole (`_skip_value`), so an object nested inside it is never taken
+        for a call: content when the candidate had not become a call, pending markup when it had."""
+        src = self._src
+        if call.accepted:
+            self._call_fail(call, f)
+        if f.eof:
+            src.pos = len(src.buf)
+            self._cut(CONTENT)
+            return
+        # Bring the candidate's text back into the buffer (it was consumed since the last cut) and scan it
+        # once more as plain JSON: at most once per candidate, since objects inside it are never candidates.
+        floor = self._consumed() - src.pos + f.pos
+        src.buf = "".join(src.rec) + src.buf[src.mark:]
+        src.rec = []
+        src.mark, src.pos = 0, obj
+        yield from self._skip_value(PENDING if call.accepted else CONTENT, floor)
+
+    def _skip_value(self, kind: int, floor: int):
+        """The cursor is on a `{` that is not a call. When it opens a JSON object (`{}` or `{"key":`), skip the
+        whole value, releasing its text as `kind` while scanning (strict JSON: a raw newline inside a string
+        is an error); the scan resumes after the value, or where the text stops being JSON, or at one of the
+        family's own markers, or (a brace in prose) right after the `{`. Never before `floor`: the candidate's
+        own parse already read the text up to there as part of its object."""
+        src = self._src
+        # is it an object at all?
+        while True:
+            buf, pos = src.buf, src.pos
+            end = min(len(buf), pos + HEAD_LIMIT)
+            if _OBJ_HEAD.match(buf, pos, end) is not None:
+                break
+            if src.final or end - pos >= HEAD_LIMIT or _OBJ_HEAD_PART.match(buf, pos, end).end() < len(buf):
+                src.pos = max(pos + 1, floor)
+                self._cut(kind)
+                return
+            floor -= pos
+            yield
+            floor += src.pos
+        sc = JsonScanner(_discard, strict=True)
+        stop_re = self._stop_re
+        while True:
+            buf, pos = src.buf, src.pos
+            n = len(buf)
+            lim, marker = n, False
+            if stop_re is not None:
+                at = max(pos, floor)
+                m = stop_re.search(buf, at)
+                if m is not None:
+                    lim, marker = m.start(), True
+                elif not src.final:
+                    lim = _hold_point(buf, at, self._stop_prefixes, self._stop_max)
+            st, p = sc.scan(buf if lim == n else buf[:lim], pos, src.final and lim == n)
+            if st == DONE or st == ERR:
+                src.pos = max(p, floor)
+                self._cut(kind)
+                return
+            if st == EOF or marker:
+                src.pos = max(lim, floor)
+                self._cut(kind)
+                return
+            src.pos = p
+            self._cut(kind)
+            floor -= p
+            yield
+            floor += src.pos
 
     def _tentative_failed(self, f: Fail) -> None:
         """A marker-less candidate that never became a call: its text is ordinary content."""
@@ -854,10 +936,7 @@ class ToolCallStream:
             yield from self._call_object(call, bare=True)
             self._call_done(call)
         except Fail as f:
-            if call.accepted:
-                yield from self._failed(call, f, resume=True)
-            else:
-                self._tentative_failed(f)
+            yield from self._bare_failed(call, f, 0)
             return
         if self.spec.call_separator:
             yield from self._ws_lit((self.spec.call_separator,))
@@ -867,19 +946,21 @@ class ToolCallStream:
         src = self._src
         src.pos += len(lit)
         call = _Call(accepted=False)
+        obj = None
         try:
             yield from self._letters(("", "json"))
             yield from self._ws()
             c = yield from self._peek()
             if c != "{":
                 raise Fail(src.pos, eof=c is None)
+            obj = self._consumed()
             yield from self._call_object(call, bare=True)
             self._call_done(call)
         except Fail as f:
-            if call.accepted:
-                yield from self._failed(call, f, resume=True)
-            else:
+            if obj is None:
                 self._tentative_failed(f)
+            else:
+                yield from self._bare_failed(call, f, obj)
             return
         yield from self._ws_lit(("```",))
         self._cut(DROP)

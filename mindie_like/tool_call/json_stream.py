@@ -23,6 +23,7 @@ DONE, NEED, ERR, EOF = 0, 1, 2, 3
 
 _WS = re.compile(r"[ \t\n\r]*")
 _STR_BODY = re.compile(r'(?:[^"\\]+|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')
+_STR_BODY_STRICT = re.compile(r'(?:[^"\\\x00-\x1f]+|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')
 _ESC_PREFIX = re.compile(r"\\(?:u[0-9a-fA-F]{0,3})?")
 _HI_SURR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _CTRL = re.compile(r"[\x00-\x1f]")
@@ -80,17 +81,20 @@ class JsonScanner:
 
     raw_string: when the top-level value is a string, emit its decoded text (no quotes) instead; used for
     arguments that a model already wrote as a JSON-encoded string.
+    strict: a raw control character (a newline) inside a string is an error, as RFC 8259 says. Off for
+    arguments (models write raw newlines in strings); on where we only need to know where a value ends.
     """
 
-    __slots__ = ("emit", "stack", "state", "is_key", "max_depth", "raw_string")
+    __slots__ = ("emit", "stack", "state", "is_key", "max_depth", "raw_string", "str_body")
 
-    def __init__(self, emit, *, max_depth: int = 512, raw_string: bool = False):
+    def __init__(self, emit, *, max_depth: int = 512, raw_string: bool = False, strict: bool = False):
         self.emit = emit
         self.stack: list[bool] = []  # True: object, False: array
         self.state = _V
         self.is_key = False
         self.max_depth = max_depth
         self.raw_string = raw_string
+        self.str_body = _STR_BODY_STRICT if strict else _STR_BODY
 
     @property
     def done(self) -> bool:
@@ -105,7 +109,7 @@ class JsonScanner:
             if state == _S:
                 raw = self.raw_string and not stack and not self.is_key
                 conv = decode_chunk if raw else encode_chunk
-                j = _STR_BODY.match(buf, pos).end()
+                j = self.str_body.match(buf, pos).end()
                 if j < n and buf[j] == '"':
                     if j > pos:
                         emit(conv(buf[pos:j]))

@@ -326,3 +326,24 @@ def test_packages_import_no_torch_or_aiohttp():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- linear time, checked without timing
+@pytest.mark.parametrize("family", ["qwen2_5", "llama3", "mistral", "deepseek_v3", "qwen3_coder", "glm4"])
+def test_stream_never_rescans_the_output(family, monkeypatch):
+    """The undecided tail the scanner keeps between feeds stays bounded while a 64 KiB call streams in
+    4-character deltas: every feed works on O(len(delta)) text, so the whole stream is linear."""
+    from tc_helpers import render, tools_for
+    value = ("x = {'a': [1, 2]}  # \"q\" 杭州 😀 \\n " * 2000)[:65536]
+    calls = [("write_file", {"path": "a.py", "body": value, "n": 1})]
+    text = render(family, calls)
+    p = proc(family)
+    s = p.new_stream(tools_for(calls))
+    longest = 0
+    for i in range(0, len(text), 4):
+        s.feed(text[i:i + 4])
+        longest = max(longest, len(s._src.buf))
+    s.finish()
+    assert longest <= 64, longest
+    assert [c["function"]["name"] for c in s.tool_calls] == ["write_file"]
+    assert json.loads(s.tool_calls[0]["function"]["arguments"])["body"] == value
