@@ -847,8 +847,8 @@ class ToolCallStream:
             if c != '"':
                 raise Fail(src.pos)
             key = yield from self._qstring(16 if bare and first else 64)
-            if bare and first and key != "name":
-                raise Fail(src.pos)
+            if bare and (key == "description" or first and key != "name"):
+                raise Fail(src.pos)  # not a call; "description": a tool definition being echoed
             yield from self._ws()
             yield from self._lit((":",))
             yield from self._ws()
