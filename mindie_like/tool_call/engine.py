@@ -51,6 +51,8 @@ _ATTR = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*"([^"]*)"')
 NAME_LIMIT = 128        # longest function name we wait for
 WS_LOOKAHEAD = 256      # longest whitespace run we look across for an optional marker
 HEAD_LIMIT = 256        # longest `{ "first key":` we wait for to tell a JSON object from a brace in prose
+SKIP_CHUNK = 16, 4096   # a JSON value that is not a call is scanned in growing chunks, so the work (slices,
+                        # marker search) is proportional to the value, not to the rest of the buffer
 # `{` + whitespace + `}` or a first key and its colon: the brace opens a JSON object (else it is prose)
 _OBJ_HEAD = re.compile(r'\{[ \t\n\r]*(?:\}|"(?:[^"\\\x00-\x1f]|\\.)*"[ \t\n\r]*:)')
 _OBJ_HEAD_PART = re.compile(r'\{[ \t\n\r]*(?:"(?:[^"\\\x00-\x1f]|\\.)*(?:\\|"[ \t\n\r]*)?)?')
@@ -724,18 +726,21 @@ class ToolCallStream:
             return
         # Bring the candidate's text back into the buffer (it was consumed since the last cut) and scan it
         # once more as plain JSON: at most once per candidate, since objects inside it are never candidates.
-        floor = self._consumed() - src.pos + f.pos
-        src.buf = "".join(src.rec) + src.buf[src.mark:]
-        src.rec = []
-        src.mark, src.pos = 0, obj
+        if src.rec:  # only while streaming, where the buffer is short: (the candidate) + (the last delta)
+            floor = self._consumed() - src.pos + f.pos
+            src.buf = "".join(src.rec) + src.buf[src.mark:]
+            src.rec = []
+            src.mark, src.pos = 0, obj
+        else:
+            floor, src.pos = f.pos, src.mark + obj
         yield from self._skip_value(PENDING if call.accepted else CONTENT, floor)
 
     def _skip_value(self, kind: int, floor: int):
         """The cursor is on a `{` that is not a call. When it opens a JSON object (`{}` or `{"key":`), skip the
         whole value, releasing its text as `kind` while scanning (strict JSON: a raw newline inside a string
         is an error); the scan resumes after the value, or where the text stops being JSON, or at one of the
-        family's own markers, or (a brace in prose) right after the `{`. Never before `floor`: the candidate's
-        own parse already read the text up to there as part of its object."""
+        family's own markers (never before `floor`: the candidate's own parse already read the text up to there
+        as part of its object), or (a brace in prose) right after the `{`."""
         src = self._src
         # is it an object at all?
         while True:
@@ -744,26 +749,33 @@ class ToolCallStream:
             if _OBJ_HEAD.match(buf, pos, end) is not None:
                 break
             if src.final or end - pos >= HEAD_LIMIT or _OBJ_HEAD_PART.match(buf, pos, end).end() < len(buf):
-                src.pos = max(pos + 1, floor)
+                # a brace in prose: look again right after it (a `{` inside what looked like a first key may
+                # start a call), a bounded rescan
+                src.pos = pos + 1 if floor - pos <= HEAD_LIMIT else floor
                 self._cut(kind)
                 return
             floor -= pos
             yield
             floor += src.pos
         sc = JsonScanner(_discard, strict=True)
-        stop_re = self._stop_re
+        stop_re, stop_max = self._stop_re, self._stop_max
+        chunk = SKIP_CHUNK[0]
         while True:
             buf, pos = src.buf, src.pos
             n = len(buf)
-            lim, marker = n, False
+            at = max(pos, floor)
+            lim = min(n, at + chunk)
+            more = lim < n  # more of the buffer to scan before the next yield
+            marker = False
             if stop_re is not None:
-                at = max(pos, floor)
-                m = stop_re.search(buf, at)
-                if m is not None:
-                    lim, marker = m.start(), True
-                elif not src.final:
-                    lim = _hold_point(buf, at, self._stop_prefixes, self._stop_max)
-            st, p = sc.scan(buf if lim == n else buf[:lim], pos, src.final and lim == n)
+                m = stop_re.search(buf, at, min(n, lim + stop_max - 1))
+                if m is not None and m.start() < lim:
+                    lim, marker, more = m.start(), True, False
+                elif not more and not src.final:
+                    lim = _hold_point(buf, at, self._stop_prefixes, stop_max)
+            last = lim == n and src.final
+            st, p = sc.scan(buf[pos:lim], 0, last)  # positions relative to pos: no copy of the consumed text
+            p += pos
             if st == DONE or st == ERR:
                 src.pos = max(p, floor)
                 self._cut(kind)
@@ -774,6 +786,10 @@ class ToolCallStream:
                 return
             src.pos = p
             self._cut(kind)
+            if more:
+                # grow the chunk (up to the cap while scanning progresses; a longer token: without cap)
+                chunk = min(chunk * 2, SKIP_CHUNK[1]) if p > pos else chunk * 2
+                continue
             floor -= p
             yield
             floor += src.pos
@@ -831,8 +847,8 @@ class ToolCallStream:
             if c != '"':
                 raise Fail(src.pos)
             key = yield from self._qstring(16 if bare and first else 64)
-            if bare and first and key != "name":
-                raise Fail(src.pos)
+            if bare and (key == "description" or first and key != "name"):
+                raise Fail(src.pos)  # not a call; "description": a tool definition being echoed
             yield from self._ws()
             yield from self._lit((":",))
             yield from self._ws()

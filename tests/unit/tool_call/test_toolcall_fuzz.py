@@ -60,7 +60,8 @@ PIECES = ["<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag
           DSML_INVOKE, ' name="f">', DSML_PARAM, DSML_PARAM_END, DSML_INVOKE_END, "<function=f>", "<parameter=a>",
           "</parameter>", "</function>", "```json\n", "```", '{"name": "f", "arguments": {"a": 1}}',
           '{"name": "f", "parameters": {', '"name"', '"arguments"', ": ", ", ", "{", "}", "[", "]", '"', "\\",
-          "f\n", "function", "\n", " ", ";", "tool_call(a=1)", "杭州😀", "x", "1", "null", "tru"]
+          "f\n", "function", "\n", " ", ";", "tool_call(a=1)", "杭州😀", "x", "1", "null", "tru",
+          '{"type": "function", "function": ', '"description": "d", ', '{"a": ', '"name": "f"']
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
     "a": {"type": "integer"}}}}}]
 texts = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(PIECES), max_size=14).map("".join))
