@@ -107,6 +107,9 @@ class LlamaFamilyModel:
         self.cos_sin = build_cos_sin_cache(cfg, self.head_dim, self.max_pos).to(device)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
+        # KV cache / attention dtype: the activation dtype, except float32 for half-precision models on CPUs
+        # without native bf16 (attention's small bf16 matmuls run ~8x slower than float32 there)
+        self.kv_dtype = dtype
         self._alloc()
 
     # ---- configuration -------------------------------------------------------------------------------------
@@ -295,14 +298,14 @@ class LlamaFamilyModel:
         return total
 
     # ---- KV cache ------------------------------------------------------------------------------------------
-    def kv_bytes_per_block(self, block_size: int, cache_dtype: torch.dtype) -> int:
-        el = torch.tensor([], dtype=cache_dtype).element_size()
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        el = torch.tensor([], dtype=self.kv_dtype).element_size()
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * el
 
     def allocate_kv(self, num_blocks: int, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, block_size, self.num_kv_heads, self.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(self.num_layers)]
+        return [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                 torch.zeros(shape, dtype=self.kv_dtype, device=self.device)) for _ in range(self.num_layers)]
 
     # ---- forward -------------------------------------------------------------------------------------------
     def ensure_positions(self, max_pos: int) -> None:
@@ -322,6 +325,8 @@ class LlamaFamilyModel:
         residual = None
         decode = meta.is_decode
         slot_mapping = meta.slot_mapping
+        kv_dtype = self.kv_dtype
+        upcast = kv_dtype != self.dtype
         for L, (kc, vc) in zip(self.layers, kv_caches):
             if residual is None:
                 residual = h
@@ -329,18 +334,23 @@ class LlamaFamilyModel:
             else:
                 x, residual = ops.add_rms_norm(h, residual, L.ln1, eps)
             qkv = ops.linear(x, L.qkv, L.qkv_bias)
-            q = qkv[:, :q_size].view(T, Hq, D)
-            k = qkv[:, q_size:q_size + kv_size].view(T, Hk, D)
             v = qkv[:, q_size + kv_size:].view(T, Hk, D)
             if L.q_norm is not None:
-                q = ops.rms_norm(q, L.q_norm, eps)
-                k = ops.rms_norm(k, L.k_norm, eps)
-            q, k = ops.rope(q, k, cos, sin)
+                q = ops.rms_norm(qkv[:, :q_size].view(T, Hq, D), L.q_norm, eps)
+                k = ops.rms_norm(qkv[:, q_size:q_size + kv_size].view(T, Hk, D), L.k_norm, eps)
+                q, k = ops.rope(q, k, cos, sin)
+            else:       # q and k are adjacent in the fused qkv output: one rotary pass over both
+                qk = ops.rope_heads(qkv[:, :q_size + kv_size].view(T, Hq + Hk, D), cos, sin)
+                q, k = qk[:, :Hq], qk[:, Hq:]
+            if upcast:
+                q, k, v = q.to(kv_dtype), k.to(kv_dtype), v.to(kv_dtype)
             ops.write_kv(k, v, kc, vc, slot_mapping)
             if decode:
                 o = ops.attention_decode(q, kc, vc, meta, L.window)
             else:
                 o = ops.attention_prefill(q, k, v, kc, vc, meta, L.window)
+            if upcast:
+                o = o.to(self.dtype)
             h = ops.linear(o, L.o)
             if self.par.size > 1:
                 h = self._all_reduce(h)
