@@ -132,7 +132,7 @@ class PagedModelRunner(ModelRunner):
 
     def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig):
         self._init_common(cfg, model_dir, device, dtype, config)
-        self.ops = get_ops(device)
+        self.ops = get_ops(device, dtype)
         with torch.inference_mode():
             self.model = LlamaFamilyModel(cfg, dtype, device, self.ops)
             self.model.load_weights(iter_safetensors(model_dir))

@@ -23,11 +23,11 @@ import torch
 from .torch_ops import AttentionMeta, TorchOps
 
 
-def get_ops(device: torch.device):
+def get_ops(device: torch.device, dtype: torch.dtype | None = None):
     if device.type == "npu":
         from .npu_ops import NpuOps
         return NpuOps()
-    return TorchOps()
+    return TorchOps(device, dtype)
 
 
 __all__ = ["AttentionMeta", "TorchOps", "get_ops"]

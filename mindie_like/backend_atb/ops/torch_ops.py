@@ -42,6 +42,15 @@ def _causal_mask(q_len: int, ctx_len: int, window: Optional[int], device) -> tor
 class TorchOps:
     name = "torch"
 
+    def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+        self._gemv = None
+        if device is not None and device.type == "cpu" and dtype == torch.bfloat16:
+            from .. import cpu_kernels
+            mod = cpu_kernels.load()
+            if mod is not None:
+                self._gemv = mod.bf16_linear
+                self.name = "torch+bf16gemv"
+
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
     @staticmethod
     def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,8 +89,11 @@ class TorchOps:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
 
-    @staticmethod
-    def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [M, K] @ w[N, K].T + b. Small batches of bf16 on CPUs without native bf16 use the C++ GEMV.
+        (Weight-only int8/int4 variants plug in here: issue 9.)"""
+        if self._gemv is not None and x.shape[0] <= 8 and w.dtype == torch.bfloat16:
+            return self._gemv(x, w, b)
         return F.linear(x, w, b)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------
