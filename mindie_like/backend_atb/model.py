@@ -76,9 +76,14 @@ class Layer:
 
 
 class LlamaFamilyModel:
-    def __init__(self, cfg, dtype: torch.dtype, device: torch.device, ops, parallel: Optional[ParallelSpec] = None):
+    def __init__(self, cfg, dtype: torch.dtype, device: torch.device, ops, parallel: Optional[ParallelSpec] = None,
+                 act_dtype: Optional[torch.dtype] = None):
+        """dtype: the weights' dtype. act_dtype: activations, norms, biases and the KV cache (default: dtype);
+        float32 with bf16 weights on CPUs without native bf16 ("W16A32": weights streamed as bf16, all math in
+        float32, which is both faster and more accurate there)."""
         self.cfg = cfg
         self.dtype, self.device, self.ops = dtype, device, ops
+        self.act_dtype = act_dtype or dtype
         self.par = parallel or ParallelSpec()
         tp = self.par.size
         self.model_type = cfg.model_type
@@ -107,9 +112,7 @@ class LlamaFamilyModel:
         self.cos_sin = build_cos_sin_cache(cfg, self.head_dim, self.max_pos).to(device)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        # KV cache / attention dtype: the activation dtype, except float32 for half-precision models on CPUs
-        # without native bf16 (attention's small bf16 matmuls run ~8x slower than float32 there)
-        self.kv_dtype = dtype
+        self.kv_dtype = self.act_dtype
         self._alloc()
 
     # ---- configuration -------------------------------------------------------------------------------------
@@ -130,26 +133,30 @@ class LlamaFamilyModel:
     def _empty(self, *shape):
         return torch.empty(*shape, dtype=self.dtype, device=self.device)
 
+    def _small(self, *shape):
+        """Norm weights and biases: kept in the activation dtype."""
+        return torch.empty(*shape, dtype=self.act_dtype, device=self.device)
+
     def _alloc(self):
         H, D = self.hidden, self.head_dim
         vocab_local = self._vocab_range()[1] - self._vocab_range()[0]
         self.embed = self._empty(vocab_local, H)
-        self.norm = self._empty(H)
+        self.norm = self._small(H)
         self.lm_head = self.embed if self.tied else self._empty(vocab_local, H)
         self.layers: list[Layer] = []
         for i in range(self.num_layers):
             L = Layer()
-            L.ln1, L.ln2 = self._empty(H), self._empty(H)
+            L.ln1, L.ln2 = self._small(H), self._small(H)
             L.qkv = self._empty(self.q_size + 2 * self.kv_size, H)
-            L.qkv_bias = self._empty(self.q_size + 2 * self.kv_size) if self.qkv_bias else None
-            L.q_norm = self._empty(D) if self.qk_norm else None
-            L.k_norm = self._empty(D) if self.qk_norm else None
+            L.qkv_bias = self._small(self.q_size + 2 * self.kv_size) if self.qkv_bias else None
+            L.q_norm = self._small(D) if self.qk_norm else None
+            L.k_norm = self._small(D) if self.qk_norm else None
             L.o = self._empty(H, self.q_size)
-            L.o_bias = self._empty(H) if self.o_bias else None
+            L.o_bias = self._small(H) if self.o_bias else None
             L.gate_up = self._empty(2 * self.inter, H)
-            L.gate_up_bias = self._empty(2 * self.inter) if self.mlp_bias else None
+            L.gate_up_bias = self._small(2 * self.inter) if self.mlp_bias else None
             L.down = self._empty(H, self.inter)
-            L.down_bias = self._empty(H) if self.mlp_bias else None
+            L.down_bias = self._small(H) if self.mlp_bias else None
             L.window = self.windows[i]
             self.layers.append(L)
 
@@ -320,13 +327,11 @@ class LlamaFamilyModel:
         T = input_ids.shape[0]
         Hq, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
         q_size, kv_size, eps = self.q_size, self.kv_size, self.eps
-        cos, sin = ops.rope_tables(self.cos_sin, positions, self.dtype)
+        cos, sin = ops.rope_tables(self.cos_sin, positions, self.act_dtype)
         h = self._embed(input_ids)
         residual = None
         decode = meta.is_decode
         slot_mapping = meta.slot_mapping
-        kv_dtype = self.kv_dtype
-        upcast = kv_dtype != self.dtype
         for L, (kc, vc) in zip(self.layers, kv_caches):
             if residual is None:
                 residual = h
@@ -342,15 +347,11 @@ class LlamaFamilyModel:
             else:       # q and k are adjacent in the fused qkv output: one rotary pass over both
                 qk = ops.rope_heads(qkv[:, :q_size + kv_size].view(T, Hq + Hk, D), cos, sin)
                 q, k = qk[:, :Hq], qk[:, Hq:]
-            if upcast:
-                q, k, v = q.to(kv_dtype), k.to(kv_dtype), v.to(kv_dtype)
             ops.write_kv(k, v, kc, vc, slot_mapping)
             if decode:
                 o = ops.attention_decode(q, kc, vc, meta, L.window)
             else:
                 o = ops.attention_prefill(q, k, v, kc, vc, meta, L.window)
-            if upcast:
-                o = o.to(self.dtype)
             h = ops.linear(o, L.o)
             if self.par.size > 1:
                 h = self._all_reduce(h)
@@ -372,9 +373,9 @@ class LlamaFamilyModel:
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.par.size == 1:
-            return torch.nn.functional.embedding(input_ids, self.embed)
+            return torch.nn.functional.embedding(input_ids, self.embed).to(self.act_dtype)
         lo, hi = self._vocab_range()
         mask = (input_ids >= lo) & (input_ids < hi)
         local = torch.nn.functional.embedding((input_ids - lo).clamp(0, hi - lo - 1), self.embed)
-        local = local * mask[:, None].to(local.dtype)
+        local = local.to(self.act_dtype) * mask[:, None].to(self.act_dtype)
         return self._all_reduce(local)

@@ -133,11 +133,13 @@ class PagedModelRunner(ModelRunner):
     def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig):
         self._init_common(cfg, model_dir, device, dtype, config)
         self.ops = get_ops(device, dtype)
-        with torch.inference_mode():
-            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops)
-            self.model.load_weights(iter_safetensors(model_dir))
+        act = dtype
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
-            self.model.kv_dtype = torch.float32     # attention in float32 where bf16 math is emulated
+            act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
+        with torch.inference_mode():
+            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, act_dtype=act)
+            self.model.load_weights(iter_safetensors(model_dir))
+        self.act_dtype = self.model.act_dtype
         self.kv_dtype = self.model.kv_dtype
         self.vocab_size = self.model.vocab_size
         self.kv_caches: list = []

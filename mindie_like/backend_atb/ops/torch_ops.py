@@ -94,6 +94,9 @@ class TorchOps:
         (Weight-only int8/int4 variants plug in here: issue 9.)"""
         if self._gemv is not None and x.shape[0] <= 8 and w.dtype == torch.bfloat16:
             return self._gemv(x, w, b)
+        if x.dtype != w.dtype:          # float32 activations on half-precision weights (W16A32)
+            y = F.linear(x.to(w.dtype), w).to(x.dtype)
+            return y if b is None else y + b
         return F.linear(x, w, b)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------
