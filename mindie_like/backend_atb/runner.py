@@ -18,7 +18,7 @@ import torch
 
 from ..engine.types import EngineConfig
 from .batch import ForwardBatch
-from .device import choose_dtype, configure_threads, free_memory_bytes, select_device
+from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
 from .model import LlamaFamilyModel, own_path_supports
 from .ops import get_ops
 from .weights import iter_safetensors, resolve_model_dir
@@ -132,17 +132,22 @@ class PagedModelRunner(ModelRunner):
 
     def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig):
         self._init_common(cfg, model_dir, device, dtype, config)
-        self.ops = get_ops(device)
+        self.ops = get_ops(device, dtype)
+        act = dtype
+        if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
+            act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         with torch.inference_mode():
-            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops)
+            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, act_dtype=act)
             self.model.load_weights(iter_safetensors(model_dir))
+        self.act_dtype = self.model.act_dtype
+        self.kv_dtype = self.model.kv_dtype
         self.vocab_size = self.model.vocab_size
         self.kv_caches: list = []
         self.num_blocks = 0
         self._windows = set(self.model.windows)
 
     def kv_cache_bytes_per_block(self) -> int:
-        return self.model.kv_bytes_per_block(self.block_size, self.dtype)
+        return self.model.kv_bytes_per_block(self.block_size)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.kv_caches = []

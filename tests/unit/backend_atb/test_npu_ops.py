@@ -1,0 +1,125 @@
+"""The NPU op table against a fake torch_npu (documented signatures, shapes and semantics), on the CPU."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "backend"))
+
+import fake_torch_npu  # noqa: E402
+
+
+@pytest.fixture
+def npu_ops():
+    """NpuOps bound to the fake module. The fake sits in sys.modules only while NpuOps imports it (other
+    libraries, accelerate among them, probe for torch_npu and must not find a fake one later)."""
+    from mindie_like.backend_atb import device
+    from mindie_like.backend_atb.ops.npu_ops import NpuOps
+    saved = sys.modules.get("torch_npu", None)
+    sys.modules["torch_npu"] = fake_torch_npu.module()
+    device.torch_npu_module.cache_clear()
+    try:
+        ops = NpuOps()
+    finally:
+        if saved is None:
+            sys.modules.pop("torch_npu", None)
+        else:
+            sys.modules["torch_npu"] = saved
+        device.torch_npu_module.cache_clear()
+    fake_torch_npu.calls.clear()
+    return ops
+
+
+def test_guarded_import_without_torch_npu(monkeypatch):
+    from mindie_like.backend_atb import device
+    monkeypatch.setitem(sys.modules, "torch_npu", None)      # import raises ImportError
+    device.torch_npu_module.cache_clear()
+    try:
+        assert device.torch_npu_module() is None
+        assert not device.npu_available()
+        assert device.select_device("auto").type in ("cpu", "cuda")
+        from mindie_like.backend_atb.ops.npu_ops import NpuOps
+        with pytest.raises(RuntimeError, match="torch_npu"):
+            NpuOps()
+    finally:
+        device.torch_npu_module.cache_clear()
+
+
+def test_elementwise_ops_match_reference(npu_ops):
+    from mindie_like.backend_atb.ops import TorchOps
+    ref = TorchOps()
+    torch.manual_seed(0)
+    x, r, w = torch.randn(5, 32), torch.randn(5, 32), torch.randn(32)
+    torch.testing.assert_close(npu_ops.rms_norm(x, w, 1e-6), ref.rms_norm(x, w, 1e-6))
+    y, s = npu_ops.add_rms_norm(x, r, w, 1e-6)
+    y2, s2 = ref.add_rms_norm(x, r, w, 1e-6)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(s, s2)
+    gu = torch.randn(5, 64)
+    torch.testing.assert_close(npu_ops.silu_and_mul(gu), ref.silu_and_mul(gu))
+    cache = torch.randn(100, 16)
+    pos = torch.tensor([0, 3, 7, 8, 50])
+    q, k = torch.randn(5, 4, 16), torch.randn(5, 2, 16)
+    qa, ka = npu_ops.rope(q, k, *npu_ops.rope_tables(cache, pos, torch.float32))
+    qb, kb = ref.rope(q, k, *ref.rope_tables(cache, pos, torch.float32))
+    torch.testing.assert_close(qa, qb)
+    torch.testing.assert_close(ka, kb)
+    assert {"npu_rms_norm", "npu_add_rms_norm", "npu_swiglu", "npu_rotary_mul"} <= set(fake_torch_npu.calls)
+
+
+def test_attention_entries_shapes(npu_ops):
+    nb, bs, Hk, Hq, D = 8, 4, 2, 4, 16
+    kc, vc = torch.zeros(nb, bs, Hk, D), torch.zeros(nb, bs, Hk, D)
+    # two sequences: 6 new tokens (no prefix) and 3 new tokens after 5 cached
+    bt = torch.tensor([[1, 2, 0], [3, 4, 5]], dtype=torch.int32)
+    slots = torch.tensor([4, 5, 6, 7, 8, 9] + [17, 18, 19])
+    meta = npu_ops.prepare(query_lens=[6, 3], context_lens=[6, 8], block_tables=bt, slot_mapping=slots,
+                           block_size=bs, scale=D ** -0.5, windows={None})
+    assert meta.slot_mapping.dtype == torch.int32 and meta.extra["cu_q"] == [6, 9]
+    k, v, q = torch.randn(9, Hk, D), torch.randn(9, Hk, D), torch.randn(9, Hq, D)
+    npu_ops.write_kv(k, v, kc, vc, meta.slot_mapping)
+    assert npu_ops.attention_prefill(q, k, v, kc, vc, meta).shape == (9, Hq * D)
+    dmeta = npu_ops.prepare(query_lens=[1, 1], context_lens=[7, 9], block_tables=bt,
+                            slot_mapping=torch.tensor([10, 20]), block_size=bs, scale=D ** -0.5, windows={None, 4})
+    assert npu_ops.attention_decode(torch.randn(2, Hq, D), kc, vc, dmeta).shape == (2, Hq * D)
+    assert npu_ops.attention_decode(torch.randn(2, Hq, D), kc, vc, dmeta, window=4).shape == (2, Hq * D)
+    assert {"_npu_reshape_and_cache", "npu_fused_infer_attention_score", "_npu_paged_attention"} <= \
+        set(fake_torch_npu.calls)
+
+
+def test_wrong_argument_names_are_caught():
+    with pytest.raises(TypeError):
+        fake_torch_npu._npu_reshape_and_cache(key=None, value=None, key_cache=None, value_cache=None,
+                                              slot_mapping=None)          # renamed to slot_indices in CANN 9.1
+    with pytest.raises(TypeError):
+        fake_torch_npu.npu_fused_infer_attention_score(torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                                                       scale_valu=1.0)
+
+
+@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("mistral", {"sliding_window": 6})])
+def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, family, overrides):
+    """The tiny model run through the NPU op table (fake kernels) gives the reference logits: prefill, a cached
+    prefix, mixed batches and decodes."""
+    from helpers import load_runner
+    from driver import Driver
+    path = tiny_model(family, **overrides)
+    ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
+    npu_runner.ops = npu_ops
+    npu_runner.model.ops = npu_ops
+    outs = []
+    for r in (ref_runner, npu_runner):
+        d = Driver(r)
+        res = [d.step([("a", list(range(5, 18))), ("b", list(range(40, 47)))], all_logits=True)]
+        res.append(d.step([("a", [3]), ("c", list(range(60, 65))), ("b", [9])]))
+        for _ in range(3):
+            res.append(d.step([("a", [11]), ("b", [12]), ("c", [13])]))
+        d.share_prefix("a", "d", 12)
+        res.append(d.step([("d", [70, 71, 72])], all_logits=True))
+        outs.append(res)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert "_npu_paged_attention" in fake_torch_npu.calls or family == "mistral"
