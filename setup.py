@@ -31,7 +31,7 @@ setup(
     extras_require={
         "npu": ["torch_npu"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40"],
-        "bench": ["llama-cpp-python>=0.3"],
+        "bench": ["llama-cpp-python>=0.3", "py-spy>=0.3"],
     },
     include_package_data=True,
     package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernel, built on first use
