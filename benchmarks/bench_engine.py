@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto",
                     help="auto: what the daemon serves with (bfloat16 on CPUs with AVX512-BF16/AMX, else float32); "
                          "transformers runs in the same dtype")
+    ap.add_argument("--hf-dtype", default=None,
+                    help="transformers' dtype (default: ours); float32 is transformers' fastest on CPUs without "
+                         "native bf16")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores available)")
     ap.add_argument("--kv-cache-gb", type=float, default=2.0)
     ap.add_argument("--single-tokens", type=int, default=256)
@@ -206,7 +209,8 @@ def main() -> None:
 
     # ---- transformers
     if not a.skip_hf:
-        m = hf_load(model_dir, getattr(torch, res["dtype"]))
+        res["hf_dtype"] = a.hf_dtype or res["dtype"]
+        m = hf_load(model_dir, getattr(torch, res["hf_dtype"]))
         pad = m.config.pad_token_id if m.config.pad_token_id is not None else m.config.eos_token_id
         pad = pad[0] if isinstance(pad, list) else pad
         hf_generate(m, [single_prompt], 8, pad)                            # warm-up
