@@ -31,7 +31,8 @@ setup(
     extras_require={
         "npu": ["torch_npu"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0"],
-        "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2"],  # the re-parse baseline of bench_tool_parse
+        # llama-cpp-python: the peer in the engine benchmark; partial-json-parser: bench_tool_parse's baseline
+        "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2", "py-spy>=0.3"],
     },
     include_package_data=True,
     package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernel, built on first use

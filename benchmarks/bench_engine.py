@@ -4,7 +4,9 @@
     PYTHONPATH=. python benchmarks/bench_engine.py [--model /work/models/qwen2.5-coder-0.5b-instruct.gguf]
         [--threads N] [--quick] [--skip-hf] [--skip-llamacpp] [--json out.json]
 
-In one run, same dtype (bfloat16 unless --dtype), same torch thread count:
+In one run, same dtype (the serving dtype unless --dtype: the weights are bfloat16, which the backend runs as
+bfloat16 on CPUs with AVX512-BF16/AMX and as float32 otherwise -- on an AVX2-only CPU bfloat16 matmuls are 4-6x
+slower than float32 for more than one row), same torch thread count:
 1. memory bandwidth, measured with a large tensor copy; the decode bound = bandwidth / weight bytes per step;
 2. single stream, 256 output tokens: our decode tok/s vs transformers `generate` and vs the bound;
 3. 16 concurrent requests, prompts of 50-1000 tokens, 128 output tokens each: our aggregate output tok/s vs
@@ -141,12 +143,19 @@ def llamacpp_sequential(gguf, prompts, n_out, threads):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto",
+                    help="auto: what the daemon serves with (bfloat16 on CPUs with AVX512-BF16/AMX, else float32); "
+                         "transformers runs in the same dtype")
+    ap.add_argument("--hf-dtype", default=None,
+                    help="transformers' dtype (default: ours); float32 is transformers' fastest on CPUs without "
+                         "native bf16")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores available)")
     ap.add_argument("--kv-cache-gb", type=float, default=2.0)
     ap.add_argument("--single-tokens", type=int, default=256)
     ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument("--concurrent-tokens", type=int, default=128)
+    ap.add_argument("--prompt-min", type=int, default=50)
+    ap.add_argument("--prompt-max", type=int, default=1000)
     ap.add_argument("--ttft-prompt", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--skip-hf", action="store_true")
@@ -154,13 +163,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if a.quick:
-        a.single_tokens, a.concurrent, a.concurrent_tokens, a.ttft_prompt = 32, 4, 16, 200
+        a.single_tokens, a.concurrent, a.concurrent_tokens, a.ttft_prompt, a.prompt_max = 32, 4, 16, 200, 200
 
     threads = a.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     res: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                              "threads": threads, "load_avg_start": os.getloadavg()},
-                 "model": a.model, "dtype": a.dtype}
+                 "model": a.model, "dtype": a.dtype, "args": vars(a)}
     print(f"threads={threads} load={os.getloadavg()}", flush=True)
     res["bandwidth_GBps"] = measure_bandwidth()
     print(f"copy bandwidth: {res['bandwidth_GBps']:.1f} GB/s", flush=True)
@@ -173,6 +182,7 @@ def main() -> None:
     engine = AsyncEngine.from_config(cfg)
     res["ours_load_s"] = time.perf_counter() - t
     runner = engine.runner
+    res["dtype"] = str(runner.dtype).replace("torch.", "")
     model_dir = Path(runner.tokenizer_path)
     wbytes = runner.weight_bytes() if hasattr(runner, "weight_bytes") else None
     res["weight_bytes"] = wbytes
@@ -185,7 +195,7 @@ def main() -> None:
     ours_single(engine, single_prompt, 8)                                  # warm-up
     res["ours_single"] = ours_single(engine, single_prompt, a.single_tokens)
     print("ours single:", res["ours_single"], flush=True)
-    prompts = make_prompts(a.concurrent, 50, 1000 if not a.quick else 200, seed=2)
+    prompts = make_prompts(a.concurrent, a.prompt_min, a.prompt_max, seed=2)
     res["ours_concurrent"] = ours_concurrent(engine, prompts, a.concurrent_tokens)
     print("ours concurrent:", res["ours_concurrent"], flush=True)
     ttft_prompt = make_prompts(1, a.ttft_prompt, a.ttft_prompt, seed=3)[0]
@@ -199,8 +209,8 @@ def main() -> None:
 
     # ---- transformers
     if not a.skip_hf:
-        dtype = getattr(torch, a.dtype)
-        m = hf_load(model_dir, dtype)
+        res["hf_dtype"] = a.hf_dtype or res["dtype"]
+        m = hf_load(model_dir, getattr(torch, res["hf_dtype"]))
         pad = m.config.pad_token_id if m.config.pad_token_id is not None else m.config.eos_token_id
         pad = pad[0] if isinstance(pad, list) else pad
         hf_generate(m, [single_prompt], 8, pad)                            # warm-up
@@ -228,14 +238,14 @@ def main() -> None:
     res["machine"]["load_avg_end"] = os.getloadavg()
     # ---- summary
     s = res
-    lines = [f"single stream decode: ours {s['ours_single']['decode_tok_s']:.1f} tok/s"]
+    lines = [f"single stream decode ({a.single_tokens} tokens, {res['dtype']}, {threads} threads): ours {s['ours_single']['decode_tok_s']:.1f} tok/s"]
     if "hf_single" in s:
         lines[-1] += f", transformers {s['hf_single']['decode_tok_s']:.1f} tok/s " \
                      f"({s['ours_single']['decode_tok_s'] / s['hf_single']['decode_tok_s']:.2f}x)"
     if s.get("bound_tok_s"):
         lines[-1] += f", bound {s['bound_tok_s']:.1f} tok/s " \
                      f"({100 * s['ours_single']['decode_tok_s'] / s['bound_tok_s']:.0f}%)"
-    lines.append(f"{a.concurrent} concurrent: ours {s['ours_concurrent']['tok_s']:.1f} tok/s")
+    lines.append(f"{a.concurrent} concurrent ({a.prompt_min}-{a.prompt_max} prompt, {a.concurrent_tokens} output tokens): ours {s['ours_concurrent']['tok_s']:.1f} tok/s")
     if "hf_static_batch" in s:
         lines[-1] += f", transformers static batch {s['hf_static_batch']['tok_s']:.1f} tok/s " \
                      f"({s['ours_concurrent']['tok_s'] / s['hf_static_batch']['tok_s']:.2f}x)"
