@@ -136,6 +136,8 @@ class PagedModelRunner(ModelRunner):
         with torch.inference_mode():
             self.model = LlamaFamilyModel(cfg, dtype, device, self.ops)
             self.model.load_weights(iter_safetensors(model_dir))
+        from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
+        self.quant_policy = maybe_quantize(self.model, config)
         self.vocab_size = self.model.vocab_size
         self.kv_caches: list = []
         self.num_blocks = 0

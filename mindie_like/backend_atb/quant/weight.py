@@ -109,6 +109,11 @@ class QuantizedWeight:
         """Bytes this weight reads per matmul on the quantized path (packed values + scales/zeros)."""
         raise NotImplementedError
 
+    @property
+    def storage_bytes(self) -> int:
+        """Memory held (quantized data, scales, row copy, dense copy)."""
+        return self.nbytes + (self.dense.numel() * self.dense.element_size() if self.dense is not None else 0)
+
     def numel(self) -> int:          # with element_size() == 1: numel() * element_size() == nbytes
         return self.nbytes
 
@@ -322,11 +327,15 @@ class Int4Weight(QuantizedWeight):
 
     @property
     def nbytes(self) -> int:
-        n = self.packed.numel() * self.packed.element_size()
-        n += 2 * self.scale.numel() * self.scale.element_size()
+        """Bytes a matmul reads (packed values + scales/zeros); the row copy for lookups is not read per step."""
+        return self.packed.numel() * self.packed.element_size() + 2 * self.scale.numel() * self.scale.element_size()
+
+    @property
+    def storage_bytes(self) -> int:
+        n = self.nbytes
         if self.rows is not None and self.rows is not self.packed:
-            n += self.rows.numel()
-        return n
+            n += self.rows.numel() + 2 * self._row_scale.numel() * self._row_scale.element_size()
+        return n + (self.dense.numel() * self.dense.element_size() if self.dense is not None else 0)
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         k, N = self.kernel, self.out_features

@@ -1,0 +1,133 @@
+"""Quantize a loaded `LlamaFamilyModel` in place: every linear (qkv, o, gate_up, down, lm_head) becomes a
+`QuantizedWeight`; a tied embedding table is the same object (lm_head matmul quantized, lookup dequantizes rows).
+
+The model code is unchanged: its op table's ``linear`` is ``F.linear(x, w, b)`` and its embedding is
+``F.embedding(ids, table)``, both of which a `QuantizedWeight` answers through torch's ``__torch_function__``
+protocol. The only hook is the call to `quantize_model` after the weights are loaded (runner.py).
+
+Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quantization.md):
+    quantization          "w8a16" | "w4a16" (aliases int8 / int4); none = float weights
+    quant_group_size      int4 group size along K (32, 64, 128, 256); default 32
+    quant_dense           "auto" (default): keep a dense copy and use it for steps at or above the crossover
+                          measured at start-up, if memory allows; "never": always the quantized kernels;
+                          "always": keep the dense copy whatever the memory (crossover still measured)
+    quant_crossover       a fixed crossover (rows) instead of measuring
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from typing import Optional
+
+import torch
+
+from .policy import QuantPolicy, dense_allowed, measure_crossover
+from .quantize import INT4_GROUP_SIZES
+from .weight import QuantizedWeight, normalize_scheme, quantize_linear_weight
+
+log = logging.getLogger(__name__)
+
+LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
+DEFAULT_GROUP_SIZE = 32
+
+
+def _group_for(k: int, wanted: int) -> Optional[int]:
+    if k % wanted == 0:
+        return wanted
+    for g in sorted(INT4_GROUP_SIZES, reverse=True):
+        if g < wanted and k % g == 0:
+            return g
+    return None
+
+
+def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name=""):
+    if isinstance(w, QuantizedWeight):
+        return w
+    if scheme == "w4a16":
+        g = _group_for(w.shape[1], group_size)
+        if g is None:
+            log.warning("%s: in_features %d has no int4 group size dividing it; kept in %s", name, w.shape[1], dtype)
+            return w
+        if g != group_size:
+            log.info("%s: in_features %d not a multiple of %d, int4 group size %d used", name, w.shape[1],
+                     group_size, g)
+        group_size = g
+    return quantize_linear_weight(w, scheme, group_size, dtype=dtype, device=device, keep_rows=keep_rows)
+
+
+def options_from_config(config) -> dict:
+    extra = dict(getattr(config, "extra", None) or {})
+    scheme = getattr(config, "quantization", None) or extra.get("quantization")
+    return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
+            "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover")}
+
+
+def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
+                   crossover: Optional[float] = None) -> QuantPolicy:
+    """Replaces the model's float linears by quantized ones (in place); returns the per-step policy."""
+    scheme = normalize_scheme(scheme)
+    if dense not in ("auto", "never", "always"):
+        raise ValueError(f"quant_dense {dense!r}: auto, never or always")
+    t0 = time.time()
+    dtype, device = model.dtype, model.device
+    before = model.weight_bytes()
+    qweights: list[QuantizedWeight] = []
+    for i, L in enumerate(model.layers):
+        for attr in LAYER_LINEARS:
+            w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}")
+            setattr(L, attr, w)
+            if isinstance(w, QuantizedWeight):
+                qweights.append(w)
+    if model.tied:
+        qe = _quantize(model.embed, scheme, group_size, dtype, device, keep_rows=True, name="embed/lm_head")
+        model.embed = model.lm_head = qe
+    else:
+        qe = _quantize(model.lm_head, scheme, group_size, dtype, device, name="lm_head")
+        model.lm_head = qe
+    if isinstance(qe, QuantizedWeight):
+        qweights.append(qe)
+    gc.collect()
+    after = model.weight_bytes()
+    log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
+             scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
+             after / 2**20)
+    policy = _build_policy(model, qweights, dense, crossover)
+    for w in qweights:
+        w.policy = policy
+    return policy
+
+
+def _build_policy(model, qweights, dense: str, crossover) -> QuantPolicy:
+    if dense == "never" or not qweights:
+        return QuantPolicy(reason="quant_dense never")
+    dense_bytes = sum(w.out_features * w.in_features for w in qweights) * torch.tensor(
+        [], dtype=model.dtype).element_size()
+    ok, why = dense_allowed(dense_bytes, model.device)
+    if dense == "auto" and not ok:
+        log.info("quantization: no dense copy (%s): quantized kernels at every batch size", why)
+        return QuantPolicy(reason=why)
+    t0 = time.time()
+    for w in qweights:
+        w.materialize_dense()
+    if crossover is not None:
+        pol = QuantPolicy(crossover=float(crossover), reason="configured")
+    else:
+        layer0 = [getattr(model.layers[0], a) for a in LAYER_LINEARS]
+        pol = measure_crossover([w for w in layer0 if isinstance(w, QuantizedWeight)])
+    if math.isinf(pol.crossover):
+        for w in qweights:
+            w.drop_dense()
+        pol.reason = (pol.reason + "; " if pol.reason else "") + "dense never faster: copies dropped"
+    log.info("quantization per-step choice: %s (%s; %.1f s)", pol.describe(), why, time.time() - t0)
+    return pol
+
+
+def maybe_quantize(model, config) -> Optional[QuantPolicy]:
+    """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing."""
+    opts = options_from_config(config)
+    if not opts["scheme"]:
+        return None
+    with torch.inference_mode():
+        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"])
