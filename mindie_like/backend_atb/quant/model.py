@@ -42,7 +42,8 @@ def _group_for(k: int, wanted: int) -> Optional[int]:
     return None
 
 
-def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name=""):
+def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name="",
+              keep_dense=False):
     if isinstance(w, QuantizedWeight):
         return w
     if scheme == "w4a16":
@@ -54,7 +55,8 @@ def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep
             log.info("%s: in_features %d not a multiple of %d, int4 group size %d used", name, w.shape[1],
                      group_size, g)
         group_size = g
-    return quantize_linear_weight(w, scheme, group_size, dtype=dtype, device=device, keep_rows=keep_rows)
+    return quantize_linear_weight(w, scheme, group_size, dtype=dtype, device=device, keep_rows=keep_rows,
+                                  keep_dense=keep_dense)
 
 
 def options_from_config(config) -> dict:
@@ -73,18 +75,21 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     t0 = time.time()
     dtype, device = model.dtype, model.device
     before = model.weight_bytes()
+    keep_dense, why = _dense_wanted(model, dense)
     qweights: list[QuantizedWeight] = []
     for i, L in enumerate(model.layers):
         for attr in LAYER_LINEARS:
-            w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}")
+            w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}",
+                          keep_dense=keep_dense)
             setattr(L, attr, w)
             if isinstance(w, QuantizedWeight):
                 qweights.append(w)
     if model.tied:
-        qe = _quantize(model.embed, scheme, group_size, dtype, device, keep_rows=True, name="embed/lm_head")
+        qe = _quantize(model.embed, scheme, group_size, dtype, device, keep_rows=True, name="embed/lm_head",
+                       keep_dense=keep_dense)
         model.embed = model.lm_head = qe
     else:
-        qe = _quantize(model.lm_head, scheme, group_size, dtype, device, name="lm_head")
+        qe = _quantize(model.lm_head, scheme, group_size, dtype, device, name="lm_head", keep_dense=keep_dense)
         model.lm_head = qe
     if isinstance(qe, QuantizedWeight):
         qweights.append(qe)
@@ -93,24 +98,29 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
              scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
              after / 2**20)
-    policy = _build_policy(model, qweights, dense, crossover)
+    policy = _build_policy(model, qweights, keep_dense, why, crossover)
     for w in qweights:
         w.policy = policy
     return policy
 
 
-def _build_policy(model, qweights, dense: str, crossover) -> QuantPolicy:
-    if dense == "never" or not qweights:
-        return QuantPolicy(reason="quant_dense never")
-    dense_bytes = sum(w.out_features * w.in_features for w in qweights) * torch.tensor(
-        [], dtype=model.dtype).element_size()
+def _dense_wanted(model, dense: str) -> tuple[bool, str]:
+    if dense == "never":
+        return False, "quant_dense never"
+    numel = sum(getattr(L, a).numel() for L in model.layers for a in LAYER_LINEARS) + model.lm_head.numel()
+    dense_bytes = numel * torch.tensor([], dtype=model.dtype).element_size()
     ok, why = dense_allowed(dense_bytes, model.device)
-    if dense == "auto" and not ok:
+    if dense == "always":
+        return True, why + " (quant_dense always)"
+    if not ok:
         log.info("quantization: no dense copy (%s): quantized kernels at every batch size", why)
+    return ok, why
+
+
+def _build_policy(model, qweights, keep_dense: bool, why: str, crossover) -> QuantPolicy:
+    if not keep_dense or not qweights:
         return QuantPolicy(reason=why)
     t0 = time.time()
-    for w in qweights:
-        w.materialize_dense()
     if crossover is not None:
         pol = QuantPolicy(crossover=float(crossover), reason="configured")
     else:
@@ -120,6 +130,7 @@ def _build_policy(model, qweights, dense: str, crossover) -> QuantPolicy:
         for w in qweights:
             w.drop_dense()
         pol.reason = (pol.reason + "; " if pol.reason else "") + "dense never faster: copies dropped"
+        gc.collect()
     log.info("quantization per-step choice: %s (%s; %.1f s)", pol.describe(), why, time.time() - t0)
     return pol
 

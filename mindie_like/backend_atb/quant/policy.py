@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -38,14 +37,20 @@ class QuantPolicy:
         return f"dense path {c}{'; ' + self.reason if self.reason else ''}"
 
 
-def _time_ms(fn, reps: int) -> float:
-    fn()                                   # warm-up (packs, allocations, kernel selection)
-    ts = []
+def _time_pair_ms(fa, fb, reps: int) -> tuple[float, float]:
+    """Best-of-`reps` times of two functions, interleaved so both see the same neighbours (the minimum is the
+    kernel's own cost; medians on a shared machine measure the neighbours)."""
+    fa(), fb()                             # warm-up (allocations, kernel selection)
+    ta, tb = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+        fa()
+        t1 = time.perf_counter()
+        fb()
+        t2 = time.perf_counter()
+        ta.append((t1 - t0) * 1e3)
+        tb.append((t2 - t1) * 1e3)
+    return min(ta), min(tb)
 
 
 def _sync(device: torch.device):
@@ -55,8 +60,8 @@ def _sync(device: torch.device):
         torch.npu.synchronize(device)  # type: ignore[attr-defined]
 
 
-def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps: int = 5,
-                      max_ms: float = 3000.0) -> QuantPolicy:
+def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps: int = 7,
+                      max_ms: float = 6000.0) -> QuantPolicy:
     """Times ``linear`` through each QuantizedWeight's kernel and through its dense copy for each row count.
 
     `weights`: the QuantizedWeights of one representative layer (with `dense` set). Returns a policy whose
@@ -84,7 +89,7 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
                     torch.nn.functional.linear(x, w.dense)
                 _sync(device)
 
-            timings[m] = (_time_ms(run_quant, reps), _time_ms(run_dense, reps))
+            timings[m] = _time_pair_ms(run_quant, run_dense, reps)
             if (time.perf_counter() - t_start) * 1e3 > max_ms:
                 break
     crossover = math.inf
@@ -94,7 +99,8 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
             crossover = m
             break
     pol = QuantPolicy(crossover=crossover, timings=timings)
-    log.info("quantization crossover on %s: %s; per row count (quant ms / dense ms): %s", device, pol.describe(),
+    log.info("quantization crossover on %s: %s; per row count (best quant ms / dense ms): %s", device,
+             pol.describe(),
              ", ".join(f"{m}: {q:.2f}/{d:.2f}" for m, (q, d) in sorted(timings.items())))
     return pol
 

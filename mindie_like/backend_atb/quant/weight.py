@@ -256,9 +256,10 @@ class Int4Weight(QuantizedWeight):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, *,
                  dtype: torch.dtype = torch.bfloat16, device="cpu", backend: Optional[str] = None,
-                 keep_rows: bool = False):
+                 keep_rows: bool = False, keep_dense: bool = False):
         """`q`: [N, K] uint8 values 0..15 (unpacked). `keep_rows`: also keep the plain nibble-packed rows (needed
-        for embedding lookups and a cheap dequantize; costs K/2 bytes per row more)."""
+        for embedding lookups and a cheap dequantize; costs K/2 bytes per row more). `keep_dense`: build the dense
+        copy for the large-batch path now, from the unpacked values (cheaper than dequantizing packed data)."""
         if q.dim() != 2:
             raise ValueError(f"int4 weight must be [N, K], got {tuple(q.shape)}")
         N, K = q.shape
@@ -275,6 +276,8 @@ class Int4Weight(QuantizedWeight):
         self.rows: Optional[torch.Tensor] = pack_nibbles(q).to(dev) if keep_rows else None
         self._row_scale = self.scale.to(dev).contiguous() if keep_rows else None
         self._row_zero = self.zero.to(dev).contiguous() if keep_rows else None
+        if keep_dense:
+            self.dense = dequantize_int4(q, self.scale, self.zero, group_size, dtype).to(dev).contiguous()
         b = self.backend
         if b == "cpu":
             Np = _round_up(N, 16)             # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
@@ -319,11 +322,11 @@ class Int4Weight(QuantizedWeight):
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 32, *, dtype: Optional[torch.dtype] = None, device=None,
-                   backend: Optional[str] = None, keep_rows: bool = False) -> "Int4Weight":
+                   backend: Optional[str] = None, keep_rows: bool = False, keep_dense: bool = False) -> "Int4Weight":
         dtype = dtype or (w.dtype if w.is_floating_point() else torch.bfloat16)
         q, s, z = quantize_int4_grouped(w.cpu(), group_size, dtype)
         return cls(q, s, z, group_size, dtype=dtype, device=device if device is not None else w.device,
-                   backend=backend, keep_rows=keep_rows)
+                   backend=backend, keep_rows=keep_rows, keep_dense=keep_dense)
 
     @property
     def nbytes(self) -> int:
@@ -373,13 +376,17 @@ class Int4Weight(QuantizedWeight):
 
 def quantize_linear_weight(weight: torch.Tensor, scheme: str, group_size: int = 32, *,
                            dtype: Optional[torch.dtype] = None, device=None, backend: Optional[str] = None,
-                           keep_rows: bool = False) -> QuantizedWeight:
-    """A float weight [N, K] -> its W8A16 / W4A16 `QuantizedWeight` (round-to-nearest, per channel / per group)."""
+                           keep_rows: bool = False, keep_dense: bool = False) -> QuantizedWeight:
+    """A float weight [N, K] -> its W8A16 / W4A16 `QuantizedWeight` (round-to-nearest, per channel / per group).
+    `keep_dense`: also keep the dequantized copy for the large-batch path (see policy.py)."""
     scheme = normalize_scheme(scheme)
     if scheme == "w8a16":
-        return Int8Weight.from_float(weight, dtype=dtype, device=device, backend=backend)
+        qw = Int8Weight.from_float(weight, dtype=dtype, device=device, backend=backend)
+        if keep_dense:
+            qw.materialize_dense()
+        return qw
     return Int4Weight.from_float(weight, group_size, dtype=dtype, device=device, backend=backend,
-                                 keep_rows=keep_rows)
+                                 keep_rows=keep_rows, keep_dense=keep_dense)
 
 
 _ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16", "w4": "w4a16"}
