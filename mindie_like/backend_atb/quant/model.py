@@ -12,6 +12,9 @@ Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quanti
                           measured at start-up, if memory allows; "never": always the quantized kernels;
                           "always": keep the dense copy whatever the memory (crossover still measured)
     quant_crossover       a fixed crossover (rows) instead of measuring
+    quant_from_gguf       true (default): with a .gguf model, build the quantized weights from the GGUF's own
+                          blocks (exact for Q4_0/Q4_1/Q4_K -> int4), see gguf.py; false: quantize the float import
+    quantization "gguf"   with a .gguf model: each tensor at its own precision class (4-bit -> int4, else int8)
 """
 from __future__ import annotations
 
@@ -63,13 +66,19 @@ def options_from_config(config) -> dict:
     extra = dict(getattr(config, "extra", None) or {})
     scheme = getattr(config, "quantization", None) or extra.get("quantization")
     return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
-            "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover")}
+            "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover"),
+            "from_gguf": bool(extra.get("quant_from_gguf", True))}
 
 
 def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
-                   crossover: Optional[float] = None) -> QuantPolicy:
-    """Replaces the model's float linears by quantized ones (in place); returns the per-step policy."""
-    scheme = normalize_scheme(scheme)
+                   crossover: Optional[float] = None, gguf_path=None) -> QuantPolicy:
+    """Replaces the model's float linears by quantized ones (in place); returns the per-step policy.
+
+    `gguf_path`: build the weights from that GGUF's own blocks (quant/gguf.py) instead of quantizing the float
+    weights; `scheme` may then also be "gguf" (each tensor at its own precision class)."""
+    scheme = "gguf" if str(scheme).lower() == "gguf" else normalize_scheme(scheme)
+    if scheme == "gguf" and gguf_path is None:
+        raise ValueError('quantization "gguf" needs a .gguf model file')
     if dense not in ("auto", "never", "always"):
         raise ValueError(f"quant_dense {dense!r}: auto, never or always")
     t0 = time.time()
@@ -77,6 +86,11 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     before = model.weight_bytes()
     keep_dense, why = _dense_wanted(model, dense)
     qweights: list[QuantizedWeight] = []
+    if gguf_path is not None:
+        from .gguf import load_gguf_weights
+        counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
+        log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
     for i, L in enumerate(model.layers):
         for attr in LAYER_LINEARS:
             w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}",
@@ -140,5 +154,9 @@ def maybe_quantize(model, config) -> Optional[QuantPolicy]:
     opts = options_from_config(config)
     if not opts["scheme"]:
         return None
+    gguf = None
+    if opts["from_gguf"]:
+        from ..weights import find_gguf
+        gguf = find_gguf(config.model_path)
     with torch.inference_mode():
-        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"])
+        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"], gguf)
