@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,w8a16,w4a16")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "transformers"):
@@ -164,7 +165,7 @@ def main():
     ref_seqs = None
     for fmt in args.formats.split(","):
         scheme = None if fmt == "bf16" else fmt
-        runner, load_s = load(args.model, args.threads, scheme)
+        runner, load_s = load(args.model, args.threads, scheme, args.dense)
         if ref_seqs is None:
             tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
             chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -176,11 +177,16 @@ def main():
             res["crossover"] = pol.describe()
             res["crossover_timings_ms"] = {str(k): [round(a, 3), round(b, 3)] for k, (a, b) in pol.timings.items()}
         one = [chat_ids[0]]
+        t0 = time.time()
         med, _ = decode_speed(runner, one, args.tokens)
         res["single_tok_s"] = round(1.0 / med, 1)
+        print(f"  {fmt}: single stream {res['single_tok_s']} tok/s ({time.time() - t0:.0f} s)", flush=True)
         many = [chat_ids[i % len(chat_ids)] for i in range(args.streams)]
+        t0 = time.time()
         med, _ = decode_speed(runner, many, max(8, args.tokens // 2))
         res[f"streams{args.streams}_tok_s"] = round(args.streams / med, 1)
+        print(f"  {fmt}: {args.streams} streams {res[f'streams{args.streams}_tok_s']} tok/s "
+              f"({time.time() - t0:.0f} s)", flush=True)
         if scheme and pol is not None and pol.crossover != float("inf"):
             # the same streams with quantized kernels only, for comparison with the per-step choice
             saved = pol.crossover
@@ -189,6 +195,7 @@ def main():
             res[f"streams{args.streams}_quant_only_tok_s"] = round(args.streams / med, 1)
             pol.crossover = saved
         if args.agree:
+            t0 = time.time()
             prompts = chat_ids[:args.agree]
             if scheme is None:
                 conts = greedy(runner, prompts, args.agree_tokens)
@@ -208,6 +215,7 @@ def main():
                 res["agreement"] = round(agree / total, 4)
                 res["agreement_steps"] = total
                 res["mean_kl"] = round(statistics.mean(kls), 4)
+            print(f"  {fmt}: agreement pass {time.time() - t0:.0f} s", flush=True)
         results["formats"][fmt] = res
         print(fmt, json.dumps(res), flush=True)
         del runner

@@ -12,6 +12,8 @@ Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quanti
                           measured at start-up, if memory allows; "never": always the quantized kernels;
                           "always": keep the dense copy whatever the memory (crossover still measured)
     quant_crossover       a fixed crossover (rows) instead of measuring
+    quant_dense_dtype     "auto" (default): on CPU, float32 dense copies when a float32 matmul beats the model's
+                          half-precision one (CPUs without AVX512-BF16); "model": the model's dtype
     quant_from_gguf       true (default): with a .gguf model, build the quantized weights from the GGUF's own
                           blocks (exact for Q4_0/Q4_1/Q4_K -> int4), see gguf.py; false: quantize the float import
     quantization "gguf"   with a .gguf model: each tensor at its own precision class (4-bit -> int4, else int8)
@@ -26,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from .policy import QuantPolicy, dense_allowed, measure_crossover
+from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
 from .quantize import INT4_GROUP_SIZES
 from .weight import QuantizedWeight, normalize_scheme, quantize_linear_weight
 
@@ -67,11 +69,12 @@ def options_from_config(config) -> dict:
     scheme = getattr(config, "quantization", None) or extra.get("quantization")
     return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
             "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover"),
-            "from_gguf": bool(extra.get("quant_from_gguf", True))}
+            "from_gguf": bool(extra.get("quant_from_gguf", True)),
+            "dense_dtype": str(extra.get("quant_dense_dtype", "auto"))}
 
 
 def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
-                   crossover: Optional[float] = None, gguf_path=None) -> QuantPolicy:
+                   crossover: Optional[float] = None, gguf_path=None, dense_dtype: str = "auto") -> QuantPolicy:
     """Replaces the model's float linears by quantized ones (in place); returns the per-step policy.
 
     `gguf_path`: build the weights from that GGUF's own blocks (quant/gguf.py) instead of quantizing the float
@@ -85,6 +88,10 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     dtype, device = model.dtype, model.device
     before = model.weight_bytes()
     keep_dense, why = _dense_wanted(model, dense)
+    if device.type == "cpu" and dtype == torch.float32:
+        log.warning("quantized weights with float32 activations on CPU: torch's int8/int4 kernels have no "
+                     "vectorized float32 path (measured 20-40x slower than bfloat16 activations); use dtype "
+                     "bfloat16")
     qweights: list[QuantizedWeight] = []
     if gguf_path is not None:
         from .gguf import load_gguf_weights
@@ -112,7 +119,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
              scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
              after / 2**20)
-    policy = _build_policy(model, qweights, keep_dense, why, crossover)
+    policy = _build_policy(model, qweights, keep_dense, why, crossover, dense_dtype)
     for w in qweights:
         w.policy = policy
     return policy
@@ -131,15 +138,27 @@ def _dense_wanted(model, dense: str) -> tuple[bool, str]:
     return ok, why
 
 
-def _build_policy(model, qweights, keep_dense: bool, why: str, crossover) -> QuantPolicy:
+def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_dtype: str = "auto") -> QuantPolicy:
     if not keep_dense or not qweights:
         return QuantPolicy(reason=why)
     t0 = time.time()
+    layer0 = [w for w in (getattr(model.layers[0], a) for a in LAYER_LINEARS) if isinstance(w, QuantizedWeight)]
+    if dense_dtype == "auto":
+        f32 = faster_dense_dtype(layer0)
+        if f32 is not None:
+            n = sum(w.dense.numel() for w in qweights if w.dense is not None)
+            ok, why32 = dense_allowed(n * 4, model.device)
+            if ok:
+                for w in qweights:
+                    if w.dense is not None:
+                        w.dense = w.dense.float()
+                gc.collect()
+                why = why + "; float32 dense copies (faster than " + str(model.dtype).replace("torch.", "") + \
+                    " matmuls on this CPU)"
     if crossover is not None:
         pol = QuantPolicy(crossover=float(crossover), reason="configured")
     else:
-        layer0 = [getattr(model.layers[0], a) for a in LAYER_LINEARS]
-        pol = measure_crossover([w for w in layer0 if isinstance(w, QuantizedWeight)])
+        pol = measure_crossover(layer0)
     if math.isinf(pol.crossover):
         for w in qweights:
             w.drop_dense()
@@ -159,4 +178,5 @@ def maybe_quantize(model, config) -> Optional[QuantPolicy]:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
     with torch.inference_mode():
-        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"], gguf)
+        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"], gguf,
+                              opts["dense_dtype"])

@@ -86,7 +86,7 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
 
             def run_dense():
                 for w, x in zip(weights, xs):
-                    torch.nn.functional.linear(x, w.dense)
+                    w.dense_linear(x)
                 _sync(device)
 
             timings[m] = _time_pair_ms(run_quant, run_dense, reps)
@@ -103,6 +103,30 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
              pol.describe(),
              ", ".join(f"{m}: {q:.2f}/{d:.2f}" for m, (q, d) in sorted(timings.items())))
     return pol
+
+
+def faster_dense_dtype(weights: Sequence, rows: int = 16, reps: int = 5) -> Optional[torch.dtype]:
+    """On CPU with half-precision activations: float32 when a float32 dense matmul (cast in and out) beats the
+    half-precision one at `rows` rows (CPUs without AVX512-BF16/AMX run bf16 matmuls on a slow path), else None."""
+    weights = [w for w in weights if w.dense is not None]
+    if not weights or weights[0].device.type != "cpu" or weights[0].dtype == torch.float32:
+        return None
+    dtype = weights[0].dtype
+    with torch.inference_mode():
+        xs = [torch.randn(rows, w.in_features, dtype=dtype) for w in weights]
+        d32 = [w.dense.float() for w in weights]
+
+        def half():
+            for w, x in zip(weights, xs):
+                torch.nn.functional.linear(x, w.dense)
+
+        def f32():
+            for d, x in zip(d32, xs):
+                torch.nn.functional.linear(x.float(), d).to(dtype)
+        t_half, t_f32 = _time_pair_ms(half, f32, reps)
+    log.info("dense path at %d rows: %s %.2f ms, float32 %.2f ms", rows, str(dtype).replace("torch.", ""), t_half,
+             t_f32)
+    return torch.float32 if t_f32 < 0.8 * t_half else None
 
 
 def available_memory_bytes(device: torch.device) -> int:

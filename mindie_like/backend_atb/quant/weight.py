@@ -132,8 +132,16 @@ class QuantizedWeight:
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [..., K] -> x @ W.T + bias; dense copy when the policy says this many rows run faster in bf16."""
         if self.dense is not None and self.policy is not None and self.policy.choose(x.numel() // x.shape[-1]) == "dense":
-            return F.linear(x, self.dense, bias)
+            return self.dense_linear(x, bias)
         return self.quant_linear(x, bias)
+
+    def dense_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Through the dense copy; a float32 copy (CPUs without native bf16 matmul) casts in and out."""
+        d = self.dense
+        if d.dtype == x.dtype:
+            return F.linear(x, d, bias)
+        y = F.linear(x.to(d.dtype), d, None if bias is None else bias.to(d.dtype))
+        return y.to(x.dtype)
 
     def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         lead = x.shape[:-1]
