@@ -142,6 +142,8 @@ class PagedModelRunner(ModelRunner):
             self.model.load_weights(iter_safetensors(model_dir))
         self.act_dtype = self.model.act_dtype
         self.kv_dtype = self.model.kv_dtype
+        from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
+        self.quant_policy = maybe_quantize(self.model, config)
         self.vocab_size = self.model.vocab_size
         self.kv_caches: list = []
         self.num_blocks = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -38,14 +37,20 @@ class QuantPolicy:
         return f"dense path {c}{'; ' + self.reason if self.reason else ''}"
 
 
-def _time_ms(fn, reps: int) -> float:
-    fn()                                   # warm-up (packs, allocations, kernel selection)
-    ts = []
+def _time_pair_ms(fa, fb, reps: int) -> tuple[float, float]:
+    """Best-of-`reps` times of two functions, interleaved so both see the same neighbours (the minimum is the
+    kernel's own cost; medians on a shared machine measure the neighbours)."""
+    fa(), fb()                             # warm-up (allocations, kernel selection)
+    ta, tb = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+        fa()
+        t1 = time.perf_counter()
+        fb()
+        t2 = time.perf_counter()
+        ta.append((t1 - t0) * 1e3)
+        tb.append((t2 - t1) * 1e3)
+    return min(ta), min(tb)
 
 
 def _sync(device: torch.device):
@@ -55,8 +60,8 @@ def _sync(device: torch.device):
         torch.npu.synchronize(device)  # type: ignore[attr-defined]
 
 
-def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps: int = 5,
-                      max_ms: float = 3000.0) -> QuantPolicy:
+def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps: int = 7,
+                      max_ms: float = 6000.0) -> QuantPolicy:
     """Times ``linear`` through each QuantizedWeight's kernel and through its dense copy for each row count.
 
     `weights`: the QuantizedWeights of one representative layer (with `dense` set). Returns a policy whose
@@ -81,10 +86,10 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
 
             def run_dense():
                 for w, x in zip(weights, xs):
-                    torch.nn.functional.linear(x, w.dense)
+                    w.dense_linear(x)
                 _sync(device)
 
-            timings[m] = (_time_ms(run_quant, reps), _time_ms(run_dense, reps))
+            timings[m] = _time_pair_ms(run_quant, run_dense, reps)
             if (time.perf_counter() - t_start) * 1e3 > max_ms:
                 break
     crossover = math.inf
@@ -94,9 +99,34 @@ def measure_crossover(weights: Sequence, *, ladder: Sequence[int] = LADDER, reps
             crossover = m
             break
     pol = QuantPolicy(crossover=crossover, timings=timings)
-    log.info("quantization crossover on %s: %s; per row count (quant ms / dense ms): %s", device, pol.describe(),
+    log.info("quantization crossover on %s: %s; per row count (best quant ms / dense ms): %s", device,
+             pol.describe(),
              ", ".join(f"{m}: {q:.2f}/{d:.2f}" for m, (q, d) in sorted(timings.items())))
     return pol
+
+
+def faster_dense_dtype(weights: Sequence, rows: int = 16, reps: int = 5) -> Optional[torch.dtype]:
+    """On CPU with half-precision activations: float32 when a float32 dense matmul (cast in and out) beats the
+    half-precision one at `rows` rows (CPUs without AVX512-BF16/AMX run bf16 matmuls on a slow path), else None."""
+    weights = [w for w in weights if w.dense is not None]
+    if not weights or weights[0].device.type != "cpu" or weights[0].dtype == torch.float32:
+        return None
+    dtype = weights[0].dtype
+    with torch.inference_mode():
+        xs = [torch.randn(rows, w.in_features, dtype=dtype) for w in weights]
+        d32 = [w.dense.float() for w in weights]
+
+        def half():
+            for w, x in zip(weights, xs):
+                torch.nn.functional.linear(x, w.dense)
+
+        def f32():
+            for d, x in zip(d32, xs):
+                torch.nn.functional.linear(x.float(), d).to(dtype)
+        t_half, t_f32 = _time_pair_ms(half, f32, reps)
+    log.info("dense path at %d rows: %s %.2f ms, float32 %.2f ms", rows, str(dtype).replace("torch.", ""), t_half,
+             t_f32)
+    return torch.float32 if t_f32 < 0.8 * t_half else None
 
 
 def available_memory_bytes(device: torch.device) -> int:

@@ -109,6 +109,11 @@ class QuantizedWeight:
         """Bytes this weight reads per matmul on the quantized path (packed values + scales/zeros)."""
         raise NotImplementedError
 
+    @property
+    def storage_bytes(self) -> int:
+        """Memory held (quantized data, scales, row copy, dense copy)."""
+        return self.nbytes + (self.dense.numel() * self.dense.element_size() if self.dense is not None else 0)
+
     def numel(self) -> int:          # with element_size() == 1: numel() * element_size() == nbytes
         return self.nbytes
 
@@ -127,8 +132,16 @@ class QuantizedWeight:
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [..., K] -> x @ W.T + bias; dense copy when the policy says this many rows run faster in bf16."""
         if self.dense is not None and self.policy is not None and self.policy.choose(x.numel() // x.shape[-1]) == "dense":
-            return F.linear(x, self.dense, bias)
+            return self.dense_linear(x, bias)
         return self.quant_linear(x, bias)
+
+    def dense_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Through the dense copy; a float32 copy (CPUs without native bf16 matmul) casts in and out."""
+        d = self.dense
+        if d.dtype == x.dtype:
+            return F.linear(x, d, bias)
+        y = F.linear(x.to(d.dtype), d, None if bias is None else bias.to(d.dtype))
+        return y.to(x.dtype)
 
     def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -251,9 +264,10 @@ class Int4Weight(QuantizedWeight):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, *,
                  dtype: torch.dtype = torch.bfloat16, device="cpu", backend: Optional[str] = None,
-                 keep_rows: bool = False):
+                 keep_rows: bool = False, keep_dense: bool = False):
         """`q`: [N, K] uint8 values 0..15 (unpacked). `keep_rows`: also keep the plain nibble-packed rows (needed
-        for embedding lookups and a cheap dequantize; costs K/2 bytes per row more)."""
+        for embedding lookups and a cheap dequantize; costs K/2 bytes per row more). `keep_dense`: build the dense
+        copy for the large-batch path now, from the unpacked values (cheaper than dequantizing packed data)."""
         if q.dim() != 2:
             raise ValueError(f"int4 weight must be [N, K], got {tuple(q.shape)}")
         N, K = q.shape
@@ -270,6 +284,8 @@ class Int4Weight(QuantizedWeight):
         self.rows: Optional[torch.Tensor] = pack_nibbles(q).to(dev) if keep_rows else None
         self._row_scale = self.scale.to(dev).contiguous() if keep_rows else None
         self._row_zero = self.zero.to(dev).contiguous() if keep_rows else None
+        if keep_dense:
+            self.dense = dequantize_int4(q, self.scale, self.zero, group_size, dtype).to(dev).contiguous()
         b = self.backend
         if b == "cpu":
             Np = _round_up(N, 16)             # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
@@ -314,19 +330,23 @@ class Int4Weight(QuantizedWeight):
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = 32, *, dtype: Optional[torch.dtype] = None, device=None,
-                   backend: Optional[str] = None, keep_rows: bool = False) -> "Int4Weight":
+                   backend: Optional[str] = None, keep_rows: bool = False, keep_dense: bool = False) -> "Int4Weight":
         dtype = dtype or (w.dtype if w.is_floating_point() else torch.bfloat16)
         q, s, z = quantize_int4_grouped(w.cpu(), group_size, dtype)
         return cls(q, s, z, group_size, dtype=dtype, device=device if device is not None else w.device,
-                   backend=backend, keep_rows=keep_rows)
+                   backend=backend, keep_rows=keep_rows, keep_dense=keep_dense)
 
     @property
     def nbytes(self) -> int:
-        n = self.packed.numel() * self.packed.element_size()
-        n += 2 * self.scale.numel() * self.scale.element_size()
+        """Bytes a matmul reads (packed values + scales/zeros); the row copy for lookups is not read per step."""
+        return self.packed.numel() * self.packed.element_size() + 2 * self.scale.numel() * self.scale.element_size()
+
+    @property
+    def storage_bytes(self) -> int:
+        n = self.nbytes
         if self.rows is not None and self.rows is not self.packed:
-            n += self.rows.numel()
-        return n
+            n += self.rows.numel() + 2 * self._row_scale.numel() * self._row_scale.element_size()
+        return n + (self.dense.numel() * self.dense.element_size() if self.dense is not None else 0)
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         k, N = self.kernel, self.out_features
@@ -364,13 +384,17 @@ class Int4Weight(QuantizedWeight):
 
 def quantize_linear_weight(weight: torch.Tensor, scheme: str, group_size: int = 32, *,
                            dtype: Optional[torch.dtype] = None, device=None, backend: Optional[str] = None,
-                           keep_rows: bool = False) -> QuantizedWeight:
-    """A float weight [N, K] -> its W8A16 / W4A16 `QuantizedWeight` (round-to-nearest, per channel / per group)."""
+                           keep_rows: bool = False, keep_dense: bool = False) -> QuantizedWeight:
+    """A float weight [N, K] -> its W8A16 / W4A16 `QuantizedWeight` (round-to-nearest, per channel / per group).
+    `keep_dense`: also keep the dequantized copy for the large-batch path (see policy.py)."""
     scheme = normalize_scheme(scheme)
     if scheme == "w8a16":
-        return Int8Weight.from_float(weight, dtype=dtype, device=device, backend=backend)
+        qw = Int8Weight.from_float(weight, dtype=dtype, device=device, backend=backend)
+        if keep_dense:
+            qw.materialize_dense()
+        return qw
     return Int4Weight.from_float(weight, group_size, dtype=dtype, device=device, backend=backend,
-                                 keep_rows=keep_rows)
+                                 keep_rows=keep_rows, keep_dense=keep_dense)
 
 
 _ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16", "w4": "w4a16"}

@@ -130,3 +130,24 @@ def test_reference_backend_and_sizes():
         assert torch.allclose(qa.linear(x), qb.linear(x), atol=1e-4, rtol=1e-4)
         assert qb.shape == (24, 64) and isinstance(qb, QuantizedWeight)
         assert qb.numel() * qb.element_size() == qb.nbytes < w.numel() * 2
+
+
+def test_dense_copy_path_and_float32_dense_copy():
+    from mindie_like.backend_atb.quant import QuantPolicy
+    from mindie_like.backend_atb.quant.policy import faster_dense_dtype
+    torch.manual_seed(4)
+    w = torch.randn(64, 128)
+    for scheme in ("w8a16", "w4a16"):
+        qw = quantize_linear_weight(w, scheme, 32, dtype=torch.bfloat16, keep_dense=True)
+        assert qw.dense is not None and qw.dense.dtype == torch.bfloat16
+        assert torch.equal(qw.dense, qw.dequantize(torch.bfloat16))
+        qw.policy = QuantPolicy(crossover=8)
+        x = torch.randn(10, 128, dtype=torch.bfloat16)
+        ref = F.linear(x.float(), qw.dense.float())
+        assert _rel_err(qw.linear(x), ref) < TOL[torch.bfloat16]            # dense path (10 >= 8 rows)
+        assert _rel_err(qw.linear(x[:3]), ref[:3]) < TOL[torch.bfloat16]    # quantized path
+        qw.dense = qw.dense.float()                                          # float32 copy: cast in and out
+        y = qw.linear(x)
+        assert y.dtype == torch.bfloat16 and _rel_err(y, ref) < TOL[torch.bfloat16]
+        assert faster_dense_dtype([quantize_linear_weight(w, scheme, 32, dtype=torch.float32, keep_dense=True)]) \
+            is None

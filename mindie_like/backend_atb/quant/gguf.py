@@ -1,0 +1,190 @@
+"""GGUF block formats -> quantized weights without a detour through float where the layouts map.
+
+Which formats map (w = dequantized value, q the stored integers, per GGUF block):
+
+========  ==============================  =======================================================================
+format    ggml definition                 here
+========  ==============================  =======================================================================
+Q4_0      w = d * (q - 8), 32 per block   int4, group 32: scale = d, zero = 0                       (exact)
+Q4_1      w = d * q + m, 32 per block     int4, group 32: scale = d, zero = m + 8 d                 (exact)
+Q4_K      w = d*sc_j * q - dmin*m_j,      int4, group 32: scale = d*sc_j, zero = 8 d*sc_j - dmin*m_j (exact)
+          8 sub-blocks of 32 in 256
+Q8_0      w = d * q, 32 per block         int8 per output channel: re-quantized from w (one more rounding,
+                                          at most half a per-channel int8 step; the CPU/CUDA kernels take one
+                                          scale per channel)
+Q5_0/1,   5/6-bit                         int8 per output channel from w (finer than int4; not exact)
+Q5_K,Q6_K
+F32/F16/  float                           the requested scheme (round to nearest), or int8 in "gguf" mode
+BF16
+others    Q2_K, Q3_K, IQ*, TQ*, MXFP4...  refused at start: "GGUF tensor X: format Y is not supported ..."
+========  ==============================  =======================================================================
+
+Scales and zeros are stored in the activation dtype (bf16 on CPU), as the kernels take them: the fp16 ``d`` of
+a block is rounded once more there (8 instead of 11 mantissa bits).
+
+`quantization: "gguf"` keeps each tensor at its own precision class (4-bit formats -> int4, the rest -> int8);
+a fused weight (qkv, gate_up) whose parts differ in class is int8 as a whole. With "w4a16" / "w8a16" and a GGUF
+source, tensors already in that class map exactly and the others are converted to it from their values.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .quantize import quantize_int4_grouped, quantize_int8_per_channel
+from .weight import Int4Weight, Int8Weight, QuantizedWeight
+
+log = logging.getLogger(__name__)
+
+INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
+TO_INT8 = ("Q8_0", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "F32", "F16", "BF16")
+SUPPORTED = INT4_EXACT + TO_INT8
+
+
+class Parts:
+    """One GGUF tensor as either int4 pieces (q [N, K] 0..15, scale/zero [N, K/32], float32) or a float [N, K]."""
+
+    def __init__(self, name, fmt, q=None, scale=None, zero=None, w=None):
+        self.name, self.fmt, self.q, self.scale, self.zero, self._w = name, fmt, q, scale, zero, w
+
+    @property
+    def is_int4(self) -> bool:
+        return self.q is not None
+
+    def float(self) -> torch.Tensor:
+        if self._w is None:
+            N, K = self.q.shape
+            qg = self.q.float().reshape(N, K // 32, 32)
+            self._w = ((qg - 8) * self.scale[..., None] + self.zero[..., None]).reshape(N, K)
+        return self._w
+
+
+def _nibbles_q4_0(qs: np.ndarray) -> np.ndarray:
+    """[nb, 16] bytes -> [nb, 32]: element j < 16 in the low nibble of byte j, j >= 16 in the high nibble."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def tensor_parts(t, fmt: Optional[str] = None) -> Parts:
+    """A gguf ReaderTensor -> Parts (rows = output features, HF order before any llama q/k un-permutation)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import Q4_K, dequantize
+    fmt = fmt or t.tensor_type.name
+    if fmt not in SUPPORTED:
+        raise ValueError(f"GGUF tensor {t.name}: format {fmt} is not supported (supported: {', '.join(SUPPORTED)})")
+    K = int(t.shape[0])
+    N = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+    data = np.asarray(t.data)
+    if fmt in ("Q4_0", "Q4_1"):
+        bs = 18 if fmt == "Q4_0" else 20
+        blocks = data.reshape(-1, bs)
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
+        if fmt == "Q4_0":
+            zero = np.zeros_like(d)
+            qs = blocks[:, 2:]
+        else:
+            m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)[:, 0]
+            zero = m + 8.0 * d
+            qs = blocks[:, 4:]
+        q = _nibbles_q4_0(qs)
+        return Parts(t.name, fmt, torch.from_numpy(q.reshape(N, K).astype(np.uint8)),
+                     torch.from_numpy(d.reshape(N, K // 32)), torch.from_numpy(zero.reshape(N, K // 32)))
+    if fmt == "Q4_K":
+        blocks = data.reshape(-1, 144)
+        nb = blocks.shape[0]
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+        dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        sc, mn = Q4_K.get_scale_min(blocks[:, 4:16].copy())
+        scale = d * sc.astype(np.float32)                      # [nb, 8]
+        zero = 8.0 * scale - dmin * mn.astype(np.float32)
+        qs = blocks[:, 16:].reshape(nb, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+        q = (qs & 0x0F).reshape(nb, 256)                      # sub-block 2c+h = nibble h of chunk c
+        return Parts(t.name, fmt, torch.from_numpy(q.reshape(N, K).astype(np.uint8)),
+                     torch.from_numpy(scale.reshape(N, K // 32).copy()),
+                     torch.from_numpy(zero.reshape(N, K // 32).copy()))
+    if fmt in ("F32", "F16"):
+        w = torch.from_numpy(data.astype(np.float32).reshape(N, K))
+    else:
+        w = torch.from_numpy(dequantize(data, getattr(T, fmt)).astype(np.float32).reshape(N, K))
+    return Parts(t.name, fmt, w=w)
+
+
+def _unpermute_llama(p: Parts, n_head: int) -> Parts:
+    """llama.cpp's converter interleaves q/k rows for its rope; undo it (rows only, so exact for quantized data)."""
+    def fix(x):
+        N = x.shape[0]
+        hd = N // n_head
+        return x.reshape(n_head, hd // 2, 2, *x.shape[1:]).transpose(1, 2).reshape(N, *x.shape[1:]).contiguous()
+    if p.is_int4:
+        return Parts(p.name, p.fmt, fix(p.q), fix(p.scale), fix(p.zero))
+    return Parts(p.name, p.fmt, w=fix(p.float()))
+
+
+def build_weight(parts: list[Parts], scheme: str, dtype, device, keep_rows=False, keep_dense=False) -> QuantizedWeight:
+    """Row-concatenates GGUF parts (qkv, gate_up) into one QuantizedWeight of `scheme` ("gguf": natural class)."""
+    if scheme == "gguf":
+        scheme = "w4a16" if all(p.is_int4 for p in parts) else "w8a16"
+    if scheme == "w4a16":
+        qs, ss, zs = [], [], []
+        for p in parts:
+            if p.is_int4:
+                q, s, z = p.q, p.scale, p.zero
+            else:
+                q, s, z = quantize_int4_grouped(p.float(), 32, torch.float32)
+            qs.append(q)
+            ss.append(s.float())
+            zs.append(z.float())
+        return Int4Weight(torch.cat(qs), torch.cat(ss).to(dtype), torch.cat(zs).to(dtype), 32, dtype=dtype,
+                          device=device, keep_rows=keep_rows, keep_dense=keep_dense)
+    w = torch.cat([p.float() for p in parts])
+    q, s = quantize_int8_per_channel(w, dtype)
+    qw = Int8Weight(q, s, dtype=dtype, device=device)
+    if keep_dense:
+        qw.materialize_dense()
+    return qw
+
+
+def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = False) -> dict:
+    """Replaces the model's linears by weights built from the GGUF's own blocks. Returns {format: tensors}."""
+    from gguf import GGUFReader
+    r = GGUFReader(str(gguf_path))
+    tensors = {t.name: t for t in r.tensors}
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    permute = arch == "llama"
+    if model.par.size != 1:
+        raise NotImplementedError("GGUF-native quantized weights with tensor parallelism")
+    counts: dict[str, int] = {}
+    bad = sorted({f"{t.name} ({t.tensor_type.name})" for t in r.tensors
+                  if len(t.shape) > 1 and t.tensor_type.name not in SUPPORTED})
+    if bad:
+        raise ValueError(f"GGUF {gguf_path.name}: format {bad[0].split('(')[1][:-1]} is not supported "
+                         f"(tensors {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); supported: "
+                         f"{', '.join(SUPPORTED)}")
+
+    def parts(name, heads=None):
+        t = tensors[name]
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+        p = tensor_parts(t)
+        return _unpermute_llama(p, heads) if (permute and heads) else p
+
+    dtype, device = model.dtype, model.device
+    for i, L in enumerate(model.layers):
+        b = f"blk.{i}."
+        L.qkv = build_weight([parts(b + "attn_q.weight", model.num_heads_total),
+                              parts(b + "attn_k.weight", model.num_kv_heads_total),
+                              parts(b + "attn_v.weight")], scheme, dtype, device, keep_dense=keep_dense)
+        L.o = build_weight([parts(b + "attn_output.weight")], scheme, dtype, device, keep_dense=keep_dense)
+        L.gate_up = build_weight([parts(b + "ffn_gate.weight"), parts(b + "ffn_up.weight")], scheme, dtype, device,
+                                 keep_dense=keep_dense)
+        L.down = build_weight([parts(b + "ffn_down.weight")], scheme, dtype, device, keep_dense=keep_dense)
+    if model.tied or "output.weight" not in tensors:
+        e = build_weight([parts("token_embd.weight")], scheme, dtype, device, keep_rows=True, keep_dense=keep_dense)
+        model.lm_head = e
+        if model.tied:
+            model.embed = e
+    else:
+        model.lm_head = build_weight([parts("output.weight")], scheme, dtype, device, keep_dense=keep_dense)
+    return counts

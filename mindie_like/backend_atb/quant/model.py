@@ -1,0 +1,182 @@
+"""Quantize a loaded `LlamaFamilyModel` in place: every linear (qkv, o, gate_up, down, lm_head) becomes a
+`QuantizedWeight`; a tied embedding table is the same object (lm_head matmul quantized, lookup dequantizes rows).
+
+The model code is unchanged: its op table's ``linear`` is ``F.linear(x, w, b)`` and its embedding is
+``F.embedding(ids, table)``, both of which a `QuantizedWeight` answers through torch's ``__torch_function__``
+protocol. The only hook is the call to `quantize_model` after the weights are loaded (runner.py).
+
+Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quantization.md):
+    quantization          "w8a16" | "w4a16" (aliases int8 / int4); none = float weights
+    quant_group_size      int4 group size along K (32, 64, 128, 256); default 32
+    quant_dense           "auto" (default): keep a dense copy and use it for steps at or above the crossover
+                          measured at start-up, if memory allows; "never": always the quantized kernels;
+                          "always": keep the dense copy whatever the memory (crossover still measured)
+    quant_crossover       a fixed crossover (rows) instead of measuring
+    quant_dense_dtype     "auto" (default): on CPU, float32 dense copies when a float32 matmul beats the model's
+                          half-precision one (CPUs without AVX512-BF16); "model": the model's dtype
+    quant_from_gguf       true (default): with a .gguf model, build the quantized weights from the GGUF's own
+                          blocks (exact for Q4_0/Q4_1/Q4_K -> int4), see gguf.py; false: quantize the float import
+    quantization "gguf"   with a .gguf model: each tensor at its own precision class (4-bit -> int4, else int8)
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from typing import Optional
+
+import torch
+
+from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
+from .quantize import INT4_GROUP_SIZES
+from .weight import QuantizedWeight, normalize_scheme, quantize_linear_weight
+
+log = logging.getLogger(__name__)
+
+LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
+DEFAULT_GROUP_SIZE = 32
+
+
+def _group_for(k: int, wanted: int) -> Optional[int]:
+    if k % wanted == 0:
+        return wanted
+    for g in sorted(INT4_GROUP_SIZES, reverse=True):
+        if g < wanted and k % g == 0:
+            return g
+    return None
+
+
+def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name="",
+              keep_dense=False):
+    if isinstance(w, QuantizedWeight):
+        return w
+    if scheme == "w4a16":
+        g = _group_for(w.shape[1], group_size)
+        if g is None:
+            log.warning("%s: in_features %d has no int4 group size dividing it; kept in %s", name, w.shape[1], dtype)
+            return w
+        if g != group_size:
+            log.info("%s: in_features %d not a multiple of %d, int4 group size %d used", name, w.shape[1],
+                     group_size, g)
+        group_size = g
+    return quantize_linear_weight(w, scheme, group_size, dtype=dtype, device=device, keep_rows=keep_rows,
+                                  keep_dense=keep_dense)
+
+
+def options_from_config(config) -> dict:
+    extra = dict(getattr(config, "extra", None) or {})
+    scheme = getattr(config, "quantization", None) or extra.get("quantization")
+    return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
+            "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover"),
+            "from_gguf": bool(extra.get("quant_from_gguf", True)),
+            "dense_dtype": str(extra.get("quant_dense_dtype", "auto"))}
+
+
+def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
+                   crossover: Optional[float] = None, gguf_path=None, dense_dtype: str = "auto") -> QuantPolicy:
+    """Replaces the model's float linears by quantized ones (in place); returns the per-step policy.
+
+    `gguf_path`: build the weights from that GGUF's own blocks (quant/gguf.py) instead of quantizing the float
+    weights; `scheme` may then also be "gguf" (each tensor at its own precision class)."""
+    scheme = "gguf" if str(scheme).lower() == "gguf" else normalize_scheme(scheme)
+    if scheme == "gguf" and gguf_path is None:
+        raise ValueError('quantization "gguf" needs a .gguf model file')
+    if dense not in ("auto", "never", "always"):
+        raise ValueError(f"quant_dense {dense!r}: auto, never or always")
+    t0 = time.time()
+    dtype, device = model.dtype, model.device
+    before = model.weight_bytes()
+    keep_dense, why = _dense_wanted(model, dense)
+    if device.type == "cpu" and dtype == torch.float32:
+        log.warning("quantized weights with float32 activations on CPU: torch's int8/int4 kernels have no "
+                     "vectorized float32 path (measured 20-40x slower than bfloat16 activations); use dtype "
+                     "bfloat16")
+    qweights: list[QuantizedWeight] = []
+    if gguf_path is not None:
+        from .gguf import load_gguf_weights
+        counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
+        log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
+    for i, L in enumerate(model.layers):
+        for attr in LAYER_LINEARS:
+            w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}",
+                          keep_dense=keep_dense)
+            setattr(L, attr, w)
+            if isinstance(w, QuantizedWeight):
+                qweights.append(w)
+    if model.tied:
+        qe = _quantize(model.embed, scheme, group_size, dtype, device, keep_rows=True, name="embed/lm_head",
+                       keep_dense=keep_dense)
+        model.embed = model.lm_head = qe
+    else:
+        qe = _quantize(model.lm_head, scheme, group_size, dtype, device, name="lm_head", keep_dense=keep_dense)
+        model.lm_head = qe
+    if isinstance(qe, QuantizedWeight):
+        qweights.append(qe)
+    gc.collect()
+    after = model.weight_bytes()
+    log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
+             scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
+             after / 2**20)
+    policy = _build_policy(model, qweights, keep_dense, why, crossover, dense_dtype)
+    for w in qweights:
+        w.policy = policy
+    return policy
+
+
+def _dense_wanted(model, dense: str) -> tuple[bool, str]:
+    if dense == "never":
+        return False, "quant_dense never"
+    numel = sum(getattr(L, a).numel() for L in model.layers for a in LAYER_LINEARS) + model.lm_head.numel()
+    dense_bytes = numel * torch.tensor([], dtype=model.dtype).element_size()
+    ok, why = dense_allowed(dense_bytes, model.device)
+    if dense == "always":
+        return True, why + " (quant_dense always)"
+    if not ok:
+        log.info("quantization: no dense copy (%s): quantized kernels at every batch size", why)
+    return ok, why
+
+
+def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_dtype: str = "auto") -> QuantPolicy:
+    if not keep_dense or not qweights:
+        return QuantPolicy(reason=why)
+    t0 = time.time()
+    layer0 = [w for w in (getattr(model.layers[0], a) for a in LAYER_LINEARS) if isinstance(w, QuantizedWeight)]
+    if dense_dtype == "auto":
+        f32 = faster_dense_dtype(layer0)
+        if f32 is not None:
+            n = sum(w.dense.numel() for w in qweights if w.dense is not None)
+            ok, why32 = dense_allowed(n * 4, model.device)
+            if ok:
+                for w in qweights:
+                    if w.dense is not None:
+                        w.dense = w.dense.float()
+                gc.collect()
+                why = why + "; float32 dense copies (faster than " + str(model.dtype).replace("torch.", "") + \
+                    " matmuls on this CPU)"
+    if crossover is not None:
+        pol = QuantPolicy(crossover=float(crossover), reason="configured")
+    else:
+        pol = measure_crossover(layer0)
+    if math.isinf(pol.crossover):
+        for w in qweights:
+            w.drop_dense()
+        pol.reason = (pol.reason + "; " if pol.reason else "") + "dense never faster: copies dropped"
+        gc.collect()
+    log.info("quantization per-step choice: %s (%s; %.1f s)", pol.describe(), why, time.time() - t0)
+    return pol
+
+
+def maybe_quantize(model, config) -> Optional[QuantPolicy]:
+    """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing."""
+    opts = options_from_config(config)
+    if not opts["scheme"]:
+        return None
+    gguf = None
+    if opts["from_gguf"]:
+        from ..weights import find_gguf
+        gguf = find_gguf(config.model_path)
+    with torch.inference_mode():
+        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"], gguf,
+                              opts["dense_dtype"])
