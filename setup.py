@@ -27,6 +27,7 @@ setup(
         "orjson>=3.9",
         "numpy>=1.24",
         "tqdm>=4.60",
+        "ninja>=1.11",   # builds the optional AVX2 bf16 kernel (backend_atb/csrc) on first use
     ],
     extras_require={
         "npu": ["torch_npu"],

@@ -78,7 +78,7 @@ def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False,
 
 def import_gguf(gguf: Path, dest: Path, trust_remote_code: bool = False) -> Path:
     """Dequantizes `gguf` through transformers and saves a bfloat16 safetensors folder at `dest` (atomically)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     t0 = time.time()
     log.info("importing GGUF %s into %s (once; dequantizing takes a while)", gguf, dest)
     folder, name = str(gguf.parent), gguf.name
