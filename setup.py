@@ -34,5 +34,6 @@ setup(
         "bench": ["llama-cpp-python>=0.3"],
     },
     include_package_data=True,
+    package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernel, built on first use
     zip_safe=False,
 )

@@ -76,9 +76,14 @@ class Layer:
 
 
 class LlamaFamilyModel:
-    def __init__(self, cfg, dtype: torch.dtype, device: torch.device, ops, parallel: Optional[ParallelSpec] = None):
+    def __init__(self, cfg, dtype: torch.dtype, device: torch.device, ops, parallel: Optional[ParallelSpec] = None,
+                 act_dtype: Optional[torch.dtype] = None):
+        """dtype: the weights' dtype. act_dtype: activations, norms, biases and the KV cache (default: dtype);
+        float32 with bf16 weights on CPUs without native bf16 ("W16A32": weights streamed as bf16, all math in
+        float32, which is both faster and more accurate there)."""
         self.cfg = cfg
         self.dtype, self.device, self.ops = dtype, device, ops
+        self.act_dtype = act_dtype or dtype
         self.par = parallel or ParallelSpec()
         tp = self.par.size
         self.model_type = cfg.model_type
@@ -107,6 +112,7 @@ class LlamaFamilyModel:
         self.cos_sin = build_cos_sin_cache(cfg, self.head_dim, self.max_pos).to(device)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
+        self.kv_dtype = self.act_dtype
         self._alloc()
 
     # ---- configuration -------------------------------------------------------------------------------------
@@ -127,26 +133,30 @@ class LlamaFamilyModel:
     def _empty(self, *shape):
         return torch.empty(*shape, dtype=self.dtype, device=self.device)
 
+    def _small(self, *shape):
+        """Norm weights and biases: kept in the activation dtype."""
+        return torch.empty(*shape, dtype=self.act_dtype, device=self.device)
+
     def _alloc(self):
         H, D = self.hidden, self.head_dim
         vocab_local = self._vocab_range()[1] - self._vocab_range()[0]
         self.embed = self._empty(vocab_local, H)
-        self.norm = self._empty(H)
+        self.norm = self._small(H)
         self.lm_head = self.embed if self.tied else self._empty(vocab_local, H)
         self.layers: list[Layer] = []
         for i in range(self.num_layers):
             L = Layer()
-            L.ln1, L.ln2 = self._empty(H), self._empty(H)
+            L.ln1, L.ln2 = self._small(H), self._small(H)
             L.qkv = self._empty(self.q_size + 2 * self.kv_size, H)
-            L.qkv_bias = self._empty(self.q_size + 2 * self.kv_size) if self.qkv_bias else None
-            L.q_norm = self._empty(D) if self.qk_norm else None
-            L.k_norm = self._empty(D) if self.qk_norm else None
+            L.qkv_bias = self._small(self.q_size + 2 * self.kv_size) if self.qkv_bias else None
+            L.q_norm = self._small(D) if self.qk_norm else None
+            L.k_norm = self._small(D) if self.qk_norm else None
             L.o = self._empty(H, self.q_size)
-            L.o_bias = self._empty(H) if self.o_bias else None
+            L.o_bias = self._small(H) if self.o_bias else None
             L.gate_up = self._empty(2 * self.inter, H)
-            L.gate_up_bias = self._empty(2 * self.inter) if self.mlp_bias else None
+            L.gate_up_bias = self._small(2 * self.inter) if self.mlp_bias else None
             L.down = self._empty(H, self.inter)
-            L.down_bias = self._empty(H) if self.mlp_bias else None
+            L.down_bias = self._small(H) if self.mlp_bias else None
             L.window = self.windows[i]
             self.layers.append(L)
 
@@ -295,14 +305,14 @@ class LlamaFamilyModel:
         return total
 
     # ---- KV cache ------------------------------------------------------------------------------------------
-    def kv_bytes_per_block(self, block_size: int, cache_dtype: torch.dtype) -> int:
-        el = torch.tensor([], dtype=cache_dtype).element_size()
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        el = torch.tensor([], dtype=self.kv_dtype).element_size()
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * el
 
     def allocate_kv(self, num_blocks: int, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, block_size, self.num_kv_heads, self.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                 torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(self.num_layers)]
+        return [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                 torch.zeros(shape, dtype=self.kv_dtype, device=self.device)) for _ in range(self.num_layers)]
 
     # ---- forward -------------------------------------------------------------------------------------------
     def ensure_positions(self, max_pos: int) -> None:
@@ -317,7 +327,7 @@ class LlamaFamilyModel:
         T = input_ids.shape[0]
         Hq, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
         q_size, kv_size, eps = self.q_size, self.kv_size, self.eps
-        cos, sin = ops.rope_tables(self.cos_sin, positions, self.dtype)
+        cos, sin = ops.rope_tables(self.cos_sin, positions, self.act_dtype)
         h = self._embed(input_ids)
         residual = None
         decode = meta.is_decode
@@ -329,13 +339,14 @@ class LlamaFamilyModel:
             else:
                 x, residual = ops.add_rms_norm(h, residual, L.ln1, eps)
             qkv = ops.linear(x, L.qkv, L.qkv_bias)
-            q = qkv[:, :q_size].view(T, Hq, D)
-            k = qkv[:, q_size:q_size + kv_size].view(T, Hk, D)
             v = qkv[:, q_size + kv_size:].view(T, Hk, D)
             if L.q_norm is not None:
-                q = ops.rms_norm(q, L.q_norm, eps)
-                k = ops.rms_norm(k, L.k_norm, eps)
-            q, k = ops.rope(q, k, cos, sin)
+                q = ops.rms_norm(qkv[:, :q_size].view(T, Hq, D), L.q_norm, eps)
+                k = ops.rms_norm(qkv[:, q_size:q_size + kv_size].view(T, Hk, D), L.k_norm, eps)
+                q, k = ops.rope(q, k, cos, sin)
+            else:       # q and k are adjacent in the fused qkv output: one rotary pass over both
+                qk = ops.rope_heads(qkv[:, :q_size + kv_size].view(T, Hq + Hk, D), cos, sin)
+                q, k = qk[:, :Hq], qk[:, Hq:]
             ops.write_kv(k, v, kc, vc, slot_mapping)
             if decode:
                 o = ops.attention_decode(q, kc, vc, meta, L.window)
@@ -362,9 +373,9 @@ class LlamaFamilyModel:
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.par.size == 1:
-            return torch.nn.functional.embedding(input_ids, self.embed)
+            return torch.nn.functional.embedding(input_ids, self.embed).to(self.act_dtype)
         lo, hi = self._vocab_range()
         mask = (input_ids >= lo) & (input_ids < hi)
         local = torch.nn.functional.embedding((input_ids - lo).clamp(0, hi - lo - 1), self.embed)
-        local = local * mask[:, None].to(local.dtype)
+        local = local.to(self.act_dtype) * mask[:, None].to(self.act_dtype)
         return self._all_reduce(local)

@@ -2,7 +2,9 @@
 
     rms_norm(x, w, eps) -> y
     add_rms_norm(x, residual, w, eps) -> (y, x + residual)
-    rope(q, k, cos, sin) -> (q, k)              q [T, Hq, D], k [T, Hk, D]; cos/sin from `rope_tables` (per step)
+    rope_tables(cos_sin_cache, positions, dtype) -> (cos, sin)   once per step, in the layout the table's rope wants
+    rope_heads(x, cos, sin) -> x rotated          x [T, N, D] (q and k together when they are adjacent)
+    rope(q, k, cos, sin) -> (q, k)              q [T, Hq, D], k [T, Hk, D]
     silu_and_mul(x) -> silu(x[:, :I]) * x[:, I:]
     write_kv(k, v, k_cache, v_cache, slot_mapping)
     attention_prefill(q, k, v, k_cache, v_cache, meta, layer) -> [T, Hq*D]   varlen causal, cached prefix allowed
@@ -21,11 +23,11 @@ import torch
 from .torch_ops import AttentionMeta, TorchOps
 
 
-def get_ops(device: torch.device):
+def get_ops(device: torch.device, dtype: torch.dtype | None = None):
     if device.type == "npu":
         from .npu_ops import NpuOps
         return NpuOps()
-    return TorchOps()
+    return TorchOps(device, dtype)
 
 
 __all__ = ["AttentionMeta", "TorchOps", "get_ops"]

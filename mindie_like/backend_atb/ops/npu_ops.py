@@ -64,11 +64,12 @@ class NpuOps:
         sin = torch.cat((sin, sin), dim=-1)[None, :, None, :].contiguous()
         return cos, sin
 
+    def rope_heads(self, x, cos, sin):
+        """x [T, N, D] viewed as BSND [1, T, N, D]; cos/sin [1, T, 1, D]."""
+        return self.npu.npu_rotary_mul(x.contiguous().unsqueeze(0), cos, sin).view(x.shape)
+
     def rope(self, q, k, cos, sin):
-        T = q.shape[0]
-        q2 = self.npu.npu_rotary_mul(q.contiguous().unsqueeze(0), cos, sin)
-        k2 = self.npu.npu_rotary_mul(k.contiguous().unsqueeze(0), cos, sin)
-        return q2.view(T, q.shape[1], q.shape[2]), k2.view(T, k.shape[1], k.shape[2])
+        return self.rope_heads(q, cos, sin), self.rope_heads(k, cos, sin)
 
     def silu_and_mul(self, x):
         return self.npu.npu_swiglu(x.contiguous(), dim=-1)

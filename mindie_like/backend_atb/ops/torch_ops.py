@@ -42,14 +42,21 @@ def _causal_mask(q_len: int, ctx_len: int, window: Optional[int], device) -> tor
 class TorchOps:
     name = "torch"
 
+    def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+        self._gemv = None
+        if device is not None and device.type == "cpu" and dtype == torch.bfloat16:
+            from .. import cpu_kernels
+            mod = cpu_kernels.load()
+            if mod is not None:
+                self._gemv = mod.bf16_linear
+                self.name = "torch+bf16gemv"
+
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
     @staticmethod
     def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), w, eps)
-        # HF semantics: normalise in float32, cast back, then scale by the weight
-        xf = x.float()
-        return w * F.rms_norm(xf, (x.shape[-1],), None, eps).to(x.dtype)
+        # one fused kernel; in half precision it accumulates in float32 and rounds once (HF rounds twice:
+        # normalised value, then times the weight), which is at least as accurate
+        return F.rms_norm(x, (x.shape[-1],), w, eps)
 
     @classmethod
     def add_rms_norm(cls, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
@@ -57,28 +64,41 @@ class TorchOps:
         return cls.rms_norm(residual, w, eps), residual
 
     @staticmethod
-    def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Neox-style (rotate_half) rotary embedding. cos/sin: [T, 1, D/2] in the activation dtype."""
-        def apply(x):
-            half = x.shape[-1] // 2
-            x1, x2 = x[..., :half], x[..., half:]
-            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return apply(q), apply(k)
+    def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Neox-style (rotate_half) rotary embedding of x [T, N, D]: x*cos + cat(x2, x1)*sin_signed, where
+        `rope_tables` gives cos = cat(c, c) and sin_signed = cat(-s, s), both [T, 1, D] (three kernels)."""
+        half = x.shape[-1] // 2
+        return torch.addcmul(x * cos, torch.cat((x[..., half:], x[..., :half]), dim=-1), sin)
+
+    @classmethod
+    def rope(cls, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        return cls.rope_heads(q, cos, sin), cls.rope_heads(k, cos, sin)
 
     @staticmethod
     def rope_tables(cos_sin_cache: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-        """cos_sin_cache [max_pos, D] float32 = cat(cos, sin) of the D/2 frequencies -> per-step cos, sin."""
-        cs = cos_sin_cache.index_select(0, positions).to(dtype)
+        """cos_sin_cache [max_pos, D] float32 = cat(cos, sin) of the D/2 frequencies -> per-step full-width
+        (cos, signed sin), each [T, 1, D] in the activation dtype."""
+        cs = cos_sin_cache.index_select(0, positions)
         half = cs.shape[-1] // 2
-        return cs[:, None, :half], cs[:, None, half:]
+        c, s = cs[:, :half], cs[:, half:]
+        return (torch.cat((c, c), dim=-1).to(dtype)[:, None, :],
+                torch.cat((-s, s), dim=-1).to(dtype)[:, None, :])
 
     @staticmethod
     def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
 
-    @staticmethod
-    def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x [M, K] @ w[N, K].T + b. Small batches of bf16 on CPUs without native bf16 use the C++ GEMV.
+        (Weight-only int8/int4 variants plug in here: issue 9.)"""
+        if getattr(w, "is_quantized_weight", False):      # quant/ QuantizedWeight: its own kernels (issue 9)
+            return w.linear(x, b)
+        if self._gemv is not None and x.shape[0] <= 8 and w.dtype == torch.bfloat16:
+            return self._gemv(x, w, b)
+        if x.dtype != w.dtype:          # float32 activations on half-precision weights (W16A32)
+            y = F.linear(x.to(w.dtype), w).to(x.dtype)
+            return y if b is None else y + b
         return F.linear(x, w, b)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------

@@ -114,3 +114,29 @@ def test_sliding_window(tiny_model):
     runner, hf = load_runner(path, block_size=4), load_hf(path)
     assert runner.model.windows == [8, 8]
     _parity(runner, hf, prompt(11, 19), steps=12)
+
+
+def test_bfloat16_close_to_float32(tiny_model):
+    """Half precision on CPU (KV cache in float32 where the CPU lacks native bf16) stays close to float32."""
+    from mindie_like.backend_atb import ModelRunner
+    from mindie_like.engine.types import EngineConfig
+    path = tiny_model("qwen2")
+    f32 = load_runner(path, 16)
+    bf = ModelRunner.load(EngineConfig(model_path=str(path), dtype="bfloat16", device="cpu", block_size=16))
+    assert bf.dtype == torch.bfloat16 and bf.kv_dtype in (torch.bfloat16, torch.float32)
+    p = prompt(12, 19)
+    a = Driver(f32).step([("a", p)], all_logits=True)
+    b = Driver(bf).step([("a", p)], all_logits=True)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert float((a - b).abs().max()) < 0.1 * float(a.abs().max())
+    assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) >= 0.8
+
+
+def test_dtype_rules():
+    from mindie_like.backend_atb.device import choose_dtype
+    cpu = torch.device("cpu")
+    assert choose_dtype("auto", "float32", cpu) == torch.float32
+    assert choose_dtype("auto", "bfloat16", cpu) in (torch.bfloat16, torch.float32)
+    assert choose_dtype("float32", "bfloat16", cpu) == torch.float32
+    assert choose_dtype("float16", "bfloat16", cpu) == torch.bfloat16        # never fp16 on CPU
+    assert choose_dtype("auto", "float16", torch.device("cuda")) == torch.float16
