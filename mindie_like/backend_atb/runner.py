@@ -139,10 +139,10 @@ class PagedModelRunner(ModelRunner):
         with torch.inference_mode():
             self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, act_dtype=act)
             self.model.load_weights(iter_safetensors(model_dir))
-        self.act_dtype = self.model.act_dtype
-        self.kv_dtype = self.model.kv_dtype
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
         self.quant_policy = maybe_quantize(self.model, config)
+        self.act_dtype = self.model.act_dtype
+        self.kv_dtype = self.model.kv_dtype
         self.vocab_size = self.model.vocab_size
         self.kv_caches: list = []
         self.num_blocks = 0
@@ -191,6 +191,7 @@ class HFModelRunner(ModelRunner):
         self.model.to(device).eval()
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0]) or self.vocab_size
         self._states: dict[str, tuple[object, int]] = {}     # seq_id -> (cache, tokens in it)
+        self._logits_to_keep = True
         tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         heads = getattr(tc, "num_attention_heads", 1) or 1
         self._kv_heads = getattr(tc, "num_key_value_heads", None) or getattr(tc, "multi_query_group_num", None) or heads
@@ -240,11 +241,22 @@ class HFModelRunner(ModelRunner):
             ids = batch.input_ids[s:e].to(self.device)[None]
             pos = batch.positions[s:e].to(self.device)[None]
             keep = torch.tensor([t - s for t in rows], dtype=torch.long) if rows else 1
-            res = self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
-                             logits_to_keep=keep if not isinstance(keep, int) else 1)
+            kwargs = dict(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True)
+            if self._logits_to_keep:
+                try:
+                    res = self.model(**kwargs, logits_to_keep=keep)
+                except TypeError:           # remote-code models without logits_to_keep
+                    self._logits_to_keep = False
+                    if hasattr(cache, "crop") and cache.get_seq_length() > start:
+                        cache.crop(start)
+                    kwargs["past_key_values"] = cache
+            if not self._logits_to_keep:
+                res = self.model(**kwargs)
             self._states[seq_id] = (res.past_key_values if res.past_key_values is not None else cache, e - s + start)
             if rows:
                 lg = res.logits[0].float().cpu()
+                if not self._logits_to_keep:
+                    lg = lg[[t - s for t in rows]]
                 for j, t in enumerate(rows):
                     out[pos_of[t]] = lg[j, : self.vocab_size]
             s = e

@@ -82,6 +82,7 @@ class QuantizedWeight:
 
     scheme: str = ""
     kernel: str = ""            # the matmul actually used (for logs and tests)
+    is_quantized_weight = True  # duck-typed marker for op tables that must not treat this as a tensor
 
     def __init__(self, out_features: int, in_features: int, dtype: torch.dtype, device, backend: Optional[str]):
         self.out_features, self.in_features = int(out_features), int(in_features)
@@ -144,6 +145,8 @@ class QuantizedWeight:
         return y.to(x.dtype)
 
     def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Through the quantized kernel, in the weight's compute dtype; the result comes back in x's dtype (float32
+        activations on bf16 weights: cast in and out)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         if x2.dtype != self.dtype:
@@ -151,6 +154,8 @@ class QuantizedWeight:
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         y = self._mm(x2)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, self.out_features)

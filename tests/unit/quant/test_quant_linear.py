@@ -151,3 +151,18 @@ def test_dense_copy_path_and_float32_dense_copy():
         assert y.dtype == torch.bfloat16 and _rel_err(y, ref) < TOL[torch.bfloat16]
         assert faster_dense_dtype([quantize_linear_weight(w, scheme, 32, dtype=torch.float32, keep_dense=True)]) \
             is None
+
+
+def test_float32_activations_on_bf16_quantized_weight_and_op_table():
+    """W16A32 (float32 activations, bf16 weights): cast in and out; the op table routes to the weight's kernels."""
+    from mindie_like.backend_atb.ops.torch_ops import TorchOps
+    torch.manual_seed(5)
+    w = torch.randn(48, 64)
+    for scheme in ("w8a16", "w4a16"):
+        qw = quantize_linear_weight(w, scheme, 32, dtype=torch.bfloat16)
+        x = torch.randn(3, 64)
+        b = torch.randn(48)
+        y = TorchOps().linear(x, qw, b)
+        assert y.dtype == torch.float32
+        ref = F.linear(x.to(torch.bfloat16).float(), qw.dequantize(torch.float32)) + b
+        assert _rel_err(y, ref) < TOL[torch.bfloat16]
