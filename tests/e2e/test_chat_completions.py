@@ -293,3 +293,22 @@ def test_client_disconnect_aborts_and_frees_blocks(client, daemon):
         time.sleep(0.2)
     else:
         pytest.fail(f"the disconnected request was not aborted: {res}")
+
+
+def test_response_format_json_schema_is_enforced(client, daemon):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                                               "confidence": {"type": "integer", "minimum": 0, "maximum": 100}},
+              "required": ["answer", "confidence"], "additionalProperties": False}
+    for seed in range(5):
+        r = client.chat.completions.create(
+            model=daemon.model_name, messages=MESSAGES, temperature=1.0, seed=seed, max_tokens=200,
+            response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop" and not ch.message.tool_calls
+        value = json.loads(ch.message.content)
+        assert value["answer"] in ("yes", "no") and 0 <= value["confidence"] <= 100
+        assert set(value) == set(schema["required"])
+    r = client.chat.completions.create(model=daemon.model_name, messages=MESSAGES, temperature=1.0, seed=7,
+                                       max_tokens=300, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":   # a random model may fill max_tokens inside a long string
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
