@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+
+from ..device import free_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +130,9 @@ def faster_dense_dtype(weights: Sequence, rows: int = 16, reps: int = 5) -> Opti
     return torch.float32 if t_f32 < 0.8 * t_half else None
 
 
-def available_memory_bytes(device: torch.device) -> int:
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    if device.type == "npu":
-        free, _ = torch.npu.mem_get_info(device)  # type: ignore[attr-defined]
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
 def dense_allowed(dense_bytes: int, device, fraction: float = 0.3, budget: Optional[int] = None) -> tuple[bool, str]:
     """Keep dense copies only if they fit in `budget` bytes (default: `fraction` of the free memory now)."""
-    avail = available_memory_bytes(device)
+    avail = free_memory_bytes(torch.device(device))
     limit = budget if budget is not None else int(avail * fraction)
     ok = dense_bytes <= limit
     why = (f"dense copies {dense_bytes / 2**20:.0f} MiB {'within' if ok else 'over'} the budget "
