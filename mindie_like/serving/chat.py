@@ -13,8 +13,8 @@ from ..chat.template import ChatTemplate, messages_for_template, tools_for_templ
 from ..chat.tokenizer import Tokenizer
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
-from .common import (DONE, Job, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, pump, sse, sse_error,
+from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
+                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse, sse_error,
                      strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
@@ -130,7 +130,7 @@ class _TrimStream:
         return out
 
 
-class ChatServing:
+class ChatServing(ObservedServing):
     """Serves /v1/chat/completions for one model.
 
     engine: implements mindie_like.engine.types.Engine. tokenizer: a chat.Tokenizer or a Hugging Face tokenizer.
@@ -204,35 +204,6 @@ class ChatServing:
             log.exception("chat request %s could not be prepared", request_id)
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
 
-    def _pump(self, prep):
-        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                    e2e_timeout=self.options.e2e_timeout_s)
-
-    async def create(self, request_dict: dict, request_id: str) -> dict:
-        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
-        obs = Observer(self.metrics)
-        try:
-            body = await self._create(request_dict, request_id, obs)
-        except BaseException:
-            obs.finish(False)
-            raise
-        obs.usage = body.get("usage")
-        obs.finish(True)
-        return body
-
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
-        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
-        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
-        obs = Observer(self.metrics)
-        ok = False
-        try:
-            agen = self._stream(request_dict, request_id, obs)
-            async with aclosing(agen):
-                async for chunk in agen:
-                    yield chunk
-            ok = True
-        finally:
-            obs.finish(ok)
 
     async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
         """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""

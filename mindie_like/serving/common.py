@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 import logging
 import os
 import random
@@ -339,3 +340,42 @@ class Observer:
             self._call("request_success")
         else:
             self._call("request_failed")
+
+
+class ObservedServing:
+    """The public create/stream of a serving object: metrics bookkeeping around its `_create` / `_stream`, and the
+    engine pump with the configured timeouts. Subclasses set engine, options, metrics."""
+
+    engine: Any
+    options: ServingOptions
+    metrics: Any
+
+    def _pump(self, prep):
+        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
+                    e2e_timeout=self.options.e2e_timeout_s)
+
+    async def create(self, request_dict: dict, request_id: str) -> dict:
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+        obs = Observer(self.metrics)
+        try:
+            body = await self._create(request_dict, request_id, obs)
+        except BaseException:
+            obs.finish(False)
+            raise
+        obs.usage = body.get("usage")
+        obs.finish(True)
+        return body
+
+    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
+        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
+        obs = Observer(self.metrics)
+        ok = False
+        try:
+            agen = self._stream(request_dict, request_id, obs)
+            async with aclosing(agen):
+                async for chunk in agen:
+                    yield chunk
+            ok = True
+        finally:
+            obs.finish(ok)

@@ -11,8 +11,8 @@ from typing import Any, AsyncIterator, Optional
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
 from .chat import ensure_tokenizer
-from .common import (DONE, Job, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     finish_reason_of, fit_prompt, pump, sse, sse_error, usage_dict)
+from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
+                     finish_reason_of, fit_prompt, sse, sse_error, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -48,7 +48,7 @@ class _CPrepared:
     jobs: list[Job]
 
 
-class CompletionServing:
+class CompletionServing(ObservedServing):
     """Serves /v1/completions for one model (same sampling parameters as chat; no templates, no tools)."""
 
     def __init__(self, engine, tokenizer, model_name: str, options: Optional[ServingOptions] = None,
@@ -71,10 +71,6 @@ class CompletionServing:
         except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
             log.exception("completion request %s could not be prepared", request_id)
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
-
-    def _pump(self, prep):
-        return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
-                    e2e_timeout=self.options.e2e_timeout_s)
 
     async def _prepare(self, request_dict: dict, request_id: str) -> _CPrepared:
         req = parse_completion_request(request_dict, max_n=self.options.max_n)
@@ -149,31 +145,6 @@ class CompletionServing:
         cached = sum(choices[i * n].cached_tokens for i in range(len(prep.prompts)))
         return usage_dict(prompt_tokens, sum(c.num_tokens for c in choices), cached)
 
-    async def create(self, request_dict: dict, request_id: str) -> dict:
-        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
-        obs = Observer(self.metrics)
-        try:
-            body = await self._create(request_dict, request_id, obs)
-        except BaseException:
-            obs.finish(False)
-            raise
-        obs.usage = body.get("usage")
-        obs.finish(True)
-        return body
-
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
-        """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
-        byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
-        obs = Observer(self.metrics)
-        ok = False
-        try:
-            agen = self._stream(request_dict, request_id, obs)
-            async with aclosing(agen):
-                async for chunk in agen:
-                    yield chunk
-            ok = True
-        finally:
-            obs.finish(ok)
 
     async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
         prep = await self._prepare_checked(request_dict, request_id)
