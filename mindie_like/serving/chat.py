@@ -14,7 +14,7 @@ from ..chat.tokenizer import Tokenizer
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
 from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse, sse_error,
+                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
                      strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
@@ -241,40 +241,22 @@ class ChatServing(ObservedServing):
         """
         prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
-        sent = False
-        try:
-            async with aclosing(self._pump(prep)) as events:
-                async for idx, out in events:
-                    obs.output(idx, out)
-                    st = choices[idx]
-                    for chunk in self._stream_step(prep, st, out):
-                        sent = True
-                        yield chunk
-            for st in choices:  # an engine that ended a request without a finished output
-                if not st.done:
-                    st.engine_finish = st.engine_finish or "stop"
-                    for chunk in self._stream_finish(prep, st):
-                        sent = True
-                        yield chunk
-            obs.usage = usage = self._usage(prep, choices)
-            if prep.req.include_usage:
-                yield sse({"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-                           "model": self.model_name, "choices": [], "usage": usage})
-            yield DONE
-        except ValidationFailure as e:
-            if not sent:
-                raise
-            obs.errored = True
-            yield sse_error(e)
-            yield DONE
-        except Exception as e:  # noqa: BLE001
-            log.exception("chat stream %s failed", request_id)
-            failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
-            if not sent:
-                raise failure from None
-            obs.errored = True
-            yield sse_error(failure)
-            yield DONE
+        async with aclosing(self._pump(prep)) as events:
+            async for idx, out in events:
+                obs.output(idx, out)
+                st = choices[idx]
+                for chunk in self._stream_step(prep, st, out):
+                    yield chunk
+        for st in choices:  # an engine that ended a request without a finished output
+            if not st.done:
+                st.engine_finish = st.engine_finish or "stop"
+                for chunk in self._stream_finish(prep, st):
+                    yield chunk
+        obs.usage = usage = self._usage(prep, choices)
+        if prep.req.include_usage:
+            yield sse({"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
+                       "model": self.model_name, "choices": [], "usage": usage})
+        yield DONE
 
     # ============================================================================================ preparation
     def reasoning_enabled(self, req: ChatCompletionRequest) -> bool:

@@ -370,12 +370,28 @@ class ObservedServing:
         """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
         byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
         obs = Observer(self.metrics)
-        ok = False
+        ok = sent = False
         try:
             agen = self._stream(request_dict, request_id, obs)
             async with aclosing(agen):
-                async for chunk in agen:
-                    yield chunk
+                try:
+                    async for chunk in agen:
+                        sent = True
+                        yield chunk
+                except ValidationFailure as e:
+                    if not sent:
+                        raise
+                    obs.errored = True
+                    yield sse_error(e)
+                    yield DONE
+                except Exception as e:  # noqa: BLE001 - never a traceback to the client
+                    log.exception("%s stream %s failed", type(self).__name__, request_id)
+                    failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
+                    if not sent:
+                        raise failure from None
+                    obs.errored = True
+                    yield sse_error(failure)
+                    yield DONE
             ok = True
         finally:
             obs.finish(ok)

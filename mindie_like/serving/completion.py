@@ -12,7 +12,7 @@ from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
 from .chat import ensure_tokenizer
 from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     finish_reason_of, fit_prompt, sse, sse_error, usage_dict)
+                     finish_reason_of, fit_prompt, sse, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -183,52 +183,33 @@ class CompletionServing(ObservedServing):
         prep = await self._prepare_checked(request_dict, request_id)
         choices = self._new_choices(prep)
         want_lp = prep.req.logprobs is not None
-        sent = False
-        try:
-            async with aclosing(self._pump(prep)) as events:
-                async for key, out in events:
-                    obs.output(key, out)
-                    c = choices[key]
-                    lp_start = len(c.lp_tokens)
-                    text = self._record(prep, c, out)
-                    if not c.started:
-                        c.started = True
-                        text = c.echo_text + text
-                    lp = self._lp_since(c, lp_start) if want_lp else None
-                    if out.finished:
-                        c.done = True
-                        extra = None
-                        if key == 0 and benchmark_enabled(self.options):
-                            extra = {"prefill_time": round(c.prefill_ms or 0),
-                                     "decode_time_arr": [round(x) for x in c.decode_ms]}
-                        sent = True
-                        yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
-                                          extra=extra)
-                    elif text or (lp and lp["tokens"]):
-                        sent = True
-                        yield self._chunk(prep, c, text, logprobs=lp)
-            for c in choices:
-                if not c.done:
+        async with aclosing(self._pump(prep)) as events:
+            async for key, out in events:
+                obs.output(key, out)
+                c = choices[key]
+                lp_start = len(c.lp_tokens)
+                text = self._record(prep, c, out)
+                if not c.started:
+                    c.started = True
+                    text = c.echo_text + text
+                lp = self._lp_since(c, lp_start) if want_lp else None
+                if out.finished:
                     c.done = True
-                    sent = True
-                    yield self._chunk(prep, c, "" if c.started else c.echo_text,
-                                      finish=finish_reason_of(c.engine_finish))
-            obs.usage = usage = self._usage(prep, choices)
-            if prep.req.include_usage:
-                yield sse({"id": prep.response_id, "object": "text_completion", "created": prep.created,
-                           "model": self.model_name, "choices": [], "usage": usage})
-            yield DONE
-        except ValidationFailure as e:
-            if not sent:
-                raise
-            obs.errored = True
-            yield sse_error(e)
-            yield DONE
-        except Exception as e:  # noqa: BLE001
-            log.exception("completion stream %s failed", request_id)
-            failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
-            if not sent:
-                raise failure from None
-            obs.errored = True
-            yield sse_error(failure)
-            yield DONE
+                    extra = None
+                    if key == 0 and benchmark_enabled(self.options):
+                        extra = {"prefill_time": round(c.prefill_ms or 0),
+                                 "decode_time_arr": [round(x) for x in c.decode_ms]}
+                    yield self._chunk(prep, c, text, finish=finish_reason_of(c.engine_finish), logprobs=lp,
+                                      extra=extra)
+                elif text or (lp and lp["tokens"]):
+                    yield self._chunk(prep, c, text, logprobs=lp)
+        for c in choices:
+            if not c.done:
+                c.done = True
+                yield self._chunk(prep, c, "" if c.started else c.echo_text,
+                                  finish=finish_reason_of(c.engine_finish))
+        obs.usage = usage = self._usage(prep, choices)
+        if prep.req.include_usage:
+            yield sse({"id": prep.response_id, "object": "text_completion", "created": prep.created,
+                       "model": self.model_name, "choices": [], "usage": usage})
+        yield DONE
