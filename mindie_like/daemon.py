@@ -135,8 +135,10 @@ def build_backend(loaded: LoadedConfig):
 def register_routes() -> None:
     """Business routes beyond /v1/models, registered before the planes are built."""
     from .server import register_business_routes
+    from .server.compat import add_compat_routes
     from .server.openai import add_openai_routes
     register_business_routes(add_openai_routes)
+    register_business_routes(add_compat_routes)
 
 
 def build_context(loaded: LoadedConfig, backend, engine_config):

@@ -16,6 +16,8 @@ from ..protocol.errors import ValidationFailure
 from .chat import ChatServing
 from .common import ServingOptions, defaults_from_generation_config, defaults_from_model_dir
 from .completion import CompletionServing
+from .generate import GenerateServing, GenerationResult, InflightRegistry, TokenEvent
 
-__all__ = ["ChatServing", "CompletionServing", "ServingOptions", "ValidationFailure",
+__all__ = ["ChatServing", "CompletionServing", "GenerateServing", "GenerationResult", "InflightRegistry",
+           "ServingOptions", "TokenEvent", "ValidationFailure",
            "defaults_from_generation_config", "defaults_from_model_dir"]

@@ -9,7 +9,7 @@ import random
 import string
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Container, Optional
 
 try:
     import orjson
@@ -185,11 +185,14 @@ class Job:
 
 
 async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None,
-               e2e_timeout: Optional[float] = None) -> AsyncIterator[tuple[int, RequestOutput]]:
+               e2e_timeout: Optional[float] = None,
+               stopped: Container[str] = ()) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Run every job on the engine concurrently and yield (key, output) in arrival order.
 
     Raises ValidationFailure (424/503/500) on an engine error. Whatever ends the iteration early (an error, the
     consumer cancelled because the client went away, aclose()), every unfinished engine request is aborted.
+    An engine abort of a request id in `stopped` (stopped on purpose, e.g. by stopInfer) is yielded as its
+    normal last output instead of an error.
     """
     queue: asyncio.Queue = asyncio.Queue()
     finished: set[str] = set()
@@ -228,7 +231,8 @@ async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None
             if out.finish_reason == "error":
                 finished.add(by_key[key].request_id)
                 raise ValidationFailure(424, out.error or "generation failed", GENERATION_ERROR)
-            if out.finish_reason == "abort":  # not ours (we stop reading before aborting): the engine is stopping
+            if out.finish_reason == "abort" and by_key[key].request_id not in stopped:
+                # not ours (we stop reading before aborting): the engine is stopping
                 finished.add(by_key[key].request_id)
                 raise ValidationFailure(503, "Service Unavailable: the request was aborted by the engine",
                                         SERVICE_UNAVAILABLE)
@@ -362,9 +366,14 @@ class ObservedServing:
         except BaseException:
             obs.finish(False)
             raise
-        obs.usage = body.get("usage")
+        if obs.usage is None and isinstance(body, dict):
+            obs.usage = body.get("usage")
         obs.finish(True)
         return body
+
+    def _error_chunks(self, failure: ValidationFailure) -> list[bytes]:
+        """What a stream sends for an error after its first byte: one SSE error event, then `[DONE]`."""
+        return [sse_error(failure), DONE]
 
     async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
         """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
@@ -382,16 +391,16 @@ class ObservedServing:
                     if not sent:
                         raise
                     obs.errored = True
-                    yield sse_error(e)
-                    yield DONE
+                    for chunk in self._error_chunks(e):
+                        yield chunk
                 except Exception as e:  # noqa: BLE001 - never a traceback to the client
                     log.exception("%s stream %s failed", type(self).__name__, request_id)
                     failure = ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION)
                     if not sent:
                         raise failure from None
                     obs.errored = True
-                    yield sse_error(failure)
-                    yield DONE
+                    for chunk in self._error_chunks(failure):
+                        yield chunk
             ok = True
         finally:
             obs.finish(ok)
