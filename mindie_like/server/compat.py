@@ -89,8 +89,9 @@ class TgiRenderer:
             body["details"] = {
                 "finish_reason": r.finish_reason, "generated_tokens": r.generated_tokens, "seed": r.seed,
                 "prompt_tokens": len(r.prompt_ids), "prefill": prefill,
+                # token texts are the streamed event texts (serving/generate.py): they add up to the text
                 "tokens": [{"id": t, "text": s, "logprob": lp, "special": sp} for t, s, lp, sp in
-                           zip(r.token_ids, _token_texts(self.tokenizer, r.token_ids), r.logprobs, r.specials)]}
+                           zip(r.token_ids, r.token_texts, r.logprobs, r.specials)]}
         return [body] if self.mode == "root" else body
 
     def event(self, spec: GenerateSpec, ev: TokenEvent) -> bytes:
