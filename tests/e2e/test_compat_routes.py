@@ -20,8 +20,9 @@ N = 12
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_daemon):
-    return tiny_daemon
+def daemon(daemon_factory, tiny_model):
+    # room for a long generation, so that stopInfer surely meets a running request
+    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096}, schedule={"maxIterTimes": 4000})
 
 
 def post(daemon, path: str, body: Any, *, raw: Optional[bytes] = None, method: str = "POST"
@@ -241,23 +242,21 @@ def test_stop_infer_ends_the_stream_and_frees_blocks(daemon):
     def run_stream():
         conn = http.client.HTTPSConnection(daemon.host, daemon.port, context=daemon.ssl_context(), timeout=120)
         conn.request("POST", path + "/generate_stream", body=json.dumps({
-            "id": "long_job", "text_input": PROMPT, "parameters": {"max_new_tokens": 100000, "details": True,
+            "id": "long_job", "text_input": PROMPT, "parameters": {"max_new_tokens": 4000, "details": True,
                                                                    "do_sample": True}}),
             headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         result["status"] = r.status
-        result["data"] = r.read()
+        first = r.readline()
+        started.set()
+        result["data"] = first + r.read()
         conn.close()
 
+    started = threading.Event()
     t = threading.Thread(target=run_stream)
     t.start()
-    deadline = time.time() + 60
-    while True:
-        status, _, data = post(daemon, path + "/stopInfer", {"id": "long_job"})
-        if status == 200 or time.time() > deadline:
-            break
-        assert status == 404, data          # not running yet
-        time.sleep(0.1)
+    assert started.wait(60)
+    status, _, data = post(daemon, path + "/stopInfer", {"id": "long_job"})
     assert status == 200 and json.loads(data) == {"id": "long_job"}
     t.join(60)
     assert not t.is_alive() and result["status"] == 200
@@ -270,6 +269,43 @@ def test_stop_infer_ends_the_stream_and_frees_blocks(daemon):
     status, _, data = post(daemon, path + "/stopInfer", {"id": "long_job"})
     assert status == 404 and json.loads(data) == {"error": "RequestId is long_job not found.",
                                                   "error_type": "Not Found"}
+
+
+def _metric(daemon, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = daemon.request("GET", "/metrics", plane="metrics")[1].decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
+
+
+def test_metrics_count_compat_requests(daemon):
+    names = ("request_received_total", "request_success_total", "generation_tokens_total")
+    before = {n: _metric(daemon, n) for n in names}
+    resp = ok_json(daemon, "/infer", {"inputs": PROMPT, "parameters": {"max_new_tokens": 3, "details": True}})
+    after = {n: _metric(daemon, n) for n in names}
+    assert after["request_received_total"] == before["request_received_total"] + 1
+    assert after["request_success_total"] == before["request_success_total"] + 1
+    assert after["generation_tokens_total"] == before["generation_tokens_total"] + resp["details"]["generated_tokens"]
+
+
+def test_client_disconnect_aborts_and_frees_blocks(daemon):
+    before = {n: _metric(daemon, n) for n in ("request_success_total", "request_failed_total")}
+    conn = http.client.HTTPSConnection(daemon.host, daemon.port, context=daemon.ssl_context(), timeout=120)
+    conn.request("POST", "/generate_stream", body=json.dumps({"inputs": PROMPT, "parameters": {
+        "max_new_tokens": 4000, "do_sample": True}}), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.readline().startswith(b"data: ")
+    conn.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        res = json.loads(daemon.request("GET", "/v1/status", plane="management")[1])["resource"]
+        if res["runningRequestNum"] == 0 and res["freeNpuBlockNums"] == res["totalNpuBlockNums"]:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the disconnected request was not aborted: {res}")
+    # aborted, not run to its end
+    assert _metric(daemon, "request_failed_total") == before["request_failed_total"] + 1
+    assert _metric(daemon, "request_success_total") == before["request_success_total"]
 
 
 # ----------------------------------------------------------------------------------------------- bad input
