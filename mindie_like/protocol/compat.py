@@ -159,6 +159,7 @@ class VllmRequest(BaseModel):
     ignore_eos: SBool = False
     n: Annotated[Optional[SInt], Range(1, 1)] = None
     best_of: Annotated[Optional[SInt], Range(1, 1)] = None
+    model: Optional[SStr] = None              # MindIE reads it as a LoRA name; "None" or absent: the base model
 
     def to_spec(self) -> GenerateSpec:
         return GenerateSpec(prompt=self.prompt, max_new_tokens=self.max_tokens, temperature=self.temperature,

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from ..protocol.compat import (GenerateSpec, InferRequest, StopInferRequest, TgiRequest, TokenizerRequest,
                                TritonRequest, VllmRequest, parse_compat, spec_of)
-from ..protocol.errors import ValidationFailure
+from ..protocol.errors import ValidationFailure, invalid
 from ..serving.chat import ensure_tokenizer
 from ..serving.common import dumps, sse
 from ..serving.generate import GenerateServing, GenerationResult, InflightRegistry, TokenEvent
@@ -115,11 +115,17 @@ class VllmRenderer:
     generated token (MindIE's framing: the token's text, not the cumulative text), each followed by a NUL."""
     stream_content_type = NUL_JSON_TYPE
 
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+
     def wants_stream(self, body: Any) -> bool:
         return isinstance(body, dict) and body.get("stream") is True
 
     def parse(self, body: Any) -> GenerateSpec:
-        return parse_compat(VllmRequest, body).to_spec()
+        req = parse_compat(VllmRequest, body)
+        if req.model not in (None, "None", self.model_name):     # no LoRA adapters here: only the base model
+            raise invalid(f"model: Model not found: {json.dumps(req.model, ensure_ascii=False)}")
+        return req.to_spec()
 
     def response(self, spec: GenerateSpec, r: GenerationResult) -> Any:
         return {"text": [spec.prompt + r.text]}
@@ -236,7 +242,7 @@ def build_compat_servings(ctx: ServingContext, options) -> CompatServings:
 
     tok = ensure_tokenizer(backend.tokenizer)
     return CompatServings(tgi=make(TgiRenderer("generate", tok)), tgi_stream=make(TgiRenderer("stream", tok)),
-                          tgi_root=make(TgiRenderer("root", tok)), vllm=make(VllmRenderer()),
+                          tgi_root=make(TgiRenderer("root", tok)), vllm=make(VllmRenderer(ctx.model_name)),
                           infer=make(InferRenderer()),
                           triton=make(TritonRenderer(ctx.model_name, False)),
                           triton_stream=make(TritonRenderer(ctx.model_name, True)))

@@ -157,7 +157,8 @@ def test_watermark_is_accepted_and_flagged(daemon):
 # ----------------------------------------------------------------------------------------------- vLLM
 
 def test_vllm_generate_and_stream(daemon, reference):
-    resp = ok_json(daemon, "/generate", {"prompt": PROMPT, "max_tokens": N, "temperature": 0})
+    resp = ok_json(daemon, "/generate", {"prompt": PROMPT, "max_tokens": N, "temperature": 0,
+                                         "model": daemon.model_name})
     assert resp == {"text": [PROMPT + reference["text"]]}
     status, headers, data = post(daemon, "/generate", {"prompt": PROMPT, "max_tokens": N, "temperature": 0,
                                                        "stream": True})
@@ -322,6 +323,7 @@ MODEL_PATH = "/v2/models/{model}"
     ("/generate", {"inputs": "x", "parameters": "hot"}, 422, "parameters"),
     ("/generate", {"prompt": "x", "temperature": -1}, 422, "temperature: -1 is not in [0, inf)"),
     ("/generate", {"prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
+    ("/generate", {"prompt": "x", "model": "gpt-4"}, 422, 'model: Model not found: "gpt-4"'),
     ("/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}}, 422,
      "decoder_input_details"),
     ("/generate_stream", {"inputs": "x", "parameters": {"repetition_penalty": 3.0}}, 422, "repetition_penalty"),

@@ -40,7 +40,7 @@ def sse_events(chunks: list[bytes]) -> list[dict]:
 
 
 def tgi(hf_tok, mode="generate"):
-    return TgiRenderer(mode, GenerateServing(None, hf_tok, MODEL, VllmRenderer()).tokenizer)
+    return TgiRenderer(mode, GenerateServing(None, hf_tok, MODEL, VllmRenderer(MODEL)).tokenizer)
 
 
 def test_tgi_non_streaming_details(hf_tok):
@@ -108,7 +108,7 @@ def test_finish_reason_vocabulary(reason, stop_reason, expected):
 
 
 def test_vllm_text_and_nul_framed_stream(hf_tok):
-    serving, engine = make(hf_tok, VllmRenderer())
+    serving, engine = make(hf_tok, VllmRenderer(MODEL))
     resp = run(serving.create({"prompt": "Hi", "max_tokens": 100, "temperature": 0}, "r1"))
     assert resp == {"text": ["Hi" + SCRIPT]}
     assert engine.calls[0][1].max_tokens == 100
@@ -158,8 +158,9 @@ def test_request_timeout_caps_e2e_timeout(hf_tok):
 
 
 @pytest.mark.parametrize("renderer,body,needle", [
-    (VllmRenderer(), {"prompt": 3}, "prompt"),
-    (VllmRenderer(), {"prompt": "x", "n": 2}, "n: 2 is not in [1, 1]"),
+    (VllmRenderer(MODEL), {"prompt": 3}, "prompt"),
+    (VllmRenderer(MODEL), {"prompt": "x", "n": 2}, "n: 2 is not in [1, 1]"),
+    (VllmRenderer(MODEL), {"prompt": "x", "model": "other"}, 'model: Model not found: "other"'),
     (InferRenderer(), {"inputs": "x", "parameters": {"priority": 6}}, "parameters.priority: 6 is not in [1, 5]"),
     (InferRenderer(), {"inputs": "x", "parameters": {"timeout": 0}}, "parameters.timeout"),
     (InferRenderer(), {"inputs": ""}, "inputs: must not be empty"),
@@ -182,11 +183,11 @@ def test_tgi_stream_refuses_decoder_input_details(hf_tok):
 
 
 def test_engine_refusal_and_error_after_start(hf_tok):
-    serving, _ = make(hf_tok, VllmRenderer(), refuse=EngineOverloaded("full"))
+    serving, _ = make(hf_tok, VllmRenderer(MODEL), refuse=EngineOverloaded("full"))
     with pytest.raises(ValidationFailure) as e:
         run(serving.create({"prompt": "x"}, "r1"))
     assert e.value.status == 503
-    serving, _ = make(hf_tok, VllmRenderer(), finish_error_after=2)
+    serving, _ = make(hf_tok, VllmRenderer(MODEL), finish_error_after=2)
     raw = b"".join(run(_collect(serving.stream({"prompt": "x", "stream": True}, "r1"))))
     last = json.loads(raw.split(b"\0")[-2])
     assert last == {"error": "step failed", "error_type": "Generation Error"}
