@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import ValidationFailure, invalid
 from .requests import (INT32_MAX, UINT64_MAX, Range, SBool, SFloat, SInt, SStr, _check_stop, _check_top_k, _err,
-                       format_validation_error)
+                       fmt_value, format_validation_error)
 
 # MindIE's defaults for the text routes (its TGI / native / Triton interfaces)
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -31,7 +31,7 @@ ID_RULE = "only digits, letters, '_' and '-', 1 to 256 characters"
 
 def _check_id(v):
     if v is not None and not REQUEST_ID_RE.match(v):
-        raise _err("pattern", "{value} is not a valid id (" + ID_RULE + ")", value=repr(v)[1:-1])
+        raise _err("pattern", "{value} is not a valid id (" + ID_RULE + ")", value=fmt_value(v))
     return v
 
 
