@@ -11,12 +11,41 @@ import http.client
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any, Optional
 
+import jsonschema
 import pytest
+import yaml
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 N = 12
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi_compat.yaml"
+
+
+def _json_schema(node):
+    """OpenAPI 3.0 schema -> JSON Schema (2020-12): `nullable`, boolean `exclusiveMinimum`."""
+    if isinstance(node, list):
+        return [_json_schema(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _json_schema(v) for k, v in node.items() if k not in ("nullable", "exclusiveMinimum")}
+    if node.get("exclusiveMinimum") is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    if node.get("nullable"):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def conforms():
+    """conforms(schema_name, value): validates a response against docs/openapi_compat.yaml."""
+    spec = yaml.safe_load(OPENAPI.read_text())
+    root = {"components": {"schemas": _json_schema(spec["components"]["schemas"])}}
+
+    def check(name: str, value) -> None:
+        jsonschema.Draft202012Validator({**root, "$ref": f"#/components/schemas/{name}"}).validate(value)
+    return check
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +112,11 @@ def check_tokens(tokens: list[dict], with_special: bool = True) -> None:
 
 # ----------------------------------------------------------------------------------------------- TGI
 
-def test_tgi_generate_details_and_parity(daemon, reference):
+def test_tgi_generate_details_and_parity(daemon, reference, conforms):
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": N, "do_sample": False, "details": True,
                                              "temperature": 0.9, "seed": 11}}
     resp = ok_json(daemon, "/generate", body)
+    conforms("TgiResponse", resp)
     assert set(resp) == {"generated_text", "details"}
     assert resp["generated_text"] == reference["text"]
     d = resp["details"]
@@ -98,8 +128,9 @@ def test_tgi_generate_details_and_parity(daemon, reference):
     assert "".join(t["text"] for t in d["tokens"]) == resp["generated_text"]
 
 
-def test_tgi_generate_without_details_and_generated_seed(daemon):
+def test_tgi_generate_without_details_and_generated_seed(daemon, conforms):
     resp = ok_json(daemon, "/generate", {"inputs": PROMPT, "parameters": {"max_new_tokens": 4}})
+    conforms("TgiResponse", resp)
     assert set(resp) == {"generated_text"} and isinstance(resp["generated_text"], str)
     sampled = ok_json(daemon, "/generate", {"inputs": PROMPT, "parameters": {
         "max_new_tokens": 6, "do_sample": True, "temperature": 1.0, "details": True}})
@@ -110,9 +141,11 @@ def test_tgi_generate_without_details_and_generated_seed(daemon):
     assert again["generated_text"] == sampled["generated_text"]       # the reported seed reproduces the text
 
 
-def test_tgi_generate_stream(daemon, reference):
+def test_tgi_generate_stream(daemon, reference, conforms):
     events = stream_sse(daemon, "/generate_stream", {"inputs": PROMPT, "parameters": {
         "max_new_tokens": N, "do_sample": False, "details": True}})
+    for e in events:
+        conforms("TgiStreamEvent", e)
     assert len(events) == reference["completion_tokens"]           # one event per generated token
     for e in events:
         assert set(e) == {"token", "generated_text", "details"}
@@ -127,8 +160,9 @@ def test_tgi_generate_stream(daemon, reference):
     assert last["details"]["prompt_tokens"] == reference["prompt_tokens"]
 
 
-def test_tgi_root_route(daemon, reference):
+def test_tgi_root_route(daemon, reference, conforms):
     resp = ok_json(daemon, "/", {"inputs": PROMPT, "parameters": {"max_new_tokens": N, "do_sample": False}})
+    conforms("TgiResponse", resp[0])
     assert resp == [{"generated_text": reference["text"]}]
     events = stream_sse(daemon, "/", {"inputs": PROMPT, "stream": True, "parameters": {
         "max_new_tokens": N, "do_sample": False}})
@@ -156,14 +190,17 @@ def test_watermark_is_accepted_and_flagged(daemon):
 
 # ----------------------------------------------------------------------------------------------- vLLM
 
-def test_vllm_generate_and_stream(daemon, reference):
+def test_vllm_generate_and_stream(daemon, reference, conforms):
     resp = ok_json(daemon, "/generate", {"prompt": PROMPT, "max_tokens": N, "temperature": 0,
                                          "model": daemon.model_name})
+    conforms("VllmResponse", resp)
     assert resp == {"text": [PROMPT + reference["text"]]}
     status, headers, data = post(daemon, "/generate", {"prompt": PROMPT, "max_tokens": N, "temperature": 0,
                                                        "stream": True})
     assert status == 200 and data.endswith(b"\0")
     objs = [json.loads(part) for part in data.split(b"\0")[:-1]]
+    for o in objs:
+        conforms("VllmStreamChunk", o)
     assert len(objs) == reference["completion_tokens"]
     assert all(set(o) == {"text"} and len(o["text"]) == 1 and isinstance(o["text"][0], str) for o in objs)
     assert "".join(o["text"][0] for o in objs) == reference["text"]
@@ -171,15 +208,18 @@ def test_vllm_generate_and_stream(daemon, reference):
 
 # ----------------------------------------------------------------------------------------------- MindIE native
 
-def test_infer_and_stream(daemon, reference):
+def test_infer_and_stream(daemon, reference, conforms):
     params = {"max_new_tokens": N, "do_sample": False, "details": True, "priority": 2, "timeout": 60}
     resp = ok_json(daemon, "/infer", {"inputs": PROMPT, "parameters": params})
+    conforms("InferResponse", resp)
     assert resp["generated_text"] == reference["text"]
     d = resp["details"]
     assert set(d) == {"finish_reason", "generated_tokens", "generated_token_ids", "seed"}
     assert d["generated_tokens"] == len(d["generated_token_ids"]) == reference["completion_tokens"]
     assert all(isinstance(t, int) for t in d["generated_token_ids"]) and isinstance(d["seed"], int)
     events = stream_sse(daemon, "/infer", {"inputs": PROMPT, "stream": True, "parameters": params})
+    for e in events:
+        conforms("InferStreamEvent", e)
     assert [e["token"]["id"] for e in events] == d["generated_token_ids"]
     assert isinstance(events[0]["prefill_time"], int) and events[0]["decode_time"] is None
     assert all(isinstance(e["decode_time"], int) and e["prefill_time"] is None for e in events[1:])
@@ -188,8 +228,9 @@ def test_infer_and_stream(daemon, reference):
     assert {**events[-1]["details"], "seed": None} == {**d, "seed": None}     # no seed given: a fresh one each time
 
 
-def test_tokenizer_counts_what_generation_sends(daemon, reference):
+def test_tokenizer_counts_what_generation_sends(daemon, reference, conforms):
     resp = ok_json(daemon, "/v1/tokenizer", {"inputs": PROMPT})
+    conforms("TokenizerResponse", resp)
     assert resp["token_number"] == reference["prompt_tokens"] == len(resp["tokens"])
     assert "".join(resp["tokens"]) == PROMPT
     assert ok_json(daemon, "/v1/tokenizer", {"inputs": PROMPT, "do_decode": False}) == {
@@ -198,11 +239,12 @@ def test_tokenizer_counts_what_generation_sends(daemon, reference):
 
 # ----------------------------------------------------------------------------------------------- Triton
 
-def test_triton_generate_and_stream(daemon, reference):
+def test_triton_generate_and_stream(daemon, reference, conforms):
     path = f"/v2/models/{daemon.model_name}"
     body = {"id": "parity_1", "text_input": PROMPT, "parameters": {"max_new_tokens": N, "do_sample": False,
                                                                     "details": True}}
     resp = ok_json(daemon, path + "/generate", body)
+    conforms("TritonResponse", resp)
     assert set(resp) == {"id", "model_name", "model_version", "text_output", "details"}
     assert resp["id"] == "parity_1" and resp["model_name"] == daemon.model_name and resp["model_version"] is None
     assert resp["text_output"] == reference["text"]
@@ -213,20 +255,24 @@ def test_triton_generate_and_stream(daemon, reference):
     assert isinstance(d["first_token_cost"], int) and isinstance(d["decode_cost"], int)
     assert d["batch_size"] is None and d["queue_wait_time"] is None
     events = stream_sse(daemon, path + "/generate_stream", {**body, "id": "parity_2"})
+    for e in events:
+        conforms("TritonStreamEvent", e)
     assert len(events) == d["generated_tokens"] and {e["id"] for e in events} == {"parity_2"}
     assert "".join(e["text_output"] for e in events) == reference["text"]
     assert [e["details"]["generated_tokens"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["details"]["finish_reason"] == d["finish_reason"]
 
 
-def test_triton_model_routes(daemon):
+def test_triton_model_routes(daemon, conforms):
     path = f"/v2/models/{daemon.model_name}"
     status, _, data = post(daemon, path, None, method="GET")
     meta = json.loads(data)
+    conforms("TritonModelMetadata", meta)
     assert status == 200 and meta["name"] == daemon.model_name and meta["platform"] == "mindie_like"
     assert meta["inputs"][0]["name"] == "text_input" and meta["outputs"][0]["name"] == "text_output"
     status, _, data = post(daemon, path + "/config", None, method="GET")
     conf = json.loads(data)
+    conforms("TritonModelConfig", conf)
     deploy = daemon.config["BackendConfig"]["ModelDeployConfig"]
     assert status == 200 and conf["max_seq_len"] == deploy["maxSeqLen"]
     assert conf["max_input_token_len"] == deploy["maxInputTokenLen"]
@@ -236,7 +282,7 @@ def test_triton_model_routes(daemon):
     assert status == 200 and data == b""
 
 
-def test_stop_infer_ends_the_stream_and_frees_blocks(daemon):
+def test_stop_infer_ends_the_stream_and_frees_blocks(daemon, conforms):
     path = f"/v2/models/{daemon.model_name}"
     result: dict = {}
 
@@ -262,6 +308,8 @@ def test_stop_infer_ends_the_stream_and_frees_blocks(daemon):
     t.join(60)
     assert not t.is_alive() and result["status"] == 200
     events = sse_events(result["data"])
+    for e in events:
+        conforms("TritonStreamEvent", e)
     assert events[-1]["details"]["finish_reason"] == "abort"
     # the last event has no token: the engine ended the request without one
     assert events[-1]["text_output"] == "" and events[-1]["details"]["generated_tokens"] == len(events) - 1
@@ -341,10 +389,11 @@ MODEL_PATH = "/v2/models/{model}"
     ("/v2/models/nope/generate_stream", {"text_input": "x"}, 404, "Model nope not found."),
     ("/v2/models/nope/stopInfer", {"id": "x"}, 404, "Model nope not found."),
 ])
-def test_bad_input(daemon, path, body, status, needle):
+def test_bad_input(daemon, conforms, path, body, status, needle):
     code, _, data = post(daemon, path.format(model=daemon.model_name), body)
     assert code == status, data
     err = json.loads(data)
+    conforms("Error", err)
     assert set(err) == {"error", "error_type"} and needle in err["error"], err
     assert err["error_type"] == ("Not Found" if status == 404 else "Input Validation Error")
 
