@@ -49,10 +49,6 @@ def _ms(x: Optional[float]) -> Optional[int]:
     return None if x is None else int(round(x))
 
 
-def _error_body(failure: ValidationFailure) -> dict:
-    return failure.to_body()
-
-
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.token_text(t) for t in ids]
 
@@ -107,7 +103,7 @@ class TgiRenderer:
         return sse(out)
 
     def error(self, failure: ValidationFailure) -> bytes:
-        return sse(_error_body(failure))
+        return sse(failure.to_body())
 
 
 class VllmRenderer:
@@ -134,7 +130,7 @@ class VllmRenderer:
         return dumps({"text": [ev.text]}) + b"\0"
 
     def error(self, failure: ValidationFailure) -> bytes:
-        return dumps(_error_body(failure)) + b"\0"
+        return dumps(failure.to_body()) + b"\0"
 
 
 class InferRenderer:
@@ -168,7 +164,7 @@ class InferRenderer:
         return sse(out)
 
     def error(self, failure: ValidationFailure) -> bytes:
-        return sse(_error_body(failure))
+        return sse(failure.to_body())
 
 
 class TritonRenderer:
@@ -216,7 +212,7 @@ class TritonRenderer:
         return sse(out)
 
     def error(self, failure: ValidationFailure) -> bytes:
-        return sse(_error_body(failure))
+        return sse(failure.to_body())
 
 
 # ----------------------------------------------------------------------------------------------- handlers
@@ -348,8 +344,8 @@ def add_compat_routes(app: web.Application, ctx: ServingContext) -> None:
             req = parse_compat(TokenizerRequest, await get_json(request))
         except ValidationFailure as e:
             return error_response(e.status, e.message, e.error_type)
-        ids = s.vllm.count_tokens(req.inputs)
-        tokens = _token_texts(s.vllm.tokenizer, ids) if req.do_decode else []
+        ids = s.infer.count_tokens(req.inputs)
+        tokens = _token_texts(s.infer.tokenizer, ids) if req.do_decode else []
         return web.json_response({"token_number": len(ids), "tokens": tokens},
                                  dumps=lambda o: json.dumps(o, ensure_ascii=False))
 

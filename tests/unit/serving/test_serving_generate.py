@@ -215,6 +215,42 @@ def test_stop_infer_registry(hf_tok):
     assert missing.status == 404 and missing.message == "RequestId is job-7 not found."
 
 
+class ScriptedOutputs(FakeEngine):
+    """Replays exact RequestOutputs: (ids, text delta) per step, the last one finished by EOS."""
+
+    def __init__(self, hf_tok, steps):
+        super().__init__(hf_tok)
+        self.steps = steps
+
+    async def generate(self, prompt_ids, params, request_id):
+        n = 0
+        for i, (ids, text) in enumerate(self.steps):
+            n += len(ids)
+            last = i == len(self.steps) - 1
+            yield RequestOutput(request_id, ids, text, finished=last, finish_reason="stop" if last else None,
+                                num_prompt_tokens=len(prompt_ids), num_output_tokens=n,
+                                prefill_time_ms=5.0 if i == 0 else None, decode_time_ms=None if i == 0 else 2.0)
+
+
+def test_event_rule_held_back_text_and_multi_token_steps(hf_tok):
+    # step 1: one token whose text the detokenizer holds back; step 2: two tokens releasing "é!" ;
+    # step 3: a token with "ab"; step 4: EOS (no text)
+    steps = [([10], ""), ([11, 12], "é!"), ([13], "ab"), ([14], "")]
+    serving = GenerateServing(ScriptedOutputs(hf_tok, steps), hf_tok, MODEL, tgi(hf_tok, "stream"))
+    events = sse_events(run(_collect(serving.stream({"inputs": "Hi", "parameters": {"details": True}}, "r1"))))
+    assert [(e["token"]["id"], e["token"]["text"]) for e in events] == [
+        (10, ""), (11, ""), (12, "é!"), (13, "ab"), (14, "")]
+    assert events[-1]["generated_text"] == "é!ab" and events[-1]["details"]["generated_tokens"] == 5
+    infer = GenerateServing(ScriptedOutputs(hf_tok, steps), hf_tok, MODEL, InferRenderer())
+    ev = sse_events(run(_collect(infer.stream({"inputs": "Hi", "stream": True}, "r2"))))
+    # a step's timing goes to its first token; the other tokens of that step carry none
+    assert [(e["prefill_time"], e["decode_time"]) for e in ev] == [(5, None), (None, 2), (None, None), (None, 2),
+                                                                  (None, 2)]
+    resp = run(GenerateServing(ScriptedOutputs(hf_tok, steps), hf_tok, MODEL, tgi(hf_tok)).create(
+        {"inputs": "Hi", "parameters": {"details": True}}, "r3"))
+    assert [t["text"] for t in resp["details"]["tokens"]] == ["", "", "é!", "ab", ""]
+
+
 def test_aborted_on_purpose_ends_with_a_token_less_event(hf_tok):
     class StoppingEngine(FakeEngine):
         async def generate(self, prompt_ids, params, request_id):
