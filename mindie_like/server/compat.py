@@ -18,7 +18,6 @@ POST /v2/models/{m}/stopInfer. Field by field in docs/api.md.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -34,8 +33,6 @@ from ..serving.generate import GenerateServing, GenerationResult, InflightRegist
 from .context import ServingContext, get_context
 from .errors import SERVICE_UNAVAILABLE, ApiError, error_response
 from .guard import get_json
-
-log = logging.getLogger("mindie_like.server.compat")
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 NUL_JSON_TYPE = "text/plain; charset=utf-8"
