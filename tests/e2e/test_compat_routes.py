@@ -139,6 +139,11 @@ def test_tgi_generate_without_details_and_generated_seed(daemon, conforms):
     again = ok_json(daemon, "/generate", {"inputs": PROMPT, "parameters": {
         "max_new_tokens": 6, "do_sample": True, "temperature": 1.0, "details": True, "seed": seed}})
     assert again["generated_text"] == sampled["generated_text"]       # the reported seed reproduces the text
+    # typical_p and repetition_penalty edit the model's logits in place (LogitsMask, penalties)
+    typical = {"inputs": PROMPT, "parameters": {"max_new_tokens": 6, "do_sample": True, "typical_p": 0.3,
+                                                "repetition_penalty": 1.03, "seed": 5, "details": True}}
+    first, second = ok_json(daemon, "/generate", typical), ok_json(daemon, "/generate", typical)
+    assert first["generated_text"] == second["generated_text"] and first["details"]["generated_tokens"] >= 1
 
 
 def test_tgi_generate_stream(daemon, reference, conforms):
