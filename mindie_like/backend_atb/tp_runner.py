@@ -77,6 +77,14 @@ def threads_per_rank(config: EngineConfig, local_size: int) -> int:
     return config.num_threads if config.num_threads > 0 else max(1, available_cores() // local_size)
 
 
+def rank_num_blocks(runner: ModelRunner, kv_cache_gb: float, local_size: int) -> int:
+    """The blocks this rank can hold. npuMemSize -1 on the CPU takes a share of the host's available RAM, which
+    the ranks on the host share: each gets its part of that share."""
+    n = runner.determine_num_blocks(kv_cache_gb)
+    shared = runner.device.type == "cpu" and not (kv_cache_gb is not None and kv_cache_gb > 0)
+    return max(1, n // local_size) if shared else n
+
+
 def check_model(config: EngineConfig, world: int) -> None:
     """Refuses, before any process starts, a model that cannot be split over `world` ranks (TPConfigError)."""
     from transformers import AutoConfig
@@ -342,7 +350,7 @@ class TPModelRunner(ModelRunner):
 
         def run():
             self.channel.send(CMD_NUM_BLOCKS, mib)
-            return self.channel.all_min(self.local.determine_num_blocks(kv_cache_gb))
+            return self.channel.all_min(rank_num_blocks(self.local, kv_cache_gb, self.layout.local_size))
         return self._collective(run)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
@@ -481,7 +489,7 @@ def worker_main(heartbeat_fd: int) -> int:
             if cmd == CMD_EXECUTE:
                 runner.execute(batch)
             elif cmd == CMD_NUM_BLOCKS:
-                channel.all_min(runner.determine_num_blocks(arg / 1024 if arg > 0 else -1))
+                channel.all_min(rank_num_blocks(runner, arg / 1024 if arg > 0 else -1, layout.local_size))
             elif cmd == CMD_ALLOCATE:
                 runner.allocate_kv_cache(arg)
             elif cmd == CMD_STOP:

@@ -23,7 +23,8 @@ import pytest
 
 from .conftest import daemon_env, new_daemon
 
-TP = dict(model={"worldSize": 2, "device": "cpu", "tpHeartbeatTimeout": 5}, backend={"npuDeviceIds": [[0, 1]]},
+TP = dict(model={"worldSize": 2, "device": "cpu", "tpHeartbeatTimeout": 5, "npuMemSize": 0.05},
+          backend={"npuDeviceIds": [[0, 1]]},
           env={"MINDIE_LIKE_NO_PROGRESS": "1"})
 EXIT_BOUND_S = 30
 
