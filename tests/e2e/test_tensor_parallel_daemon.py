@@ -126,3 +126,37 @@ def test_world_size_must_divide_the_heads(tmp_path, tiny_model):
     line = p.stderr.strip().splitlines()[-1]
     assert line.startswith("BackendConfig.ModelDeployConfig.ModelConfig[0].worldSize: worldSize 3 does not divide")
     assert "num_attention_heads 4" in line and "num_key_value_heads 2" in line
+
+
+@pytest.mark.multinode
+def test_two_nodes_on_one_host(tmp_path, tiny_model):
+    """multiNodesInferEnabled with NNODES=2 on one host: node 0's daemon serves (global rank 0), node 1's daemon
+    only runs global rank 1. A chat request works; SIGTERM on node 0 stops node 1's rank, and node 1's daemon
+    exits 0."""
+    from .conftest import free_ports
+    h = new_daemon(tmp_path, tiny_model("qwen2"), in_process_certs=True,
+                   model={"worldSize": 1, "device": "cpu", "npuMemSize": 0.05},
+                   backend={"multiNodesInferEnabled": True, "npuDeviceIds": [[0]]})
+    port = free_ports(1)[0]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NNODES": "2"}
+    h.env = {**rendezvous, "NODE_RANK": "0", "MINDIE_LIKE_NO_PROGRESS": "1"}
+    node1 = None
+    try:
+        (tmp_path / "conf").mkdir(exist_ok=True)
+        (tmp_path / "conf" / "config.json").write_text(json.dumps(h.config))
+        os.chmod(tmp_path / "conf" / "config.json", 0o640)
+        node1 = subprocess.Popen([sys.executable, "-m", "mindie_like.daemon"], cwd=str(tmp_path),
+                                 env=daemon_env(tmp_path, {**rendezvous, "NODE_RANK": "1"}), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        h.start()
+        status, body = chat(h, max_tokens=4)
+        assert status == 200, body
+        remote_ranks = children(node1.pid)
+        assert len(remote_ranks) == 1
+        assert h.stop(signal.SIGTERM) == 0, h.output
+        assert node1.wait(timeout=EXIT_BOUND_S) == 0, node1.stdout.read()
+        assert not any(alive(p) for p in remote_ranks)
+    finally:
+        h.stop(signal.SIGKILL)
+        if node1 is not None and node1.poll() is None:
+            node1.kill()
