@@ -132,20 +132,17 @@ def set_rank_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-def backend_options(backend: str):
-    """Process-group options per backend: HCCL's buffer size (MB) from HCCL_BUFFSIZE when torch_npu offers the
-    Options class; None elsewhere (defaults)."""
-    if backend != "hccl":
-        return None
-    try:
-        from torch_npu._C._distributed_c10d import ProcessGroupHCCL  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    opts = ProcessGroupHCCL.Options()
-    size = os.environ.get("HCCL_BUFFSIZE")
-    if size:
-        opts.hccl_config = {"hccl_buffer_size": int(size)}
-    return opts
+HCCL_CONNECT_TIMEOUT_MIN = 120      # HCCL refuses a shorter link set-up timeout
+
+
+def hccl_timeouts(timeout: float, env=None) -> None:
+    """HCCL's own timeouts, unless the operator set them: a collective (HCCL_EXEC_TIMEOUT, default 1836 s) fails
+    after tpCollectiveTimeout instead of half an hour, and the link set-up (HCCL_CONNECT_TIMEOUT) waits as long as
+    our rendezvous. HCCL reads them when the communicator is created. Buffer size and the rest: HCCL's variables
+    (HCCL_BUFFSIZE, ...) apply as they are."""
+    env = os.environ if env is None else env
+    env.setdefault("HCCL_EXEC_TIMEOUT", str(int(timeout)))
+    env.setdefault("HCCL_CONNECT_TIMEOUT", str(max(HCCL_CONNECT_TIMEOUT_MIN, int(timeout))))
 
 
 def open_store(layout: WorldLayout, rank: int, port: int, timeout: float):
@@ -174,8 +171,10 @@ def wait_for_ranks(store, world: int, timeout: float, check: Callable[[], None])
 def init_groups(store, rank: int, world: int, backend: str, timeout: float):
     """(model group, control group) once every rank has announced itself."""
     import torch.distributed as dist
+    if backend == "hccl":
+        hccl_timeouts(timeout)
     dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout), pg_options=backend_options(backend))
+                            timeout=datetime.timedelta(seconds=timeout))
     control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     return dist.group.WORLD, control
 

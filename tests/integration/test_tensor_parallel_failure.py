@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,3 +44,39 @@ def test_hung_worker_fails_the_group(tiny_model):
             os.kill(pid, 0)
     finally:
         tp.close()
+
+
+RANK0 = """
+import sys, time
+from mindie_like.backend_atb import ModelRunner
+from mindie_like.engine.types import EngineConfig
+r = ModelRunner.load(EngineConfig(model_path=sys.argv[1], dtype="float32", device="cpu", world_size=2,
+                                  device_ids=[0, 1], num_threads=1))
+print(r.worker_pids[0], flush=True)
+time.sleep(600)
+"""
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie (killed; waiting for whoever inherited it to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_workers_die_with_rank_0(tiny_model):
+    """rank 0 SIGKILLed (no chance to clean up): its worker dies too (PR_SET_PDEATHSIG, stdin EOF)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "MINDIE_LIKE_NO_PROGRESS": "1"}
+    rank0 = subprocess.Popen([sys.executable, "-c", RANK0, str(tiny_model("qwen3"))], stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        worker = int(rank0.stdout.readline())
+        assert not dead(worker)
+    finally:
+        rank0.kill()
+        rank0.wait()
+    t0 = time.monotonic()
+    while not dead(worker) and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    assert dead(worker)

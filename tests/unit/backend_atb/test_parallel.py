@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mindie_like.backend_atb.model import check_tensor_parallel
-from mindie_like.backend_atb.parallel import (TPConfigError, claim_npu_devices, device_index, pack_batch,
-                                              unpack_batch, world_layout)
+from mindie_like.backend_atb.parallel import (TPConfigError, claim_npu_devices, device_index, hccl_timeouts,
+                                              pack_batch, unpack_batch, world_layout)
 from mindie_like.engine.types import EngineConfig
 
 
@@ -58,6 +58,15 @@ def test_npu_device_per_rank():
     with pytest.raises(TPConfigError, match="device 7 is not in ASCEND_RT_VISIBLE_DEVICES"):
         device_index("npu", [7], 0, env)
     assert device_index("cuda", [2, 3], 1, {}) == 3 and device_index("cpu", [0, 1], 1, {}) == 0
+
+
+def test_hccl_timeouts_follow_the_collective_timeout():
+    env: dict = {}
+    hccl_timeouts(60, env)
+    assert env == {"HCCL_EXEC_TIMEOUT": "60", "HCCL_CONNECT_TIMEOUT": "120"}
+    env = {"HCCL_EXEC_TIMEOUT": "900"}
+    hccl_timeouts(300, env)
+    assert env == {"HCCL_EXEC_TIMEOUT": "900", "HCCL_CONNECT_TIMEOUT": "300"}
 
 
 def hf(heads=32, kv=8, inter=11008):
