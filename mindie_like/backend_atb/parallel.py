@@ -70,7 +70,8 @@ def world_layout(config, env: Optional[Mapping[str, str]] = None) -> WorldLayout
     missing = [k for k in ("MASTER_ADDR", "NNODES", "NODE_RANK") if not env.get(k)]
     if missing:
         raise TPConfigError(f"BackendConfig.multiNodesInferEnabled: set {', '.join(missing)} in the environment "
-                            f"(MASTER_ADDR: node 0's address, NNODES: the node count, NODE_RANK: this node, 0..NNODES-1)")
+                            f"(MASTER_ADDR: node 0's address, NNODES: the node count, NODE_RANK: this node, "
+                            f"0..NNODES-1)")
     try:
         nnodes, node_rank = int(env["NNODES"]), int(env["NODE_RANK"])
         port = int(env.get("MASTER_PORT") or config.extra.get("multi_nodes_port", 1120))

@@ -62,6 +62,7 @@ class WorkerSpec:
     store_port: int
     collective_timeout: float
     threads: int
+    log_level: int = logging.INFO       # rank 0's
 
 
 def collective_timeout(config: EngineConfig) -> float:
@@ -106,6 +107,7 @@ def check_model(config: EngineConfig, world: int) -> None:
 class WorkerProcess:
     def __init__(self, spec: WorkerSpec):
         self.rank = spec.layout.global_rank(spec.local_rank)
+        payload = pickle.dumps(spec)
         hb_read, hb_write = os.pipe()
         self.proc = subprocess.Popen([sys.executable, "-m", "mindie_like.backend_atb.tp_runner", str(hb_write)],
                                      stdin=subprocess.PIPE, pass_fds=(hb_write,), env=_worker_env())
@@ -115,7 +117,7 @@ class WorkerProcess:
         self.last_beat = time.monotonic()
         self.beating = False            # until the first beat, the worker is starting (imports, rendezvous)
         # stdin stays open: its EOF (this process gone) stops the worker
-        self.proc.stdin.write(pickle.dumps(spec))
+        self.proc.stdin.write(payload)
         self.proc.stdin.flush()
 
     @property
@@ -267,9 +269,12 @@ class TPModelRunner(ModelRunner):
         device = select_device(config.device, 0)
         device = select_device(config.device, device_index(device.type, config.device_ids, 0))
         store = open_store(layout, 0, layout.master_port, timeout)
-        specs = [WorkerSpec(config, layout, r, store.port, timeout, threads) for r in range(1, layout.local_size)]
+        level = logging.getLogger().getEffectiveLevel()
+        specs = [WorkerSpec(config, layout, r, store.port, timeout, threads, level)
+                 for r in range(1, layout.local_size)]
         try:
-            self.group = WorkerGroup(specs, heartbeat_timeout(config), timeout, lambda reason, clean: self._fail(reason))
+            self.group = WorkerGroup(specs, heartbeat_timeout(config), timeout,
+                                     lambda reason, clean: self._fail(reason))
             log.info("tensor parallelism: %d ranks (%d per node, %d node(s)), workers pid %s, rendezvous on %s:%d",
                      layout.size, layout.local_size, layout.nnodes, self.group.pids, layout.master_addr, store.port)
             wait_for_ranks(store, layout.size, timeout, self._raise_if_failed)
@@ -406,7 +411,8 @@ def serve_worker_node(config: EngineConfig) -> int:
     if config.device in ("auto", "npu"):
         claim_npu_devices(config.device_ids)
     specs = [WorkerSpec(config, layout, r, layout.master_port, collective_timeout(config),
-                        threads_per_rank(config, layout.local_size)) for r in range(layout.local_size)]
+                        threads_per_rank(config, layout.local_size), logging.getLogger().getEffectiveLevel())
+             for r in range(layout.local_size)]
     ended: list[tuple[str, bool]] = []
     done = threading.Event()
 
@@ -471,7 +477,7 @@ def worker_main(heartbeat_fd: int) -> int:
     threading.Thread(target=_heartbeat, args=(heartbeat_fd,), daemon=True).start()
     layout, config = spec.layout, spec.config
     rank = layout.global_rank(spec.local_rank)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=spec.log_level, stream=sys.stderr,
                         format=f"%(asctime)s [%(levelname)s] rank {rank}: %(name)s: %(message)s")
     os.environ["MINDIE_LIKE_NO_PROGRESS"] = "1"      # rank 0 shows the loading bar
     try:
