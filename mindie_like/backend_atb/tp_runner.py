@@ -175,6 +175,7 @@ class WorkerGroup:
         self.start_timeout = max(start_timeout_s, heartbeat_timeout_s)
         self._on_end = on_end
         self._closing = threading.Event()
+        self.end_reason: Optional[str] = None      # the watchdog's finding, before it kills the others
         self.workers: list[WorkerProcess] = []
         try:
             for spec in specs:
@@ -188,6 +189,21 @@ class WorkerGroup:
     @property
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
+
+    def exit_reason(self, wait: float) -> Optional[str]:
+        """Which worker exited, looking for up to `wait` seconds (a collective can fail on the closed socket of a
+        dying worker a moment before its exit status is there)."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self.end_reason is not None:
+                return self.end_reason
+            for w in self.workers:
+                text = w.exit_text()
+                if text is not None:
+                    return text
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
 
     def _watch(self) -> None:
         fds = {w.heartbeat_fd: w for w in self.workers}
@@ -212,6 +228,7 @@ class WorkerGroup:
     def _ended(self, reason: str, clean: bool) -> None:
         if self._closing.is_set():
             return
+        self.end_reason = reason
         if clean:
             self.stop(STOP_GRACE)
         else:
@@ -342,7 +359,9 @@ class TPModelRunner(ModelRunner):
             try:
                 return fn()
             except Exception as e:
-                self._fail(f"tensor-parallel step failed ({type(e).__name__}: {e})")
+                # name the rank that died when that is the cause, rather than the transport's message
+                dead = self.group.exit_reason(wait=0.5) if self.group is not None else None
+                self._fail(dead or f"tensor-parallel step failed ({type(e).__name__}: {str(e)[:300]})")
                 raise BackendFailure(self.failure) from e
 
     # ---- the ModelRunner surface ----------------------------------------------------------------------------
