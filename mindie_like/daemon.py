@@ -3,7 +3,11 @@
     bin/serviced_daemon [--config-file PATH] [--check-config] [--strict-permissions]
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for an invalid config or certificate (one line each on
-stderr), 1 when the model cannot be loaded or a port cannot be bound.
+stderr; a worldSize the model's heads do not divide is one), 1 when the model cannot be loaded, a port cannot be
+bound, or a tensor-parallel rank died or hung while serving (/health answers 503 until the daemon is gone).
+
+With multiNodesInferEnabled and NODE_RANK > 0 the daemon only runs this node's tensor-parallel ranks
+(backend_atb.tp_runner.serve_worker_node): node 0's daemon serves HTTP.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ log = logging.getLogger("mindie_like.daemon")
 START_LINE = "Daemon start success!"
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+FAILURE_LINGER_S = 2.0    # after a tensor-parallel rank fails: /health answers 503 this long before the exit
 
 
 # -- logging -----------------------------------------------------------------------------------------------
@@ -107,6 +112,7 @@ def build_backend(loaded: LoadedConfig):
     from transformers import AutoTokenizer
 
     from .backend_atb import ModelRunner
+    from .backend_atb.parallel import TPConfigError
     from .engine import AsyncEngine
     from .server.context import Backend
     engine_config = to_engine_config(loaded)
@@ -114,11 +120,16 @@ def build_backend(loaded: LoadedConfig):
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
     log.info("loading the model in %s", model_path)
+    runner = None
     try:
         runner = ModelRunner.load(engine_config)
         tokenizer = AutoTokenizer.from_pretrained(runner.tokenizer_path,
                                                   trust_remote_code=engine_config.trust_remote_code)
+    except TPConfigError as e:       # worldSize vs the model's heads, devices, multi-node environment
+        raise ConfigError(str(e)) from e
     except Exception as e:  # transformers and safetensors raise many kinds
+        if runner is not None:
+            runner.close()
         raise BackendLoadError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: {model_path}: "
                                f"cannot load the model ({type(e).__name__}: {e})") from e
     engine = AsyncEngine(engine_config, runner, tokenizer)
@@ -196,6 +207,13 @@ async def serve(ctx, ssl_factory) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine = ctx.engine
+    runner = getattr(engine, "runner", None)
+    failure: list[str] = []
+    if hasattr(runner, "add_failure_listener"):      # tensor parallelism: a rank died or hung
+        def on_failure(reason: str) -> None:
+            failure.append(reason)
+            loop.call_soon_threadsafe(stop.set)
+        runner.add_failure_listener(on_failure)
     grace = float(ctx.config.ServerConfig.shutdownGracePeriod)
     listeners = build_listeners(ctx, ssl_factory)
     backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
@@ -212,6 +230,8 @@ async def serve(ctx, ssl_factory) -> int:
                      ls.scheme, ls.host, ls.port)
         print(START_LINE, flush=True)
         await stop.wait()
+        if failure:
+            await fail_serving(ctx, failure[0], grace)
         await drain(ctx, listeners, grace)
     finally:
         await asyncio.gather(*(ls.runner.cleanup() for ls in listeners if ls.runner is not None),
@@ -221,8 +241,26 @@ async def serve(ctx, ssl_factory) -> int:
                 await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
             except Exception:
                 log.exception("engine shutdown failed")
+        if runner is not None:
+            runner.close()
+    if failure:
+        log.error("exiting after a tensor-parallel failure: %s", failure[0])
+        return EXIT_RUNTIME
     log.info("stopped")
     return 0
+
+
+async def fail_serving(ctx, reason: str, grace: float) -> None:
+    """A rank is gone: /health and new requests answer 503 at once; the engine fails the requests in flight
+    (HTTP 500 / an error event); once they are answered (at most `grace` seconds) and FAILURE_LINGER_S more, the
+    listeners close."""
+    ctx.stopping = True
+    log.error("unhealthy: %s; failing in-flight requests and exiting", reason)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while ctx.inflight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(FAILURE_LINGER_S)
 
 
 def parse_args(argv):
@@ -273,6 +311,17 @@ def _main(args) -> int:
     if args.check_config:
         print(json.dumps(effective_config(loaded.config), indent=2, ensure_ascii=False))
         return 0
+    if loaded.config.BackendConfig.multiNodesInferEnabled:
+        from .backend_atb.parallel import TPConfigError, world_layout
+        engine_config = to_engine_config(loaded)
+        try:
+            layout = world_layout(engine_config)
+        except TPConfigError as e:
+            print(str(e), file=sys.stderr, flush=True)
+            return EXIT_CONFIG
+        if layout.node_rank > 0:        # this node only runs tensor-parallel ranks; node 0 serves
+            from .backend_atb.tp_runner import serve_worker_node
+            return serve_worker_node(engine_config)
     if not loaded.config.ServerConfig.httpsEnabled:
         log.warning("ServerConfig.httpsEnabled is false: the planes serve plain HTTP without client authentication")
     try:
@@ -280,6 +329,10 @@ def _main(args) -> int:
     except BackendLoadError as e:
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_RUNTIME
+    except ConfigError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     ctx = build_context(loaded, backend, engine_config)
     try:
         factory = ssl_factory(loaded) if loaded.config.ServerConfig.httpsEnabled else None

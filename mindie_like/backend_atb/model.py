@@ -7,10 +7,11 @@ frequencies match), sliding window per layer (mistral `sliding_window`, qwen `la
 Weights live as plain tensors (no nn.Module call overhead per layer): fused `qkv` [(Hq+2Hk)*D, hidden] and
 `gate_up` [2I, hidden], filled from HF safetensors names at load.
 
-Tensor parallelism (a later issue) only has to shard: `ParallelSpec` says this rank's slice; column-parallel
-weights (q/k/v by heads, gate/up by rows) and row-parallel weights (o, down by input columns) are cut in
-`_shard_column` / `_shard_row`, the embedding and lm_head by vocabulary in `_shard_vocab`, and `_all_reduce` /
-`_all_gather_vocab` are the two collective points in `forward` (identity with one rank).
+Tensor parallelism: `ParallelSpec` says this rank's place; `weight_slice(name)` says which rows or columns of
+each checkpoint tensor the rank holds (column-parallel q/k/v by heads and gate/up by rows, row-parallel o/down by
+input columns, the embedding and lm_head by vocabulary), so the loader reads only those bytes. `forward` has the
+collective points: an all-reduce after o_proj, after down_proj and after the vocabulary-parallel embedding lookup,
+and a gather of the vocabulary-parallel logits to rank 0. With one rank none of them runs.
 """
 from __future__ import annotations
 
@@ -30,9 +31,26 @@ SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn")
 
 @dataclass
 class ParallelSpec:
+    """This process's place in a tensor-parallel group (global rank 0 samples and receives the logits)."""
     rank: int = 0
     size: int = 1
-    group: object = None        # torch.distributed process group (TP issue)
+    group: object = None        # torch.distributed process group of the model's collectives (None: the world)
+
+
+def check_tensor_parallel(cfg, world_size: int) -> Optional[str]:
+    """Why `cfg` cannot be split over `world_size` ranks (None: it can). Query heads and the MLP width must divide;
+    kv heads must divide or be divided by the world size (then each is replicated on world/kv ranks)."""
+    if world_size == 1:
+        return None
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    if heads % world_size or (kv % world_size and world_size % kv):
+        return (f"worldSize {world_size} does not divide the model's heads (num_attention_heads {heads}, "
+                f"num_key_value_heads {kv}): use a worldSize that divides num_attention_heads and divides or is a "
+                f"multiple of num_key_value_heads")
+    if cfg.intermediate_size % world_size:
+        return (f"worldSize {world_size} does not divide the model's intermediate_size {cfg.intermediate_size}")
+    return None
 
 
 def rope_type_of(cfg) -> str:
@@ -92,8 +110,9 @@ class LlamaFamilyModel:
         self.num_heads_total = cfg.num_attention_heads
         self.num_kv_heads_total = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        if self.num_heads_total % tp or (self.num_kv_heads_total % tp and tp % self.num_kv_heads_total):
-            raise ValueError(f"heads {self.num_heads_total}/{self.num_kv_heads_total} do not divide over {tp} ranks")
+        why = check_tensor_parallel(cfg, tp)
+        if why:
+            raise ValueError(why)
         self.num_heads = self.num_heads_total // tp
         # kv heads are replicated when there are fewer than ranks
         self.num_kv_heads = max(1, self.num_kv_heads_total // tp)
@@ -139,10 +158,12 @@ class LlamaFamilyModel:
 
     def _alloc(self):
         H, D = self.hidden, self.head_dim
-        vocab_local = self._vocab_range()[1] - self._vocab_range()[0]
-        self.embed = self._empty(vocab_local, H)
+        vocab_local = self._vocab_per_rank()
+        # padding rows (the last rank's share of a vocabulary that does not divide) stay zero: their logits are
+        # cut off after the gather
+        self.embed = self._empty(vocab_local, H).zero_()
         self.norm = self._small(H)
-        self.lm_head = self.embed if self.tied else self._empty(vocab_local, H)
+        self.lm_head = self.embed if self.tied else self._empty(vocab_local, H).zero_()
         self.layers: list[Layer] = []
         for i in range(self.num_layers):
             L = Layer()
@@ -162,62 +183,84 @@ class LlamaFamilyModel:
 
     # ---- tensor-parallel sharding points -------------------------------------------------------------------
     def _vocab_range(self) -> tuple[int, int]:
-        per = math.ceil(self.vocab_size / self.par.size)
-        lo = self.par.rank * per
+        """This rank's rows [lo, hi) of the embedding / lm_head. Every rank holds `_vocab_per_rank` rows (the last
+        one zero-padded) so the logits gather has equal parts."""
+        per = self._vocab_per_rank()
+        lo = min(self.vocab_size, self.par.rank * per)
         return lo, min(self.vocab_size, lo + per)
 
-    def _shard_column(self, w: torch.Tensor, kind: str) -> torch.Tensor:
-        """Column-parallel (output rows): q/k/v by heads, gate/up by rows."""
-        if self.par.size == 1:
-            return w
-        if kind == "kv" and self.num_kv_heads_total < self.par.size:
-            r = self.par.rank * self.num_kv_heads_total // self.par.size
-            return w.narrow(0, r * self.head_dim, self.head_dim)
-        n = w.shape[0] // self.par.size
-        return w.narrow(0, self.par.rank * n, n)
+    def _vocab_per_rank(self) -> int:
+        return math.ceil(self.vocab_size / self.par.size)
 
-    def _shard_row(self, w: torch.Tensor) -> torch.Tensor:
-        """Row-parallel (input columns): o_proj, down_proj; their bias is added once after the all-reduce."""
-        if self.par.size == 1:
-            return w
-        n = w.shape[1] // self.par.size
-        return w.narrow(1, self.par.rank * n, n)
+    def weight_slice(self, name: str) -> Optional[tuple[int, int, int]]:
+        """(dim, start, length) of this rank's part of checkpoint tensor `name`, None for the whole tensor.
 
-    def _shard_vocab(self, w: torch.Tensor) -> torch.Tensor:
+        Column-parallel (output rows): q by heads, k/v by heads or, with fewer kv heads than ranks, the one kv
+        head this rank's query heads read (replicated); gate/up by rows; their biases alike. Row-parallel (input
+        columns): o_proj, down_proj (their biases are added once, after the all-reduce). Vocabulary-parallel:
+        embed_tokens and lm_head by rows. The loader reads only these bytes (safetensors `get_slice`)."""
         if self.par.size == 1:
-            return w
-        lo, hi = self._vocab_range()
-        return w.narrow(0, lo, hi - lo)
+            return None
+        r = self.par.rank
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            lo, hi = self._vocab_range()
+            return 0, lo, hi - lo
+        m = self._LAYER_RE.match(name)
+        if not m:
+            return None
+        kind, leaf = m.group(2).rsplit(".", 1)
+        if kind == "self_attn.q_proj":
+            return 0, r * self.q_size, self.q_size
+        if kind in ("self_attn.k_proj", "self_attn.v_proj"):
+            if self.num_kv_heads_total < self.par.size:
+                head = r * self.num_kv_heads_total // self.par.size
+                return 0, head * self.head_dim, self.head_dim
+            return 0, r * self.kv_size, self.kv_size
+        if kind in ("mlp.gate_proj", "mlp.up_proj"):
+            return 0, r * self.inter, self.inter
+        if leaf == "weight" and kind == "self_attn.o_proj":
+            return 1, r * self.q_size, self.q_size
+        if leaf == "weight" and kind == "mlp.down_proj":
+            return 1, r * self.inter, self.inter
+        return None
 
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.par.size > 1:
-            torch.distributed.all_reduce(x, group=self.par.group)
+        torch.distributed.all_reduce(x, group=self.par.group)
         return x
 
-    def _all_gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+    def _gather_vocab(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        """Rank 0 gets the full [S, vocab] logits (it alone samples); the other ranks get None."""
         if self.par.size == 1:
             return logits
-        parts = [torch.empty_like(logits) for _ in range(self.par.size)]
-        torch.distributed.all_gather(parts, logits.contiguous(), group=self.par.group)
+        logits = logits.contiguous()
+        parts = [torch.empty_like(logits) for _ in range(self.par.size)] if self.par.rank == 0 else None
+        torch.distributed.gather(logits, parts, dst=0, group=self.par.group)
+        if parts is None:
+            return None
         return torch.cat(parts, dim=-1)[:, : self.vocab_size]
 
     # ---- weights -------------------------------------------------------------------------------------------
     _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
-    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Fills the fused parameters from HF names; raises on missing weights."""
+    def wants_weight(self, name: str) -> bool:
+        """False for checkpoint tensors this model never reads (the loader skips them unread)."""
+        return not ((name.startswith("lm_head.") and self.tied) or "rotary_emb" in name)
+
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]], presliced: bool = False) -> None:
+        """Fills the fused parameters from HF names; raises on missing weights. `tensors` are whole checkpoint
+        tensors (this rank's part is cut here) or, with `presliced`, already this rank's `weight_slice`."""
         seen: set[str] = set()
         q, kv = self.q_size, self.kv_size
         for name, t in tensors:
-            if name.startswith("lm_head.") and self.tied:
+            if not self.wants_weight(name):
                 continue
-            if "rotary_emb" in name:
-                continue
-            if name == "model.embed_tokens.weight":
-                self._copy(self.embed, self._shard_vocab(t), name, seen)
-                continue
-            if name == "lm_head.weight":
-                self._copy(self.lm_head, self._shard_vocab(t), name, seen)
+            if not presliced:
+                spec = self.weight_slice(name)
+                if spec is not None:
+                    t = t.narrow(*spec)
+            if name in ("model.embed_tokens.weight", "lm_head.weight"):
+                dst = self.embed if name == "model.embed_tokens.weight" else self.lm_head
+                self._copy(dst.narrow(0, 0, t.shape[0]) if t.shape[0] < dst.shape[0] else dst, t, name, seen)
                 continue
             if name == "model.norm.weight":
                 self._copy(self.norm, t, name, seen)
@@ -246,22 +289,21 @@ class LlamaFamilyModel:
                     raise ValueError(f"unexpected weight {name} (config says no qkv bias)")
                 off, size = {"self_attn.q_proj": (0, q), "self_attn.k_proj": (q, kv),
                              "self_attn.v_proj": (q + kv, kv)}[kind]
-                src = self._shard_column(t, "q" if kind.endswith("q_proj") else "kv")
-                self._copy(target.narrow(0, off, size), src, name, seen)
+                self._copy(target.narrow(0, off, size), t, name, seen)
             elif kind == "self_attn.o_proj":
                 if is_bias:
                     self._copy(L.o_bias, t, name, seen)
                 else:
-                    self._copy(L.o, self._shard_row(t), name, seen)
+                    self._copy(L.o, t, name, seen)
             elif kind in ("mlp.gate_proj", "mlp.up_proj"):
                 target = L.gate_up_bias if is_bias else L.gate_up
                 off = 0 if kind == "mlp.gate_proj" else self.inter
-                self._copy(target.narrow(0, off, self.inter), self._shard_column(t, "mlp"), name, seen)
+                self._copy(target.narrow(0, off, self.inter), t, name, seen)
             elif kind == "mlp.down_proj":
                 if is_bias:
                     self._copy(L.down_bias, t, name, seen)
                 else:
-                    self._copy(L.down, self._shard_row(t), name, seen)
+                    self._copy(L.down, t, name, seen)
             else:
                 log.debug("ignoring weight %s", name)
         missing = [n for n in self.expected_weight_names() if n not in seen]
@@ -322,7 +364,8 @@ class LlamaFamilyModel:
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, kv_caches,
                 logits_indices: torch.Tensor) -> torch.Tensor:
-        """input_ids/positions [T] on device -> float32 logits [S, vocab] for the rows in `logits_indices`."""
+        """input_ids/positions [T] on device -> float32 logits [S, vocab] for the rows in `logits_indices` (None on
+        tensor-parallel ranks other than 0)."""
         ops = self.ops
         T = input_ids.shape[0]
         Hq, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
@@ -369,7 +412,7 @@ class LlamaFamilyModel:
             residual = residual.index_select(0, logits_indices)
         x, _ = ops.add_rms_norm(h, residual, self.norm, eps)
         logits = ops.linear(x, self.lm_head).float()
-        return self._all_gather_vocab(logits)
+        return self._gather_vocab(logits)
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.par.size == 1:

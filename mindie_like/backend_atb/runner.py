@@ -3,7 +3,9 @@
 `ModelRunner.load(config)` picks the path and logs it:
   * own model code (`model.LlamaFamilyModel`, paged KV cache, op table) for llama / mistral / qwen2 / qwen3;
   * the generic path (`HFModelRunner`) for any other model_type transformers can load (qwen3_moe, glm4,
-    deepseek_v3, chatglm with trust_remote_code): the HF model class with a per-sequence cache, slower but correct.
+    deepseek_v3, chatglm with trust_remote_code): the HF model class with a per-sequence cache, slower but correct;
+  * with worldSize > 1, `tp_runner.TPModelRunner`: this process is rank 0 of a tensor-parallel group whose other
+    ranks are worker processes (own model code only).
 
 `execute(batch)` returns float32 logits on the CPU, one row per entry of `batch.logits_indices`, in that order.
 """
@@ -12,15 +14,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ..engine.types import EngineConfig
 from .batch import ForwardBatch
 from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
-from .model import LlamaFamilyModel, own_path_supports
+from .model import LlamaFamilyModel, ParallelSpec, own_path_supports
 from .ops import get_ops
-from .weights import iter_safetensors, resolve_model_dir
+from .weights import LoadStats, iter_safetensors, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +73,19 @@ class ModelRunner:
     path: str = ""              # "own" or "generic"
 
     @classmethod
-    def load(cls, config: EngineConfig) -> "ModelRunner":
+    def load(cls, config: EngineConfig, parallel: Optional[ParallelSpec] = None, device_index: Optional[int] = None,
+             threads: Optional[int] = None) -> "ModelRunner":
+        """The runner for `config`. worldSize > 1 (without `parallel`): a TPModelRunner that starts the worker
+        ranks. `parallel`, `device_index`, `threads`: this rank's share, device and CPU threads (tp_runner)."""
         from transformers import AutoConfig
+        from .parallel import total_world_size
+        if parallel is None and total_world_size(config) > 1:
+            from .tp_runner import TPModelRunner
+            return TPModelRunner.launch(config)
         t0 = time.time()
-        device = select_device(config.device, (config.device_ids or [0])[0])
-        threads = configure_threads(config.num_threads) if device.type == "cpu" else None
+        device = select_device(config.device, (config.device_ids or [0])[0] if device_index is None else device_index)
+        if device.type == "cpu":
+            threads = configure_threads(threads or config.num_threads)
         model_dir = resolve_model_dir(config.model_path, config.trust_remote_code,
                                       config.extra.get("cache_dir"))
         cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
@@ -83,13 +94,14 @@ class ModelRunner:
         ok, why = own_path_supports(cfg)
         force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
         if ok and not force_generic:
-            runner: ModelRunner = PagedModelRunner(cfg, model_dir, device, dtype, config)
+            runner: ModelRunner = PagedModelRunner(cfg, model_dir, device, dtype, config, parallel)
             path = "own llama-family model code (paged KV, op table %s)" % runner.ops.name
         else:
             runner = HFModelRunner(cfg, model_dir, device, dtype, config)
             path = "generic transformers path (%s)" % ("forced" if force_generic else why)
-        log.info("model %s (model_type %s) on %s, %s, threads %s: %s; loaded in %.1f s", config.model_path,
-                 cfg.model_type, device, str(dtype).replace("torch.", ""), threads, path, time.time() - t0)
+        rank = f" rank {parallel.rank}/{parallel.size}," if parallel is not None and parallel.size > 1 else ""
+        log.info("model %s (model_type %s)%s on %s, %s, threads %s: %s; loaded in %.1f s", config.model_path,
+                 cfg.model_type, rank, device, str(dtype).replace("torch.", ""), threads, path, time.time() - t0)
         return runner
 
     def _init_common(self, cfg, model_dir: Path, device, dtype, config: EngineConfig):
@@ -125,22 +137,32 @@ class ModelRunner:
     def release(self, seq_id: str) -> None:
         pass
 
+    def close(self) -> None:
+        """Frees what the runner holds outside this process (the tensor-parallel worker ranks)."""
+
 
 class PagedModelRunner(ModelRunner):
     path = "own"
     supports_prefix_cache = True
 
-    def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig):
+    def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig,
+                 parallel: Optional[ParallelSpec] = None):
         self._init_common(cfg, model_dir, device, dtype, config)
         self.ops = get_ops(device, dtype)
         act = dtype
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
+        self.load_stats = LoadStats()
         with torch.inference_mode():
-            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, act_dtype=act)
-            self.model.load_weights(iter_safetensors(model_dir))
+            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+            # a tensor-parallel rank reads only its shard of each tensor
+            self.model.load_weights(iter_safetensors(model_dir, wanted=self.model.wants_weight,
+                                                     slicer=self.model.weight_slice, stats=self.load_stats),
+                                    presliced=True)
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
         self.quant_policy = maybe_quantize(self.model, config)
+        if self.ops.name == "npu":
+            self.ops.prepare_weights(self.model)     # FRACTAL_NZ where the SoC's matmul wants it (300I Duo)
         self.act_dtype = self.model.act_dtype
         self.kv_dtype = self.model.kv_dtype
         self.vocab_size = self.model.vocab_size
@@ -175,7 +197,7 @@ class PagedModelRunner(ModelRunner):
                                 block_tables=block_tables, slot_mapping=slot_mapping, block_size=self.block_size,
                                 scale=self.model.scale, windows=self._windows)
         logits = self.model.forward(input_ids, positions, meta, self.kv_caches, logits_indices)
-        return logits if cpu else logits.cpu()
+        return logits if cpu or logits is None else logits.cpu()
 
 
 class HFModelRunner(ModelRunner):

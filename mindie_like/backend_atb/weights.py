@@ -13,8 +13,9 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -127,8 +128,24 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor in the folder's safetensors, with a tqdm progress bar."""
+@dataclass
+class LoadStats:
+    """What a load read: `loaded_bytes` of tensor data copied out of `checkpoint_bytes` in the files."""
+    loaded_bytes: int = 0
+    checkpoint_bytes: int = 0
+
+
+WeightSlice = Callable[[str], Optional[tuple[int, int, int]]]
+
+
+def iter_safetensors(model_dir: Path, progress: bool = True, *, wanted: Optional[Callable[[str], bool]] = None,
+                     slicer: Optional[WeightSlice] = None,
+                     stats: Optional[LoadStats] = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor in the folder's safetensors, with a tqdm progress bar.
+
+    `wanted(name)` False: the tensor is skipped unread. `slicer(name)` -> (dim, start, length): only that part is
+    read (a tensor-parallel rank's shard: safetensors' `get_slice` copies just those bytes out of the mapped
+    file), None: the whole tensor. `stats` counts the bytes read and the bytes in the checkpoint."""
     from safetensors import safe_open
     files = safetensors_files(model_dir)
     total = 0
@@ -148,9 +165,34 @@ def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[s
     try:
         for h in handles:
             for name in h.keys():
-                yield name, h.get_tensor(name)
                 if bar is not None:
                     bar.update(1)
+                if stats is not None:
+                    sl = h.get_slice(name)
+                    stats.checkpoint_bytes += _numel(sl.get_shape()) * _DTYPE_BYTES[sl.get_dtype()]
+                if wanted is not None and not wanted(name):
+                    continue
+                spec = slicer(name) if slicer is not None else None
+                if spec is None:
+                    t = h.get_tensor(name)
+                else:
+                    dim, start, length = spec
+                    index = (slice(None),) * dim + (slice(start, start + length),)
+                    t = h.get_slice(name)[index]
+                if stats is not None:
+                    stats.loaded_bytes += t.numel() * t.element_size()
+                yield name, t
     finally:
         if bar is not None:
             bar.close()
+
+
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n

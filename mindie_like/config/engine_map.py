@@ -32,6 +32,10 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         max_first_token_wait_ms=s.maxFirstTokenWaitTime,
         token_timeout_s=cfg.ServerConfig.tokenTimeout,
         e2e_timeout_s=cfg.ServerConfig.e2eTimeout,
+        multi_nodes=cfg.BackendConfig.multiNodesInferEnabled,
+        multi_nodes_port=cfg.BackendConfig.multiNodesInferPort,
+        tp_collective_timeout=float(m.tpCollectiveTimeout),
+        tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
     )
     prefix = s.enablePrefixCache is not False
     if isinstance(m.plugin_params, dict) and m.plugin_params.get("plugin_type") == "prefix_cache":

@@ -196,8 +196,6 @@ def _unsupported(cfg: MindIEConfig) -> list[str]:
                    f"serving in standard mode")
     if s.distDPServerEnabled:
         out.append("ServerConfig.distDPServerEnabled: distributed data-parallel serving is not implemented")
-    if b.multiNodesInferEnabled:
-        out.append("BackendConfig.multiNodesInferEnabled: multi-node inference is not implemented; one node is used")
     if b.modelInstanceNumber > 1:
         out.append(f"BackendConfig.modelInstanceNumber: {b.modelInstanceNumber} instances requested; one is served")
     if cfg.model.modelInstanceType == "StandardMock":

@@ -231,6 +231,8 @@ class ModelEntry(_Section):
     dtype: Annotated[StrictStr, one_of("auto", "float32", "bfloat16", "float16")] = "auto"
     device: Annotated[StrictStr, one_of("auto", "npu", "cuda", "cpu")] = "auto"
     numThreads: Annotated[StrictInt, in_range(0, 1024)] = 0
+    tpCollectiveTimeout: Annotated[Number, in_range(5, 3600)] = 120   # seconds a tensor-parallel collective waits
+    tpHeartbeatTimeout: Annotated[Number, in_range(1, 600)] = 10      # seconds of silence that mark a rank hung
 
     @field_validator("models", mode="before")
     @classmethod

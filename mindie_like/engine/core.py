@@ -23,7 +23,7 @@ from .block_manager import BlockManager
 from .request import Request, RequestStatus
 from .sampler import Sampler, SamplingRow, new_generator
 from .scheduler import Scheduler, SchedulerOutput
-from .types import EngineConfig, EngineError, EngineStats, RequestOutput, SamplingParams
+from .types import BackendFailure, EngineConfig, EngineError, EngineStats, RequestOutput, SamplingParams
 
 logger = logging.getLogger("mindie_like.engine")
 
@@ -150,7 +150,9 @@ class EngineCore:
             for s in sched.scheduled:
                 req = s.request
                 if not req.is_finished:
-                    outs.append((req, self._finish(req, "error", error=msg)))
+                    out = self._finish(req, "error", error=msg)
+                    out.backend_failed = isinstance(e, BackendFailure)
+                    outs.append((req, out))
             return outs
 
     def _process(self, sched: SchedulerOutput, logits: torch.Tensor, t0: float) -> list[tuple[Request, RequestOutput]]:

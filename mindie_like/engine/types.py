@@ -73,6 +73,7 @@ class RequestOutput:
     prefill_time_ms: Optional[float] = None   # set on the first output
     decode_time_ms: Optional[float] = None    # this decode step's time
     error: Optional[str] = None               # set with finish_reason "error"
+    backend_failed: bool = False              # the error is the backend's (a tensor-parallel rank died): HTTP 500
 
 
 @dataclass
@@ -120,6 +121,10 @@ class EngineConfig:
 
 class EngineError(Exception):
     """The engine refused a request (maps to HTTP 424 Generation Error)."""
+
+
+class BackendFailure(RuntimeError):
+    """The model backend can no longer run (a tensor-parallel rank died or hung); raised by the runner."""
 
 
 class EngineOverloaded(EngineError):

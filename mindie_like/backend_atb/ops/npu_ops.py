@@ -13,6 +13,8 @@
                    scale_value=, block_table=, context_lens=, out=)   (ATB; sliding-window layers use FIA)
     linear         torch.nn.functional.linear (weight-only quantized variants will call
                    torch_npu.npu_weight_quant_batchmatmul, issue 9)
+    prepare_weights  on SoCs whose matmul wants it (Atlas 300I Duo, Ascend 310P), the linear weights are cast once
+                   to FRACTAL_NZ: torch_npu.npu_format_cast(w, 29); A2/A3 (910B/910C) keep ND
 
 KV cache layout [num_blocks, block_size, num_kv_heads, head_dim] is the one `_npu_reshape_and_cache` and
 `_npu_paged_attention` take; FIA reads it viewed as [num_blocks, block_size, num_kv_heads * head_dim].
@@ -30,6 +32,8 @@ from ..device import torch_npu_module
 from .torch_ops import AttentionMeta
 
 _MASK_SIZE = 2048     # FIA sparse_mode 3/4 takes a compressed 2048x2048 mask
+ACL_FORMAT_FRACTAL_NZ = 29
+NZ_SOCS = ("310P",)   # SoC names (torch_npu.npu.get_device_name) whose matmul reads FRACTAL_NZ weights
 
 
 def _npu():
@@ -77,6 +81,23 @@ class NpuOps:
     @staticmethod
     def linear(x, w, b=None):
         return F.linear(x, w, b)
+
+    def wants_nz_weights(self) -> bool:
+        name = self.npu.npu.get_device_name()
+        return any(soc in name for soc in NZ_SOCS)
+
+    def prepare_weights(self, model) -> None:
+        """Casts the dense linear weights to FRACTAL_NZ where the SoC wants it (quantized weights keep theirs; a
+        tied lm_head stays ND, since the embedding lookup reads the same tensor)."""
+        if not self.wants_nz_weights():
+            return
+
+        def nz(w):
+            return self.npu.npu_format_cast(w, ACL_FORMAT_FRACTAL_NZ) if type(w) is torch.Tensor else w
+        for L in model.layers:
+            L.qkv, L.o, L.gate_up, L.down = nz(L.qkv), nz(L.o), nz(L.gate_up), nz(L.down)
+        if not model.tied:
+            model.lm_head = nz(model.lm_head)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------
     def write_kv(self, k, v, k_cache, v_cache, slot_mapping):

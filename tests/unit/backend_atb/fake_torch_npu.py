@@ -149,10 +149,19 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     return out, torch.empty(0)
 
 
-def module() -> types.ModuleType:
+def npu_format_cast(input, acl_format):
+    """The fake keeps ND storage (plain torch cannot hold NZ); it checks what the real op requires."""
+    calls.append("npu_format_cast")
+    _need(isinstance(acl_format, int), "npu_format_cast: acl_format is an int (29 = FRACTAL_NZ)")
+    _need(input.dim() >= 2, "npu_format_cast: FRACTAL_NZ needs a matrix")
+    return input.clone()
+
+
+def module(device_name: str = "Ascend910B2") -> types.ModuleType:
     m = types.ModuleType("torch_npu")
     for name in ("npu_rms_norm", "npu_add_rms_norm", "npu_rotary_mul", "npu_swiglu", "_npu_reshape_and_cache",
-                 "_npu_paged_attention", "npu_fused_infer_attention_score"):
+                 "_npu_paged_attention", "npu_fused_infer_attention_score", "npu_format_cast"):
         setattr(m, name, globals()[name])
+    m.npu = types.SimpleNamespace(get_device_name=lambda device=None: device_name)
     m.calls = calls
     return m

@@ -15,12 +15,16 @@ import fake_torch_npu  # noqa: E402
 
 @pytest.fixture
 def npu_ops():
+    return make_npu_ops()
+
+
+def make_npu_ops(device_name: str = "Ascend910B2"):
     """NpuOps bound to the fake module. The fake sits in sys.modules only while NpuOps imports it (other
     libraries, accelerate among them, probe for torch_npu and must not find a fake one later)."""
     from mindie_like.backend_atb import device
     from mindie_like.backend_atb.ops.npu_ops import NpuOps
     saved = sys.modules.get("torch_npu", None)
-    sys.modules["torch_npu"] = fake_torch_npu.module()
+    sys.modules["torch_npu"] = fake_torch_npu.module(device_name)
     device.torch_npu_module.cache_clear()
     try:
         ops = NpuOps()
@@ -123,3 +127,20 @@ def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, fam
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert "_npu_paged_attention" in fake_torch_npu.calls or family == "mistral"
+
+
+@pytest.mark.parametrize("device_name,casts", [("Ascend310P3", True), ("Ascend910B2", False)])
+def test_fractal_nz_weights_on_310p_only(tiny_model, device_name, casts):
+    """Atlas 300I Duo (310P): the dense linear weights go to FRACTAL_NZ (format 29) once at load, an untied
+    lm_head too; A2/A3 (910B) keep ND. The model still computes the same logits through the op table."""
+    from helpers import load_runner
+    from driver import Driver
+    path = tiny_model("llama")
+    ref, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
+    ops = make_npu_ops(device_name)
+    npu_runner.ops = npu_runner.model.ops = ops
+    ops.prepare_weights(npu_runner.model)
+    n_layers = len(npu_runner.model.layers)
+    assert fake_torch_npu.calls.count("npu_format_cast") == (4 * n_layers + 1 if casts else 0)
+    outs = [Driver(r).step([("a", list(range(5, 18)))], all_logits=True) for r in (ref, npu_runner)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)

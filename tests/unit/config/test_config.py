@@ -245,9 +245,9 @@ def test_all_zero_address_allowed_when_asked():
 
 def test_unsupported_features_warn():
     d = minimal()
-    d["BackendConfig"]["multiNodesInferEnabled"] = True
+    d["ServerConfig"] = {"distDPServerEnabled": True}
     _, warn, _ = validate_config(d, env={})
-    assert any(w.startswith("BackendConfig.multiNodesInferEnabled") for w in warn)
+    assert any(w.startswith("ServerConfig.distDPServerEnabled") for w in warn)
 
 
 # -- files and paths -----------------------------------------------------------------------------------------------
