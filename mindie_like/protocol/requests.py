@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
@@ -56,6 +57,27 @@ def range_text(lo: float, hi: float, lo_open: bool = False, hi_open: bool = Fals
     return f"{left}{_fmt_num(lo)}, {_fmt_num(hi)}{right}"
 
 
+@dataclass(frozen=True, slots=True)
+class RangeValidator(AfterValidator):
+    """An AfterValidator that also writes its interval into the JSON schema (docs/openapi.yaml is generated
+    from these models)."""
+    bounds: tuple = ()
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        schema.update(self.bounds)
+        return schema
+
+
+def _json_schema_bounds(lo: float, hi: float, lo_open: bool, hi_open: bool) -> tuple:
+    bounds = []
+    if not math.isinf(lo):
+        bounds.append(("exclusiveMinimum" if lo_open else "minimum", lo))
+    if not math.isinf(hi):
+        bounds.append(("exclusiveMaximum" if hi_open else "maximum", hi))
+    return tuple(bounds)
+
+
 def Range(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     """An AfterValidator refusing values outside the interval, with the project's message format."""
     text = range_text(lo, hi, lo_open, hi_open)
@@ -70,7 +92,7 @@ def Range(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool 
             raise PydanticCustomError("range", "{value} is not in {range}", {"value": fmt_value(v), "range": text})
         return v
 
-    return AfterValidator(check)
+    return RangeValidator(check, _json_schema_bounds(lo, hi, lo_open, hi_open))
 
 
 SInt = Annotated[int, Strict()]
