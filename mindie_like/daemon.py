@@ -232,7 +232,8 @@ def parse_args(argv):
     p.add_argument("--check-config", action="store_true",
                    help="validate the config (and certificates), print the effective config, exit")
     p.add_argument("--strict-permissions", action="store_true",
-                   help="refuse a config file that group or others may write")
+                   help="refuse a config file that group or others may write, and private keys or passphrase "
+                        "files that group or others may read (without it: warnings)")
     return p.parse_args(argv)
 
 

@@ -47,6 +47,7 @@ class LoadedConfig:
     path: Path
     home: Path
     warnings: list[str] = field(default_factory=list)
+    strict_permissions: bool = False     # --strict-permissions: loose modes on the config or key files refuse
 
     def resolve(self, value: str, key: str) -> Path:
         return resolve_path(self.home, value, key)
@@ -277,7 +278,8 @@ def load_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None, s
     path = find_config_path(cli_path, env)
     data, warnings = read_config_file(path, strict_permissions=strict_permissions)
     cfg, warn, debug = validate_config(data, env)
-    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn)
+    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn,
+                          strict_permissions=strict_permissions)
     for w in loaded.warnings:
         log.warning("%s", w)
     for d in debug:
