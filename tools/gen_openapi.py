@@ -98,7 +98,7 @@ class EffectiveConfig(_Open):
 
 
 SCHEMA_MODELS = [rq.ChatCompletionRequest, rq.CompletionRequest, rs.ChatCompletionResponse, rs.CompletionResponse,
-                 rs.ErrorBody, ModelList, StatusResponse, InfoResponse, EffectiveConfig]
+                 rs.ChatCompletionChunk, rs.ErrorBody, ModelList, StatusResponse, InfoResponse, EffectiveConfig]
 
 
 # -- JSON Schema 2020-12 (pydantic) → OpenAPI 3.0 schema objects --------------------------------------------------
@@ -169,14 +169,23 @@ def _errors(*codes: int) -> dict:
     return {str(c): {"description": ERROR_DESCRIPTIONS[c], "content": _json("ErrorBody")} for c in codes}
 
 
-def _generation(summary: str, request: str, response: str) -> dict:
+def _sse_event(chunk: str) -> dict:
+    """One server-sent event as schemathesis parses it; `data` is the JSON text of a chunk (`chunk` schema), then
+    `[DONE]`."""
+    return {"type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string"}, "id": {"type": "string"},
+                           "data": {"type": "string", "description": f"JSON of a {chunk}, an error body, or [DONE]"}}}
+
+
+def _generation(summary: str, request: str, response: str, chunk: str) -> dict:
     return {"post": {
         "summary": summary,
         "requestBody": {"required": True, "content": _json(request)},
         "responses": {
-            "200": {"description": "The answer; with `stream: true` a server-sent event stream of chunks ending in "
-                                   "`data: [DONE]` (an error after the start is one `data: {\"error\": ...}` event)",
-                    "content": {**_json(response), "text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {"description": f"The answer; with `stream: true` server-sent events, each `data:` the JSON of a "
+                                   f"{chunk}, ending in `data: [DONE]` (an error after the start is one "
+                                   f"`data: {{\"error\": ...}}` event)",
+                    "content": {**_json(response), "text/event-stream": {"schema": _sse_event(chunk)}}},
             **_errors(405, 413, 422, 424, 500, 503)}}}
 
 
@@ -193,8 +202,9 @@ def paths() -> dict:
                    "description": "The served model's name (ModelConfig[0].modelName)"}
     business = {
         "/v1/chat/completions": _generation("OpenAI chat completion (tools, streaming, reasoning)",
-                                            "ChatCompletionRequest", "ChatCompletionResponse"),
-        "/v1/completions": _generation("OpenAI text completion", "CompletionRequest", "CompletionResponse"),
+                                            "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionChunk"),
+        "/v1/completions": _generation("OpenAI text completion", "CompletionRequest", "CompletionResponse",
+                                       "CompletionResponse (one choice's new text)"),
         "/v1/models": _get("The served model", {"description": "One model card", "content": _json("ModelList")},
                            503),
         "/v1/models/{model}": {"parameters": [model_param],

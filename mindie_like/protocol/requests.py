@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+                      WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .errors import ValidationFailure, invalid
@@ -108,9 +108,9 @@ def _err(kind: str, message: str, **ctx) -> PydanticCustomError:
 # ----------------------------------------------------------------------------------------------- messages
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: SStr
-    text: Optional[SStr] = None
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "text"]})
+    type: Annotated[SStr, Field(json_schema_extra={"enum": ["text"]})]
+    text: Annotated[Optional[SStr], WithJsonSchema({"type": "string"})] = None
 
     @model_validator(mode="after")
     def _text_only(self):
@@ -137,8 +137,19 @@ class AssistantToolCall(BaseModel):
 Content = Union[SStr, list[TextPart], None]
 
 
+def _content_required(*roles: str, also: tuple = ()) -> dict:
+    return {"properties": {"role": {"enum": list(roles)},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array"}]}},   # not null
+            "required": ["content", *also], "not": {"required": ["tool_calls"]}}
+
+
+# _per_role below, as JSON schema: which fields each role needs (the published OpenAPI document shows it)
+_PER_ROLE_SCHEMA = {"anyOf": [_content_required("system", "user"), {"properties": {"role": {"enum": ["assistant"]}}},
+                              _content_required("tool", also=("tool_call_id",))]}
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_PER_ROLE_SCHEMA)
     role: Literal["system", "user", "assistant", "tool"]
     content: Content = None
     name: Optional[SStr] = None
@@ -173,7 +184,7 @@ class ChatMessage(BaseModel):
 
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: SStr
+    name: Annotated[SStr, Field(json_schema_extra={"pattern": FUNCTION_NAME_RE.pattern})]
     description: Optional[SStr] = None
     parameters: Optional[dict] = None
     strict: Optional[SBool] = None
@@ -251,7 +262,9 @@ class SamplingRequest(BaseModel):
     min_tokens: Annotated[Optional[SInt], Range(0, INT32_MAX)] = None
     temperature: Annotated[Optional[SFloat], Range(0, math.inf)] = None
     top_p: Annotated[Optional[SFloat], Range(0, 1, lo_open=True)] = None
-    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k)] = None
+    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k),
+                     Field(json_schema_extra={"anyOf": [{"type": "integer", "enum": [-1]}, {"type": "null"}, {
+                         "type": "integer", "minimum": 1, "maximum": INT32_MAX}]})] = None
     min_p: Annotated[Optional[SFloat], Range(0, 1)] = None
     seed: Annotated[Optional[SInt], Range(0, UINT64_MAX)] = None
     presence_penalty: Annotated[Optional[SFloat], Range(-2, 2)] = None
@@ -262,7 +275,8 @@ class SamplingRequest(BaseModel):
     include_stop_str_in_output: SBool = False
     ignore_eos: SBool = False
     skip_special_tokens: SBool = True
-    n: Optional[SInt] = None
+    n: Annotated[Optional[SInt], Field(json_schema_extra={"minimum": 1, "description": "at most the serving "
+                                                                                      "layer's max_n (16)"})] = None
     user: Optional[Any] = None
 
     @field_validator("n")
@@ -367,6 +381,11 @@ class ChatCompletionRequest(SamplingRequest):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+_PROMPT_SCHEMA = {"anyOf": [{"type": "string"}, _TOKEN_IDS,
+                            {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "string"}, _TOKEN_IDS]}}]}
+
+
 def _normalize_prompt(v):
     """-> list of prompts, each a str or a list of token ids."""
     def is_ids(x):
@@ -383,7 +402,7 @@ def _normalize_prompt(v):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Annotated[Any, AfterValidator(_normalize_prompt)]
+    prompt: Annotated[Any, AfterValidator(_normalize_prompt), Field(json_schema_extra=_PROMPT_SCHEMA)]
     echo: SBool = False
     logprobs: Annotated[Optional[SInt], Range(0, MAX_TOP_LOGPROBS)] = None
     suffix: Optional[SStr] = None
