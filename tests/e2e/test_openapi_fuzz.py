@@ -13,6 +13,7 @@ maxIterTimes 4 (the cap on generated tokens per choice).
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -85,6 +86,7 @@ def test_operation_holds_under_fuzzing(daemon, session, operation, plane, mode, 
     base_url = f"https://{daemon.host}:{daemon.port_of(plane)}"
     examples = FULL_EXAMPLES if size == "full" else CI_EXAMPLES.get(operation.method.upper(), 5)
     sent = []
+    refusals: Counter = Counter()
     tls = _tls(daemon)
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=size == "ci",
@@ -95,11 +97,13 @@ def test_operation_holds_under_fuzzing(daemon, session, operation, plane, mode, 
             case.body["model"] = daemon.model_name       # else nearly every valid body stops at "Model not found"
         response = case.call_and_validate(base_url=base_url, session=session, checks=CHECKS, timeout=120, **tls)
         sent.append(response.status_code)
+        if response.status_code >= 400:   # the error body (the checks above validated it) names the parameter
+            refusals[json.loads(response.content)["error"].split(":")[0][:40]] += 1
 
     run()
     assert sent, "no case was generated"
     print(f"MEASURE {operation.method.upper()} {operation.path} {mode.value}: {len(sent)} requests, statuses "
-          f"{dict(sorted(Counter(sent).items()))}")
+          f"{dict(sorted(Counter(sent).items()))}; refused for {dict(refusals.most_common(8))}")
     assert daemon.proc.poll() is None, f"the daemon exited:\n{daemon.output[-3000:]}"
     status, _ = daemon.request("GET", "/v1/models")
     assert status == 200
