@@ -52,7 +52,7 @@ def _operations():
     for fname, schema, raw in SCHEMAS:
         for result in schema.get_all_operations():
             op = result.ok()
-            plane = raw["paths"][op.path]["x-mindie-plane"]
+            plane = raw["paths"][op.path].get("x-mindie-plane", "business")   # business when unsaid
             # only a body can be made invalid: a path parameter (any string) or no input at all cannot
             takes_input = op.method.upper() in ("POST", "PUT", "PATCH")
             modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,)
