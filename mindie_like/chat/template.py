@@ -90,20 +90,44 @@ def _check_format(fmt) -> None:
         raise SecurityError("a format width or precision of 7 or more digits")
 
 
-def _budgeted_range(*args):
-    _check_args(args, {})
-    for i in safe_range(*args):
-        _check_budget()
-        yield i
+class _BudgetedRange:
+    """The sandbox's `range` (at most 100,000 items), checking the render budget at every step of a loop."""
+
+    def __init__(self, *args):
+        _check_args(args, {})
+        self._range = safe_range(*args)
+
+    def __iter__(self):
+        for i in self._range:
+            _check_budget()
+            yield i
+
+    def __reversed__(self):
+        for i in reversed(self._range):
+            _check_budget()
+            yield i
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index):
+        return self._range[index]
+
+    def __contains__(self, value) -> bool:
+        return value in self._range
+
+
+_FORMATTERS = ("format", "format_map")      # their arguments are values to print, not sizes: the width is checked
 
 
 def _budgeted_filter(name: str, fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _check_budget()
-        _check_args(args[2:] if getattr(fn, "jinja_pass_arg", None) else args[1:], kwargs)   # not the value
-        if name == "format" and args:
-            _check_format(args[0])
+        if name in _FORMATTERS:
+            _check_format(args[0] if args else None)
+        else:
+            _check_args(args[2:] if getattr(fn, "jinja_pass_arg", None) else args[1:], kwargs)   # not the value
         return fn(*args, **kwargs)
     return wrapper
 
@@ -114,12 +138,13 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
 
     def call(self, __context, __obj, *args, **kwargs):
         _check_budget()
-        _check_args(args, kwargs)
+        if getattr(__obj, "__name__", None) not in _FORMATTERS:
+            _check_args(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj, attribute):
         _check_budget()
-        if attribute in ("format", "format_map"):       # 'fmt'.format(...): the width is in the string
+        if attribute in _FORMATTERS:       # 'fmt'.format(...): the width is in the string
             _check_format(obj)
         return super().getattr(obj, attribute)
 
@@ -146,7 +171,7 @@ def _make_env() -> ImmutableSandboxedEnvironment:
     env.filters = {name: _budgeted_filter(name, fn) for name, fn in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    env.globals["range"] = _budgeted_range
+    env.globals["range"] = _BudgetedRange
     return env
 
 

@@ -36,6 +36,12 @@ def test_bombs_end_in_a_422(source):
     assert e.value.status == 422 and "Traceback" not in e.value.message
 
 
+def test_range_keeps_its_sequence_behaviour_and_printing_large_values_works():
+    t = ChatTemplate("{{ range(5) | length }}|{{ range(5)[-1] }}|{{ range(3) | reverse | join(',') }}|"
+                     "{{ 3 in range(5) }}|{{ '%d' | format(1700000000) }}|{{ '{}'.format(1700000000) }}")
+    assert t.render(MESSAGES) == "5|4|2,1,0|True|1700000000|1700000000"
+
+
 def test_ordinary_templates_are_untouched():
     t = ChatTemplate("{% for m in messages %}{{ m.role }}:{{ m.content | trim }}{{ '-' * 3 }}{{ 2 ** 10 }}"
                      "{{ 1700000000 | string }}{% endfor %}{% for i in range(3) %}{{ i }}{% endfor %}")
