@@ -153,7 +153,7 @@ def _leaks(text: str) -> list[str]:
     return [n for n in needles if n in text]
 
 
-@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("attack", [a for a in ATTACKS if a != "nested loops"])   # that one: the next test
 def test_hostile_template_fails_safely(d, attack):
     body = {"model": d.model_name, "messages": [{"role": "user", "content": attack}], "max_tokens": 4}
     t0 = time.perf_counter()
@@ -184,7 +184,8 @@ def test_the_daemon_keeps_answering_while_a_template_burns_its_budget(d):
         answered.append((status, spinner.is_alive()))
     spinner.join()
     assert answered == [(200, True)] * 3
-    assert result["r"][0] == 422
+    status, raw = result["r"]
+    assert status == 422 and json.loads(raw)["error"].startswith("messages: the chat template")
 
 
 # -- prompts and outputs stay out of INFO logs -----------------------------------------------------------------
