@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         "npu": ["torch_npu"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0"],
+        # schemathesis: the OpenAPI fuzzing of the daemon (tests/e2e/test_openapi_fuzz.py); 4.x is the API used there
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0",
+                "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6"],
         # llama-cpp-python: the peer in the engine benchmark; partial-json-parser: bench_tool_parse's baseline
         "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2", "py-spy>=0.3"],
     },

@@ -76,12 +76,9 @@ def setup_logging(loaded: Optional[LoadedConfig] = None, env=None, stream=None) 
         lc = loaded.config.LogConfig
         p = env.get("MINDIE_LOG_PATH")
         if p:
-            path = Path(p).expanduser()
-            path = path if path.suffix == ".log" else path / "mindie-server.log"
-            if not path.is_absolute():
-                path = loaded.home / path
+            path = loaded.resolve(p if p.endswith(".log") else os.path.join(p, "mindie-server.log"), "MINDIE_LOG_PATH")
         else:
-            path = loaded.resolve(lc.logPath, "LogConfig.logPath", confine=False)
+            path = loaded.resolve(lc.logPath, "LogConfig.logPath")
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=lc.logFileSize * 1024 * 1024,
                                                   backupCount=lc.logFileNum)
@@ -172,9 +169,14 @@ def ssl_factory(loaded: LoadedConfig):
 async def start_listener(ls, backlog: int) -> None:
     """Sets up `ls.runner` and starts listening (raises OSError when the port cannot be bound)."""
     from aiohttp import web
+
+    from .server.context import CTX_KEY
     # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
+    # keepalive_timeout bounds the wait for a request's headers (from the connection or the previous answer) as well
+    # as idle keep-alive connections: a client sending its headers a byte at a time is dropped after it
     ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
-                              handler_cancellation=True)   # a client gone away aborts its request
+                              handler_cancellation=True,   # a client gone away aborts its request
+                              keepalive_timeout=ls.app[CTX_KEY].config.ServerConfig.requestReadTimeout)
     await ls.runner.setup()
     site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
                        reuse_address=True)
@@ -270,7 +272,8 @@ def parse_args(argv):
     p.add_argument("--check-config", action="store_true",
                    help="validate the config (and certificates), print the effective config, exit")
     p.add_argument("--strict-permissions", action="store_true",
-                   help="refuse a config file that group or others may write")
+                   help="refuse a config file that group or others may write, and private keys or passphrase "
+                        "files that group or others may read (without it: warnings)")
     return p.parse_args(argv)
 
 

@@ -4,7 +4,8 @@
     cfg.config    -> MindIEConfig (validated, defaults filled, env overrides applied)
     cfg.home      -> Path (MINDIE_LLM_HOME_PATH, else the folder that holds conf/)
     cfg.path      -> Path of the file that was read
-    cfg.resolve(value, key)  -> absolute Path (relative paths resolve against home and may not climb out)
+    cfg.resolve(value, key)  -> absolute Path (relative paths resolve against home and may not climb out: TLS files,
+                                the weights, chat templates, the log file alike)
 
 Every refusal is one line `<key path>: <value and what is allowed>`; the daemon prints the lines and exits 2.
 """
@@ -46,27 +47,28 @@ class LoadedConfig:
     path: Path
     home: Path
     warnings: list[str] = field(default_factory=list)
+    strict_permissions: bool = False     # --strict-permissions: loose modes on the config or key files refuse
 
-    def resolve(self, value: str, key: str, *, confine: bool = True) -> Path:
-        return resolve_path(self.home, value, key, confine=confine)
+    def resolve(self, value: str, key: str) -> Path:
+        return resolve_path(self.home, value, key)
 
     @property
     def model_path(self) -> Path:
-        return self.resolve(self.config.model.modelWeightPath, MODEL_KEY + ".modelWeightPath", confine=False)
+        return self.resolve(self.config.model.modelWeightPath, MODEL_KEY + ".modelWeightPath")
 
 
 MODEL_KEY = "BackendConfig.ModelDeployConfig.ModelConfig[0]"
 
 
-def resolve_path(home: Path, value: str, key: str, *, confine: bool = True) -> Path:
-    """Absolute paths are the operator's choice; relative ones resolve against `home` and, when `confine`, may
-    not climb out of it."""
+def resolve_path(home: Path, value: str, key: str) -> Path:
+    """Absolute paths are the operator's choice; relative ones resolve against `home` and may not climb out of it,
+    by `..` or through a symbolic link (the spec's rule for TLS paths, applied to every path the config names)."""
     p = Path(os.path.expanduser(value))
     if p.is_absolute():
         return p
     home = Path(home).resolve()
     full = (home / p).resolve()
-    if confine and not full.is_relative_to(home):
+    if not full.is_relative_to(home):
         raise ConfigError(f"{key}: {_show(value)} climbs out of the home directory {home}")
     return full
 
@@ -257,7 +259,7 @@ def check_paths(loaded: LoadedConfig) -> None:
         if opts.chat_template:
             key = f"{MODEL_KEY}.models.{mt}.chat_template"
             try:
-                p = loaded.resolve(opts.chat_template, key, confine=False)
+                p = loaded.resolve(opts.chat_template, key)
             except ConfigError as e:
                 errors += e.lines
                 continue
@@ -274,7 +276,8 @@ def load_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None, s
     path = find_config_path(cli_path, env)
     data, warnings = read_config_file(path, strict_permissions=strict_permissions)
     cfg, warn, debug = validate_config(data, env)
-    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn)
+    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn,
+                          strict_permissions=strict_permissions)
     for w in loaded.warnings:
         log.warning("%s", w)
     for d in debug:

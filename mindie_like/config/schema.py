@@ -134,6 +134,9 @@ class ServerSection(_Section):
     maxJsonDepth: Annotated[StrictInt, in_range(10, 100)] = 10
     HealthCheckConfig: dict[str, Any] = Field(default_factory=dict)
     shutdownGracePeriod: Annotated[Number, in_range(0, 3600)] = 10    # ours: seconds in-flight requests get
+    # ours: seconds a client gets to send a request's headers (counted from the connection or the previous answer;
+    # also how long an idle keep-alive connection stays open) and, separately, its whole body: slowloris bound
+    requestReadTimeout: Annotated[StrictInt, in_range(1, 3600)] = 60
 
     @model_validator(mode="after")
     def _ips(self):

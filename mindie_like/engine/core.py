@@ -171,10 +171,8 @@ class EngineCore:
                 masked.extend(p.stop_token_ids)
             rows.append(SamplingRow(p, req.token_ids, req.num_prompt_tokens, req.output_counts, req.generator,
                                     masked))
-        # the runner's logits are inference tensors: penalties, token masks and LogitsMask hooks edit them in place
-        with torch.inference_mode():
-            tokens, logprobs = self.sampler(logits[:, :self.vocab_size] if logits.shape[1] > self.vocab_size
-                                            else logits, rows)
+        tokens, logprobs = self.sampler(logits[:, :self.vocab_size] if logits.shape[1] > self.vocab_size
+                                        else logits, rows)
         now = time.perf_counter()
         step_ms = (now - t0) * 1000.0
         outs = []

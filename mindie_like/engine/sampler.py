@@ -133,6 +133,9 @@ class Sampler:
     def __init__(self):
         self.row_errors: dict[int, str] = {}   # rows of the last call whose LogitsMask raised
 
+    # inference mode: the penalties and masks update `logits` in place, and float32 logits from the model's forward
+    # (an inference tensor; `.float()` does not copy them) may only be updated in place inside it
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]
                  ) -> tuple[list[int], list[Optional[TokenLogprob]]]:
         assert logits.shape[0] == len(rows)

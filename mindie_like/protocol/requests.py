@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+                      WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .errors import ValidationFailure, invalid
@@ -56,6 +57,27 @@ def range_text(lo: float, hi: float, lo_open: bool = False, hi_open: bool = Fals
     return f"{left}{_fmt_num(lo)}, {_fmt_num(hi)}{right}"
 
 
+@dataclass(frozen=True, slots=True)
+class RangeValidator(AfterValidator):
+    """An AfterValidator that also writes its interval into the JSON schema (docs/openapi.yaml is generated
+    from these models)."""
+    bounds: tuple = ()
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        schema.update(self.bounds)
+        return schema
+
+
+def _json_schema_bounds(lo: float, hi: float, lo_open: bool, hi_open: bool) -> tuple:
+    bounds = []
+    if not math.isinf(lo):
+        bounds.append(("exclusiveMinimum" if lo_open else "minimum", lo))
+    if not math.isinf(hi):
+        bounds.append(("exclusiveMaximum" if hi_open else "maximum", hi))
+    return tuple(bounds)
+
+
 def Range(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     """An AfterValidator refusing values outside the interval, with the project's message format."""
     text = range_text(lo, hi, lo_open, hi_open)
@@ -70,7 +92,7 @@ def Range(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool 
             raise PydanticCustomError("range", "{value} is not in {range}", {"value": fmt_value(v), "range": text})
         return v
 
-    return AfterValidator(check)
+    return RangeValidator(check, _json_schema_bounds(lo, hi, lo_open, hi_open))
 
 
 SInt = Annotated[int, Strict()]
@@ -86,9 +108,9 @@ def _err(kind: str, message: str, **ctx) -> PydanticCustomError:
 # ----------------------------------------------------------------------------------------------- messages
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: SStr
-    text: Optional[SStr] = None
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "text"]})
+    type: Annotated[SStr, Field(json_schema_extra={"enum": ["text"]})]
+    text: Annotated[Optional[SStr], WithJsonSchema({"type": "string"})] = None
 
     @model_validator(mode="after")
     def _text_only(self):
@@ -115,8 +137,19 @@ class AssistantToolCall(BaseModel):
 Content = Union[SStr, list[TextPart], None]
 
 
+def _content_required(*roles: str, also: tuple = ()) -> dict:
+    return {"properties": {"role": {"enum": list(roles)},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array"}]}},   # not null
+            "required": ["content", *also], "not": {"required": ["tool_calls"]}}
+
+
+# _per_role below, as JSON schema: which fields each role needs (the published OpenAPI document shows it)
+_PER_ROLE_SCHEMA = {"anyOf": [_content_required("system", "user"), {"properties": {"role": {"enum": ["assistant"]}}},
+                              _content_required("tool", also=("tool_call_id",))]}
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_PER_ROLE_SCHEMA)
     role: Literal["system", "user", "assistant", "tool"]
     content: Content = None
     name: Optional[SStr] = None
@@ -151,7 +184,7 @@ class ChatMessage(BaseModel):
 
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: SStr
+    name: Annotated[SStr, Field(json_schema_extra={"pattern": FUNCTION_NAME_RE.pattern})]
     description: Optional[SStr] = None
     parameters: Optional[dict] = None
     strict: Optional[SBool] = None
@@ -229,7 +262,9 @@ class SamplingRequest(BaseModel):
     min_tokens: Annotated[Optional[SInt], Range(0, INT32_MAX)] = None
     temperature: Annotated[Optional[SFloat], Range(0, math.inf)] = None
     top_p: Annotated[Optional[SFloat], Range(0, 1, lo_open=True)] = None
-    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k)] = None
+    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k),
+                     Field(json_schema_extra={"anyOf": [{"type": "integer", "enum": [-1]}, {"type": "null"}, {
+                         "type": "integer", "minimum": 1, "maximum": INT32_MAX}]})] = None
     min_p: Annotated[Optional[SFloat], Range(0, 1)] = None
     seed: Annotated[Optional[SInt], Range(0, UINT64_MAX)] = None
     presence_penalty: Annotated[Optional[SFloat], Range(-2, 2)] = None
@@ -240,7 +275,8 @@ class SamplingRequest(BaseModel):
     include_stop_str_in_output: SBool = False
     ignore_eos: SBool = False
     skip_special_tokens: SBool = True
-    n: Optional[SInt] = None
+    n: Annotated[Optional[SInt], Field(json_schema_extra={"minimum": 1, "description": "at most the serving "
+                                                                                      "layer's max_n (16)"})] = None
     user: Optional[Any] = None
 
     @field_validator("n")
@@ -345,6 +381,11 @@ class ChatCompletionRequest(SamplingRequest):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+_PROMPT_SCHEMA = {"anyOf": [{"type": "string"}, _TOKEN_IDS,
+                            {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "string"}, _TOKEN_IDS]}}]}
+
+
 def _normalize_prompt(v):
     """-> list of prompts, each a str or a list of token ids."""
     def is_ids(x):
@@ -361,7 +402,7 @@ def _normalize_prompt(v):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Annotated[Any, AfterValidator(_normalize_prompt)]
+    prompt: Annotated[Any, AfterValidator(_normalize_prompt), Field(json_schema_extra=_PROMPT_SCHEMA)]
     echo: SBool = False
     logprobs: Annotated[Optional[SInt], Range(0, MAX_TOP_LOGPROBS)] = None
     suffix: Optional[SStr] = None

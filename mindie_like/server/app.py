@@ -152,7 +152,8 @@ def build_app(ctx: ServingContext, planes: list[str]) -> tuple[web.Application, 
     cap = None
     if "business" in planes:
         cap = ConnectionCap(s.maxLinkNum)
-        middlewares += [cap.middleware(), _stopping_middleware(ctx), make_guard_middleware(max_bytes, s.maxJsonDepth)]
+        guard = make_guard_middleware(max_bytes, s.maxJsonDepth, s.requestReadTimeout)
+        middlewares += [cap.middleware(), _stopping_middleware(ctx), guard]
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes + 1)
     app[CTX_KEY] = ctx
     if "business" in planes:

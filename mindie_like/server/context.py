@@ -65,7 +65,7 @@ class ServingContext:
         """The configured `models.<model_type>.chat_template` file, resolved against the home dir (None: use the
         tokenizer's template). Its existence was checked at start."""
         t = self.model_options.chat_template
-        return self.loaded.resolve(t, "chat_template", confine=False) if t else None
+        return self.loaded.resolve(t, "chat_template") if t else None
 
     @property
     def ready(self) -> bool:

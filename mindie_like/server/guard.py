@@ -1,7 +1,7 @@
 """The request guard of the business plane: body size cap, JSON depth cap, JSON parsing.
 
 The guard middleware runs on every POST/PUT/PATCH of the business plane before the route: a body over
-`maxRequestLength` MB → 413, any object/array nested deeper than `maxJsonDepth` → 422 naming both, a body that is
+`maxRequestLength` MB → 413, a body still incomplete after `requestReadTimeout` s → 408, any object/array nested deeper than `maxJsonDepth` → 422 naming both, a body that is
 not JSON → 422. Routes then take the parsed body with `await get_json(request)`.
 
 Depth is counted as MindIE counts it: the top-level value is depth 0 and each object or array inside another is
@@ -90,29 +90,37 @@ def parse_json(raw: bytes, depth_limit: int) -> Any:
     return value
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
-    """The whole body, refusing with 413 as soon as it is known to be larger than `max_bytes`."""
+async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, refusing with 413 as soon as it is known to be larger than `max_bytes`, and with 408 when it
+    has not all arrived within `timeout_s` seconds (a slow-body client cannot hold a connection for ever)."""
     too_big = ApiError(413, f"Request body is larger than the limit of {max_bytes} bytes (maxRequestLength)",
                        headers={"Connection": "close"})
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_big
-    chunks, size = [], 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read_all() -> bytes:
+        chunks, size = [], 0
+        while True:
+            chunk = await request.content.read(65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_big
+            chunks.append(chunk)
+
+    try:
+        return await asyncio.wait_for(read_all(), timeout_s)
+    except asyncio.TimeoutError:       # TimeoutError itself from 3.11 on
+        raise ApiError(408, f"The request body did not arrive within {timeout_s:g} s (requestReadTimeout)",
+                       headers={"Connection": "close"}) from None
 
 
-def make_guard_middleware(max_bytes: int, depth_limit: int):
+def make_guard_middleware(max_bytes: int, depth_limit: int, read_timeout_s: float):
     @web.middleware
     async def json_guard(request: web.Request, handler):
         if request.method in GUARDED_METHODS:
-            raw = await read_body(request, max_bytes)
+            raw = await read_body(request, max_bytes, read_timeout_s)
             if not raw.strip():
                 raise ApiError(422, "Failed to parse request context to json: the body is empty")
             if len(raw) > THREAD_PARSE_BYTES:
@@ -130,6 +138,6 @@ async def get_json(request: web.Request) -> Any:
     from .context import get_context
     ctx = get_context(request.app)
     s = ctx.config.ServerConfig
-    raw = await read_body(request, s.maxRequestLength * 1024 * 1024)
+    raw = await read_body(request, s.maxRequestLength * 1024 * 1024, s.requestReadTimeout)
     request[JSON_KEY] = parse_json(raw, s.maxJsonDepth)
     return request[JSON_KEY]

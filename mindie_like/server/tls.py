@@ -48,13 +48,17 @@ def _public_bytes(k) -> bytes:
     return k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _warn_key_permissions(path: Path, key: str) -> None:
+def check_secret_permissions(path: Path, key: str, strict: bool) -> None:
+    """A private key or passphrase file that group or others may read: a warning, or (strict) a refusal."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return
     if mode & 0o077:
-        log.warning("ServerConfig.%s: %s is readable by group or others (mode %o); use chmod 600", key, path, mode)
+        msg = f"ServerConfig.{key}: {path} is readable by group or others (mode {mode:o}); use chmod 600"
+        if strict:
+            raise ConfigError(msg)
+        log.warning("%s", msg)
 
 
 class PlaneFiles:
@@ -64,6 +68,7 @@ class PlaneFiles:
         t = loaded.config.ServerConfig.plane_tls(plane)
         p = t["prefix"]
         self.plane = plane
+        self.strict_permissions = loaded.strict_permissions
         self.keys = {"cert": p + "Cert", "pk": p + "Pk", "pkPwd": p + "PkPwd", "caFile": p + "CaFile",
                      "crlFiles": p + "CrlFiles"}
         r = loaded.resolve
@@ -89,9 +94,10 @@ def check_plane_files(files: PlaneFiles) -> Optional[bytes]:
         raise ConfigError(f"ServerConfig.{k['cert']}: {files.cert}: the certificate is not valid before "
                           f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
     key_data = _read(files.pk, k["pk"])
-    _warn_key_permissions(files.pk, k["pk"])
+    check_secret_permissions(files.pk, k["pk"], files.strict_permissions)
     password: Optional[bytes] = None
     if files.pk_pwd is not None and files.pk_pwd.exists():
+        check_secret_permissions(files.pk_pwd, k["pkPwd"], files.strict_permissions)
         password = _read(files.pk_pwd, k["pkPwd"]).rstrip(b"\r\n") or None
     try:
         key = serialization.load_pem_private_key(key_data, password=password)

@@ -1,6 +1,7 @@
 """/v1/chat/completions without HTTP: a validated request → engine calls → an OpenAI response or SSE chunks."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import aclosing
@@ -299,8 +300,10 @@ class ChatServing(ObservedServing):
             else:
                 messages.insert(0, {"role": "system", "content": hint})
 
-        prompt = self.template.render(messages, tools=tools, add_generation_prompt=req.add_generation_prompt,
-                                      template_kwargs=req.chat_template_kwargs)
+        # off the event loop: a hostile template may run up to its render budget (chat/template.py) meanwhile
+        prompt = await asyncio.to_thread(self.template.render, messages, tools=tools,
+                                         add_generation_prompt=req.add_generation_prompt,
+                                         template_kwargs=req.chat_template_kwargs)
         ids, max_tokens = fit_prompt(self.tokenizer.encode_prompt(prompt), self.options, req.effective_max_tokens)
 
         args_mode = plan is not None and getattr(plan, "output_kind", "family") == "arguments_json"

@@ -1,0 +1,109 @@
+"""schemathesis against the running daemon over mutual TLS, for every operation of every docs/openapi*.yaml.
+
+Each operation is fuzzed with data that fits its schema (positive) and data that does not (negative), and every
+answer must pass: not a 5xx, a status the document lists, the content type it lists, a body that matches the
+response schema. After each operation the daemon process must still be alive.
+
+The CI-sized run is in the default suite (a few examples per operation); the full run is behind the `fuzz` marker:
+
+    MINDIE_LIKE_SHARED=/work/shared python -m pytest tests/e2e/test_openapi_fuzz.py -m fuzz   # MINDIE_FUZZ_EXAMPLES=300
+
+Generation stays cheap whatever `max_tokens` or `n` the fuzzer picks: the daemon runs a tiny random model with
+maxIterTimes 4 (the cap on generated tokens per choice).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+import yaml
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC_FILES = sorted((REPO / "docs").glob("openapi*.yaml"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CI_EXAMPLES = {"GET": 5, "POST": 25}          # per operation and mode: the whole CI run stays within ~60 s
+FULL_EXAMPLES = int(os.environ.get("MINDIE_FUZZ_EXAMPLES", "300"))
+
+
+def _schemas():
+    """(file name, schemathesis schema, raw spec) for every docs/openapi*.yaml."""
+    out = []
+    for f in SPEC_FILES:
+        raw = yaml.safe_load(f.read_text())
+        out.append((f.name, schemathesis.openapi.from_dict(raw), raw))
+    return out
+
+
+SCHEMAS = _schemas()
+
+
+def _operations():
+    params = []
+    for fname, schema, raw in SCHEMAS:
+        for result in schema.get_all_operations():
+            op = result.ok()
+            plane = raw["paths"][op.path].get("x-mindie-plane", "business")   # business when unsaid
+            # only a body can be made invalid: a path parameter (any string) or no input at all cannot
+            takes_input = op.method.upper() in ("POST", "PUT", "PATCH")
+            modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if takes_input else (GenerationMode.POSITIVE,)
+            for mode in modes:
+                label = f"{fname}:{op.method.upper()} {op.path}:{mode.value}"
+                params.append(pytest.param(op, plane, mode, "ci", id=label))
+                params.append(pytest.param(op, plane, mode, "full", id=label + ":full", marks=pytest.mark.fuzz))
+    return params
+
+
+@pytest.fixture(scope="module")
+def daemon(daemon_factory, tiny_model):
+    return daemon_factory(tiny_model("qwen2"), schedule={"maxIterTimes": 4})
+
+
+@pytest.fixture(scope="module")
+def session():
+    s = requests.Session()
+    yield s
+    s.close()
+
+
+def _tls(daemon) -> dict:
+    """requests' TLS arguments: schemathesis passes its own `verify` per call, so they go with each call."""
+    return {"verify": str(daemon.certs["ca"]), "cert": (str(daemon.certs["client_cert"]),
+                                                         str(daemon.certs["client_key"]))}
+
+
+@pytest.mark.parametrize("operation,plane,mode,size", _operations())
+def test_operation_holds_under_fuzzing(daemon, session, operation, plane, mode, size):
+    base_url = f"https://{daemon.host}:{daemon.port_of(plane)}"
+    examples = FULL_EXAMPLES if size == "full" else CI_EXAMPLES.get(operation.method.upper(), 5)
+    sent = []
+    refusals: Counter = Counter()
+    tls = _tls(daemon)
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=size == "ci",
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case):
+        if mode == GenerationMode.POSITIVE and isinstance(case.body, dict) and "model" in case.body:
+            case.body["model"] = daemon.model_name       # else nearly every valid body stops at "Model not found"
+        response = case.call_and_validate(base_url=base_url, session=session, checks=CHECKS, timeout=120, **tls)
+        sent.append(response.status_code)
+        if response.status_code >= 400:   # the error body (the checks above validated it) names the parameter
+            refusals[json.loads(response.content)["error"].split(":")[0][:40]] += 1
+
+    run()
+    assert sent, "no case was generated"
+    print(f"MEASURE {operation.method.upper()} {operation.path} {mode.value}: {len(sent)} requests, statuses "
+          f"{dict(sorted(Counter(sent).items()))}; refused for {dict(refusals.most_common(8))}")
+    assert daemon.proc.poll() is None, f"the daemon exited:\n{daemon.output[-3000:]}"
+    status, _ = daemon.request("GET", "/v1/models")
+    assert status == 200
