@@ -1,0 +1,13 @@
+// The CPU kernels' Python module (one extension, built once by cpu_kernels.load()).
+#include <torch/extension.h>
+
+torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias);
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
+torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor sb, int64_t group,
+                          c10::optional<torch::Tensor> bias);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bf16_linear", &bf16_linear, "small-batch bf16-weight GEMV (AVX2+FMA)");
+  m.def("int8_linear", &int8_linear, "int8 per-channel weight x float activations (AVX2+FMA)");
+  m.def("int4_linear", &int4_linear, "int4 grouped weight x float activations (AVX2+FMA)");
+}
