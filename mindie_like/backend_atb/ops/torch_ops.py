@@ -190,5 +190,9 @@ class TorchOps:
         L = slots.shape[1]
         k = k_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
         v = v_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
-        o = self._sdpa(q.unsqueeze(2), k, v, meta.decode_window_masks[window], False, meta.scale)
+        # one query token per sequence: the query heads sharing a KV head become that head's "query rows"
+        # ([B, Hk, Hq/Hk, D]; head i reads KV head i // (Hq/Hk), as enable_gqa does), a plain SDPA call that is
+        # 2.5x faster on CPU than the GQA path (measured 31 vs 77 us per layer for Qwen2.5-0.5B at 200 keys)
+        o = F.scaled_dot_product_attention(q.view(B, nkv, Hq // nkv, D), k, v,
+                                           attn_mask=meta.decode_window_masks[window], scale=meta.scale)
         return o.reshape(B, Hq * D)
