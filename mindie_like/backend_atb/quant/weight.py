@@ -63,7 +63,7 @@ def backend_for(device: torch.device) -> str:
     return "reference"
 
 
-def _native_cpu_kernels():
+def native_cpu_kernels():
     """The own AVX2 int8/int4 kernels (cpu_kernels.py) where they are wanted and built, else None."""
     from .. import cpu_kernels
     return cpu_kernels.load() if cpu_kernels.wanted() else None
@@ -240,7 +240,7 @@ class Int8Weight(QuantizedWeight):
         self.q = q.to(self.device).contiguous()
         self.scale = scale.to(device=self.device, dtype=dtype).contiguous()
         b, K = self.backend, self.in_features
-        mod = _native_cpu_kernels() if b == "cpu" else None
+        mod = native_cpu_kernels() if b == "cpu" else None
         if mod is not None:
             self.kernel = NATIVE_INT8
             scale32 = self.scale.float().contiguous()
@@ -320,7 +320,7 @@ class Int4Weight(QuantizedWeight):
         if keep_dense:
             self.dense = dequantize_int4(q, self.scale, self.zero, group_size, dtype).to(dev).contiguous()
         b = self.backend
-        mod = _native_cpu_kernels() if b == "cpu" else None
+        mod = native_cpu_kernels() if b == "cpu" else None
         if mod is not None:
             from ..cpu_kernels import pack_int4_blocks
             self.packed = pack_int4_blocks(q).to(dev)
