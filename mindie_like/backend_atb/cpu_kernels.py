@@ -17,6 +17,7 @@ MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 8
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("module.cpp", "bf16_gemv.cpp", "quant_gemm.cpp", "norm.cpp")
+_SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp (one translation unit)
 
 
 def wanted() -> bool:
@@ -47,7 +48,9 @@ def load():
     try:
         from torch.utils.cpp_extension import load as load_ext
         from .weights import cache_root
-        build = cache_root() / "torch_extensions" / "cpu_kernels"
+        # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.glob("*.cpp")))).hexdigest()[:12]
+        build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
         mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],

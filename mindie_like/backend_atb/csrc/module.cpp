@@ -1,13 +1,11 @@
-// The CPU kernels' Python module (one extension, built once by cpu_kernels.load()).
+// The CPU kernels' Python module (one extension, built once by cpu_kernels.load()). One translation unit: the
+// kernel files are included here, so torch's heavy headers are compiled once (a build of four separate units
+// took 2-4 minutes on the shared 2-core host).
 #include <torch/extension.h>
 
-torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias);
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor q, torch::Tensor scale, c10::optional<torch::Tensor> bias);
-torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor sb, int64_t group,
-                          c10::optional<torch::Tensor> bias);
-torch::Tensor rms_norm_f32(torch::Tensor x, torch::Tensor w, double eps);
-std::tuple<torch::Tensor, torch::Tensor> add_rms_norm_f32(torch::Tensor x, torch::Tensor residual, torch::Tensor w,
-                                                          double eps);
+#include "bf16_gemv.cpp"
+#include "norm.cpp"
+#include "quant_gemm.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_linear", &bf16_linear, "small-batch bf16-weight GEMV (AVX2+FMA)");
