@@ -27,7 +27,7 @@ setup(
         "orjson>=3.9",
         "numpy>=1.24",
         "tqdm>=4.60",
-        "ninja>=1.11",   # builds the optional AVX2 bf16 kernel (backend_atb/csrc) on first use
+        "ninja>=1.11",   # builds the optional AVX2 kernels (backend_atb/csrc: bf16 GEMV, int8/int4) on first use
     ],
     extras_require={
         "npu": ["torch_npu"],
@@ -38,6 +38,6 @@ setup(
         "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2", "py-spy>=0.3"],
     },
     include_package_data=True,
-    package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernel, built on first use
+    package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernels, built on first use
     zip_safe=False,
 )

@@ -161,6 +161,10 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-llamacpp", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--quantization", default=None, help="w8a16 / w4a16 / gguf (EngineConfig.quantization)")
+    ap.add_argument("--quant-dense", default="auto", help="per-step choice: auto (measured crossover), never, always")
+    ap.add_argument("--quant-from-gguf", default="true", help="int weights from the GGUF's own blocks (true) or "
+                    "quantized from the bf16 import (false: faster to load)")
     a = ap.parse_args()
     if a.quick:
         a.single_tokens, a.concurrent, a.concurrent_tokens, a.ttft_prompt, a.prompt_max = 32, 4, 16, 200, 200
@@ -178,7 +182,10 @@ def main() -> None:
     t = time.perf_counter()
     cfg = EngineConfig(model_path=a.model, dtype=a.dtype, device="cpu", num_threads=threads,
                        kv_cache_gb=a.kv_cache_gb, max_seq_len=4096, max_input_len=4000, max_iter_times=4096,
-                       max_batch_size=64, max_prefill_tokens=2048, chunked_prefill=True)
+                       max_batch_size=64, max_prefill_tokens=2048, chunked_prefill=True,
+                       extra={"quantization": a.quantization, "quant_dense": a.quant_dense,
+                              "quant_from_gguf": a.quant_from_gguf.lower() in ("1", "true", "yes")}
+                       if a.quantization else {})
     engine = AsyncEngine.from_config(cfg)
     res["ours_load_s"] = time.perf_counter() - t
     runner = engine.runner

@@ -1,6 +1,7 @@
 """Weight-only quantization benchmark on the demo model: decode tok/s for bf16, W8A16, W4A16 (+ accuracy cost).
 
     PYTHONPATH=. python benchmarks/bench_quant.py [--model PATH.gguf|DIR] [--tokens 64] [--streams 16]
+        [--ceilings] [--llama-cpp] [--clock wall|cpu] [--repeats 3]
 
 For each format: the model is loaded through `ModelRunner` (bf16, CPU, the thread count given), then
   * single stream: a short prompt is prefilled and `--tokens` greedy tokens decoded, one step at a time;
@@ -9,7 +10,14 @@ For each format: the model is loaded through `ModelRunner` (bf16, CPU, the threa
     (for W8A16/W4A16 with the per-step choice on: quant_dense=auto, and with quantized kernels only);
   * accuracy: greedy agreement with bf16, teacher-forced on bf16's own continuations of `--agree` chat prompts
     (`--agree-tokens` steps each), and the mean KL(bf16 || quantized) of the next-token distributions.
-llama-cpp-python is timed on the same GGUF when it is installed (it is not, here).
+  * the step's breakdown: time inside the linears (lm_head apart) vs everything else (norms, rope, attention, KV
+    writes, Python), by timing the op table's `linear` during the single-stream run;
+  * `--ceilings`: the decode step's matmuls alone (the model's shapes, random weights: 24 layers' qkv/o/gate_up/down
+    + lm_head) at 1 and `--streams` rows, for float32, bf16, torch's int8pack / int4pack (group 32) and the own
+    AVX2 int8/int4 kernels (cpu_kernels.py): the tok/s a step could reach if nothing but the matmuls ran;
+  * `--llama-cpp`: llama-cpp-python on the same GGUF, single stream, same thread count (greedy, `--tokens`).
+`--clock cpu` measures process CPU time (with --threads 1 on a shared machine: discounts waiting for a core, not
+memory-bandwidth contention). `--repeats`: single-stream decode runs per format (median reported).
 Prints a markdown table and writes JSON with --json.
 """
 from __future__ import annotations
@@ -22,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +42,7 @@ from mindie_like.engine.types import EngineConfig  # noqa: E402
 
 DEFAULT_MODEL = "/work/models/qwen2.5-coder-0.5b-instruct.gguf"
 BLOCK = 128
+CLOCK = time.perf_counter      # --clock cpu: time.process_time
 
 CHAT_PROMPTS = [
     "Write a Python function that checks whether a string is a palindrome.",
@@ -97,11 +107,11 @@ class MiniDriver:
         return self.r.execute(batch)
 
 
-def load(model, threads, scheme=None, dense="auto"):
+def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16"):
     extra = {}
     if scheme:
-        extra = {"quantization": scheme, "quant_dense": dense}
-    cfg = EngineConfig(model_path=model, dtype="bfloat16", device="cpu", block_size=BLOCK, num_threads=threads,
+        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf}
+    cfg = EngineConfig(model_path=model, dtype=dtype, device="cpu", block_size=BLOCK, num_threads=threads,
                        extra=extra)
     t0 = time.time()
     r = ModelRunner.load(cfg)
@@ -115,10 +125,131 @@ def decode_speed(runner, prompts: list[list[int]], tokens: int) -> tuple[float, 
     times = []
     for _ in range(tokens):
         toks = lg.argmax(-1).tolist()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         lg = d.step([(f"s{i}", [t]) for i, t in enumerate(toks)])
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times), times
+
+
+def step_breakdown(runner, prompt: list[int], tokens: int) -> dict:
+    """ms per single-stream decode step: inside the layers' linears, inside the lm_head, and the rest (norms, rope,
+    attention, KV writes, embedding, Python), timed by wrapping the op table's `linear`."""
+    ops, model = runner.ops, runner.model
+    spent = {"linear": 0.0, "lm_head": 0.0}
+    orig = ops.linear
+
+    def timed(x, w, b=None):
+        t = CLOCK()
+        y = orig(x, w, b)
+        spent["lm_head" if w is model.lm_head else "linear"] += CLOCK() - t
+        return y
+    d = MiniDriver(runner, num_blocks=(len(prompt) + tokens) // BLOCK + 4)
+    lg = d.step([("b", prompt)])
+    times = []
+    ops.linear = timed
+    try:
+        for _ in range(tokens):
+            tok = int(lg[0].argmax())
+            if not times:                  # the prefill's linears are not part of a decode step
+                spent.update(linear=0.0, lm_head=0.0)
+            t0 = CLOCK()
+            lg = d.step([("b", [tok])])
+            times.append(CLOCK() - t0)
+    finally:
+        del ops.linear                     # back to the class attribute
+    n = len(times)
+    total, lin, head = sum(times) / n * 1e3, spent["linear"] / n * 1e3, spent["lm_head"] / n * 1e3
+    return {"step_ms": round(total, 2), "linears_ms": round(lin, 2), "lm_head_ms": round(head, 2),
+            "rest_ms": round(total - lin - head, 2)}
+
+
+def matmul_ceilings(hf_cfg, rows_list, reps: int = 5) -> dict:
+    """tok/s of a decode step's matmuls alone, per kernel and row count (random weights of the model's shapes)."""
+    from mindie_like.backend_atb import cpu_kernels
+    H, I, V = hf_cfg.hidden_size, hf_cfg.intermediate_size, hf_cfg.vocab_size
+    D = getattr(hf_cfg, "head_dim", None) or H // hf_cfg.num_attention_heads
+    Q = (hf_cfg.num_attention_heads + 2 * hf_cfg.num_key_value_heads) * D
+    shapes = [(Q, H), (H, hf_cfg.num_attention_heads * D), (2 * I, H), (H, I)]
+    layers = hf_cfg.num_hidden_layers
+    own = cpu_kernels.load() if cpu_kernels.wanted() else None
+    g = torch.Generator().manual_seed(0)
+
+    def kernels(n, k):
+        """name -> fn(x float32) -> y, for one random [n, k] weight in each kernel's format."""
+        w = torch.randn(n, k, generator=g)
+        out = {"float32": lambda x, w=w: F.linear(x, w)}
+        wb = w.bfloat16()
+        out["bf16"] = lambda x, wb=wb: F.linear(x.bfloat16(), wb)
+        q8 = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+        s8 = torch.rand(n, generator=g).bfloat16()
+        out["torch int8pack"] = lambda x, q8=q8, s8=s8: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q8, s8)
+        q4 = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+        p4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
+        sz = torch.rand(k // 32, n, 2, generator=g).bfloat16()
+        out["torch int4pack g32"] = lambda x, p4=p4, sz=sz: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.bfloat16(), p4, 32, sz)
+        if own is not None:
+            out["own bf16 GEMV (AVX2)"] = lambda x, wb=wb: own.bf16_linear(x, wb, None)
+            s32 = s8.float()
+            out["own int8 (AVX2)"] = lambda x, q8=q8, s32=s32: own.int8_linear(x, q8, s32, None)
+            b4 = cpu_kernels.pack_int4_blocks(q4)
+            sb = sz.permute(2, 1, 0).float().contiguous()           # [2, N, G]: scales, offsets
+            out["own int4 g32 (AVX2)"] = lambda x, b4=b4, sb=sb: own.int4_linear(x, b4, sb, 32, None)
+        return out
+    layer_k = [kernels(n, k) for n, k in shapes]
+    head_k = kernels(V, H)
+    res: dict = {}
+    with torch.inference_mode():
+        for rows in rows_list:
+            xs = {k: torch.randn(rows, k, generator=g) for _, k in shapes}
+            for name in head_k:
+                if "GEMV" in name and rows > cpu_kernels.MAX_ROWS:
+                    continue
+
+                def one_layer():
+                    for (n, k), ks in zip(shapes, layer_k):
+                        ks[name](xs[k])
+
+                def head():
+                    head_k[name](xs[H])
+                tl = _best_median(one_layer, reps)
+                th = _best_median(head, max(3, reps // 2))
+                step = layers * tl + th
+                res.setdefault(name, {})[rows] = {"layer_ms": round(tl * 1e3, 2), "lm_head_ms": round(th * 1e3, 2),
+                                                  "tok_s": round(rows / step, 1)}
+                print(f"  ceiling {name:22s} rows {rows:3d}: layer {tl * 1e3:7.2f} ms, lm_head {th * 1e3:7.2f} ms "
+                      f"-> {rows / step:6.1f} tok/s", flush=True)
+    return res
+
+
+def _best_median(fn, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = CLOCK()
+        fn()
+        ts.append(CLOCK() - t)
+    return statistics.median(ts)
+
+
+def llamacpp_single(gguf: str, prompt: str, tokens: int, threads: int, repeats: int) -> Optional[dict]:
+    """llama-cpp-python, single stream greedy decode of `tokens` tokens after `prompt`: median tok/s of `repeats`."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
+    ids = llm.tokenize(prompt.encode(), special=True)
+    runs = []
+    for _ in range(repeats + 1):            # the first run warms up
+        llm.reset()
+        llm.eval(ids)
+        t = CLOCK()
+        for _ in range(tokens):
+            llm.eval([llm.sample(temp=0.0)])
+        runs.append(tokens / (CLOCK() - t))
+    runs = runs[1:]
+    return {"tok_s": round(statistics.median(runs), 1), "runs": [round(r, 1) for r in runs]}
 
 
 def greedy(runner, prompts, tokens):
@@ -149,10 +280,20 @@ def main():
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--agree", type=int, default=20, help="chat prompts for the agreement check (0: skip)")
     ap.add_argument("--agree-tokens", type=int, default=32)
-    ap.add_argument("--formats", default="bf16,w8a16,w4a16")
+    ap.add_argument("--formats", default="bf16,w8a16,w4a16",
+                    help="comma list of bf16 (bf16 weights; float32 activations on CPUs without native bf16), fp32, "
+                         "w8a16, w4a16, gguf")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
+    ap.add_argument("--from-gguf", default="true", help="quant_from_gguf (true: int weights from the GGUF's blocks "
+                    "where exact; false: quantize the bf16 import, faster to load)")
+    ap.add_argument("--ceilings", action="store_true", help="also time the matmuls alone per kernel")
+    ap.add_argument("--llama-cpp", action="store_true", help="also time llama-cpp-python on the GGUF")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--repeats", type=int, default=3, help="single-stream runs per format (median)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -164,8 +305,10 @@ def main():
     ref_tf = None
     ref_seqs = None
     for fmt in args.formats.split(","):
-        scheme = None if fmt == "bf16" else fmt
-        runner, load_s = load(args.model, args.threads, scheme, args.dense)
+        scheme = None if fmt in ("bf16", "fp32") else fmt
+        runner, load_s = load(args.model, args.threads, scheme, args.dense,
+                              args.from_gguf.lower() in ("1", "true", "yes"),
+                              "float32" if fmt == "fp32" else "bfloat16")
         if ref_seqs is None:
             tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
             chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -176,11 +319,15 @@ def main():
         if pol is not None:
             res["crossover"] = pol.describe()
             res["crossover_timings_ms"] = {str(k): [round(a, 3), round(b, 3)] for k, (a, b) in pol.timings.items()}
+        if args.ceilings and "ceilings" not in results:
+            results["ceilings"] = matmul_ceilings(runner.hf_config, (1, args.streams))
         one = [chat_ids[0]]
         t0 = time.time()
-        med, ts = decode_speed(runner, one, args.tokens)
-        res["single_tok_s"] = round(1.0 / med, 1)
-        res["single_best_step_tok_s"] = round(1.0 / min(ts), 1)
+        runs = [decode_speed(runner, one, args.tokens) for _ in range(args.repeats)]
+        res["single_runs_tok_s"] = [round(1.0 / med, 1) for med, _ in runs]
+        res["single_tok_s"] = round(statistics.median(res["single_runs_tok_s"]), 1)
+        res["single_best_step_tok_s"] = round(1.0 / min(min(ts) for _, ts in runs), 1)
+        res["breakdown_ms"] = step_breakdown(runner, chat_ids[0], args.tokens)
         print(f"  {fmt}: single stream {res['single_tok_s']} tok/s ({time.time() - t0:.0f} s)", flush=True)
         many = [chat_ids[i % len(chat_ids)] for i in range(args.streams)]
         t0 = time.time()
@@ -222,11 +369,11 @@ def main():
         results["formats"][fmt] = res
         print(fmt, json.dumps(res), flush=True)
         del runner
-    try:
-        import llama_cpp  # noqa: F401
-        results["llama_cpp"] = "installed but not timed by this script version"
-    except ImportError:
-        results["llama_cpp"] = "llama-cpp-python not installed"
+    if args.llama_cpp and args.model.endswith(".gguf"):
+        lc = llamacpp_single(args.model, chat[0], args.tokens, args.threads, args.repeats)
+        results["llama_cpp"] = lc if lc is not None else "llama-cpp-python not installed"
+    else:
+        results["llama_cpp"] = "not run (--llama-cpp, with a .gguf model)"
     s = args.streams
     print("\n| format | weight MiB/step | single stream tok/s (median / best step) | %d streams tok/s "
           "(per-step choice) | %d streams, quantized only | agreement vs bf16 | mean KL | crossover |" % (s, s))
@@ -237,7 +384,10 @@ def main():
               f"{r[f'streams{s}_tok_s']} / {r[f'streams{s}_best_step_tok_s']} | "
               f"{'' if qo is None else str(qo) + ' / ' + str(r[f'streams{s}_quant_only_best_step_tok_s'])} | "
               f"{r.get('agreement', '')} | {r.get('mean_kl', '')} | {r.get('crossover', '')} |")
-    print(results["llama_cpp"], "|", results["machine"])
+    print("\nsingle-stream step breakdown (ms): " + "; ".join(
+        f"{fmt}: {r['breakdown_ms']}" for fmt, r in results["formats"].items()))
+    print("llama-cpp-python single stream:", results["llama_cpp"], "|", results["machine"],
+          f"| load at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

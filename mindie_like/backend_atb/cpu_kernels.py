@@ -1,22 +1,35 @@
 """Optional C++ CPU kernels, built once on first use with torch.utils.cpp_extension (needs a C++ compiler).
 
-`bf16_linear(x, w, b)`: small-batch (M <= 8) bf16-weight GEMV for x86 CPUs with AVX2+FMA but without native bf16
-(no AVX512-BF16/AMX). There torch's bf16 matmul at batch 1 runs well below memory bandwidth; this kernel streams the
-weights once, widening bf16 to fp32 with a shift. Everything falls back to torch when the kernel is unavailable:
-no compiler, not x86/AVX2, or MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
+For x86 CPUs with AVX2+FMA but without native bf16 (no AVX512-BF16/AMX), where torch's bf16 matmul and its
+weight-only int8/int4 kernels run well below memory bandwidth at small batches:
+
+* `bf16_linear(x, w, b)`: small-batch (M <= 8) bf16-weight GEMV; streams the weights once, widening bf16 to fp32
+  with a shift (csrc/bf16_gemv.cpp).
+* `int8_linear(x, q, scale, b)`: int8 per-output-channel weights, float32 math (csrc/quant_gemm.cpp).
+* `int4_linear(x, packed, sb, group, b)`: int4 grouped weights in the block layout of `pack_int4_blocks`, scales and
+  offsets `sb` [2, N, K/group] float32 (csrc/quant_gemm.cpp).
+* `rms_norm_f32(x, w, eps)`, `add_rms_norm_f32(x, residual, w, eps)`: RMSNorm of float32 rows in one pass
+  (csrc/norm.cpp); torch's rms_norm is several dispatched kernels per decode row.
+
+Everything falls back to torch when the kernels are unavailable: no compiler, not x86/AVX2, or
+MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 8
-_SRC = Path(__file__).resolve().parent / "csrc" / "bf16_gemv.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp (one translation unit)
 
 
 def wanted() -> bool:
@@ -35,14 +48,33 @@ def load():
     try:
         from torch.utils.cpp_extension import load as load_ext
         from .weights import cache_root
-        build = cache_root() / "torch_extensions" / "bf16_gemv"
+        # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.glob("*.cpp")))).hexdigest()[:12]
+        build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        mod = load_ext(name="mindie_like_bf16_gemv", sources=[str(_SRC)], build_directory=str(build),
-                       extra_cflags=["-O3", "-mavx2", "-mfma"], verbose=False)
+        mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],
+                       build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma"], verbose=False)
         if time.time() - t > 2:
-            log.info("built the bf16 GEMV CPU kernel in %.0f s (once)", time.time() - t)
+            log.info("built the CPU kernels (bf16 GEMV, int8/int4 matmuls) in %.0f s (once)", time.time() - t)
         return mod
     except Exception as e:  # no compiler, headers, ...: plain torch it is
-        log.warning("bf16 GEMV CPU kernel unavailable (%s); using torch matmul", str(e).splitlines()[0][:200])
+        log.warning("C++ CPU kernels unavailable (%s); using torch's kernels", str(e).splitlines()[0][:200])
         return None
+
+
+def pack_int4_blocks(q: torch.Tensor) -> torch.Tensor:
+    """[N, K] int4 values 0..15 (K % 32 == 0) -> [N, K/2] uint8 in `int4_linear`'s layout: per block of 32
+    weights, byte j holds weight j (low nibble) and weight j + 16 (high nibble)."""
+    N, K = q.shape
+    if K % 32:
+        raise ValueError(f"int4 block packing needs K % 32 == 0, got {K}")
+    b = q.to(torch.uint8).reshape(N, K // 32, 2, 16)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(N, K // 2).contiguous()
+
+
+def unpack_int4_blocks(p: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_int4_blocks`: [N, K/2] uint8 -> [N, K] values 0..15."""
+    N, half = p.shape
+    b = p.reshape(N, half // 16, 1, 16)
+    return torch.cat((b & 0x0F, b >> 4), dim=2).reshape(N, half * 2)

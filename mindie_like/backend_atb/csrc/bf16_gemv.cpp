@@ -101,5 +101,3 @@ torch::Tensor bf16_linear(torch::Tensor x, torch::Tensor w, c10::optional<torch:
   });
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("bf16_linear", &bf16_linear, "small-batch bf16 GEMV (AVX2+FMA)"); }

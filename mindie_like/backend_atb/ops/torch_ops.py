@@ -44,24 +44,34 @@ class TorchOps:
 
     def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         self._gemv = None
-        if device is not None and device.type == "cpu" and dtype == torch.bfloat16:
+        self._norm = None       # own float32 RMSNorm kernels (cpu_kernels.py), CPUs without native bf16
+        if device is not None and device.type == "cpu":
             from .. import cpu_kernels
-            mod = cpu_kernels.load()
+            mod = cpu_kernels.load() if cpu_kernels.wanted() else None
             if mod is not None:
-                self._gemv = mod.bf16_linear
-                self.name = "torch+bf16gemv"
+                self._norm = mod
+                self.name = "torch+cpu_kernels"
+                if dtype == torch.bfloat16:
+                    self._gemv = mod.bf16_linear
+                    self.name = "torch+cpu_kernels(bf16gemv)"
 
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
-    @staticmethod
-    def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    def _own_norm(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        return (self._norm is not None and x.dim() == 2 and x.dtype == torch.float32 and w.dtype == torch.float32
+                and x.is_contiguous())
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+        if self._own_norm(x, w):
+            return self._norm.rms_norm_f32(x, w, eps)
         # one fused kernel; in half precision it accumulates in float32 and rounds once (HF rounds twice:
         # normalised value, then times the weight), which is at least as accurate
         return F.rms_norm(x, (x.shape[-1],), w, eps)
 
-    @classmethod
-    def add_rms_norm(cls, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
+    def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
+        if self._own_norm(x, w) and residual.is_contiguous() and residual.dtype == torch.float32:
+            return self._norm.add_rms_norm_f32(x, residual, w, eps)
         residual = x + residual
-        return cls.rms_norm(residual, w, eps), residual
+        return self.rms_norm(residual, w, eps), residual
 
     @staticmethod
     def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -190,5 +200,9 @@ class TorchOps:
         L = slots.shape[1]
         k = k_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
         v = v_cache.view(-1, nkv, D).index_select(0, slots.view(-1)).view(B, L, nkv, D).transpose(1, 2)
-        o = self._sdpa(q.unsqueeze(2), k, v, meta.decode_window_masks[window], False, meta.scale)
+        # one query token per sequence: the query heads sharing a KV head become that head's "query rows"
+        # ([B, Hk, Hq/Hk, D]; head i reads KV head i // (Hq/Hk), as enable_gqa does), a plain SDPA call that is
+        # 2.5x faster on CPU than the GQA path (measured 31 vs 77 us per layer for Qwen2.5-0.5B at 200 keys)
+        o = F.scaled_dot_product_attention(q.view(B, nkv, Hq // nkv, D), k, v,
+                                           attn_mask=meta.decode_window_masks[window], scale=meta.scale)
         return o.reshape(B, Hq * D)

@@ -30,7 +30,7 @@ import torch
 
 from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
 from .quantize import INT4_GROUP_SIZES
-from .weight import QuantizedWeight, normalize_scheme, quantize_linear_weight
+from .weight import QuantizedWeight, native_cpu_kernels, normalize_scheme, quantize_linear_weight
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     dtype, device = model.dtype, model.device
     before = model.weight_bytes()
     keep_dense, why = _dense_wanted(model, dense)
-    if device.type == "cpu" and dtype == torch.float32:
+    if device.type == "cpu" and dtype == torch.float32 and native_cpu_kernels() is None:
         log.warning("quantized weights with float32 activations on CPU: torch's int8/int4 kernels have no "
                      "vectorized float32 path (measured 20-40x slower than bfloat16 activations); use dtype "
                      "bfloat16")

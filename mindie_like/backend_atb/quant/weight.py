@@ -10,7 +10,9 @@ Backends (chosen from the device, or forced with ``backend=``):
 =========  ====================================================  ===============================================
 backend    W8A16 (int8, per output channel)                      W4A16 (int4, grouped scales + zeros)
 =========  ====================================================  ===============================================
-cpu        ``aten._weight_int8pack_mm`` (bf16/fp16/fp32 x)       ``aten._weight_int4pack_mm_for_cpu`` after
+cpu        own AVX2 kernel ``int8_linear`` (cpu_kernels.py;      own AVX2 kernel ``int4_linear`` (own block
+           CPUs without native bf16), float32 math on any x      layout), float32 math on any x dtype
+           dtype; else ``aten._weight_int8pack_mm``              else ``aten._weight_int4pack_mm_for_cpu`` after
                                                                  ``_convert_weight_to_int4pack_for_cpu``
                                                                  (N padded to 16, group 32/64/128/256)
 cuda       ``aten._weight_int8pack_mm`` when this torch has the  ``aten._weight_int4pack_mm`` (tinygemm, bf16 x
@@ -24,7 +26,13 @@ reference  dequantize, then ``F.linear``                         dequantize, the
 =========  ====================================================  ===============================================
 
 Known torch quirk worked around: on CPU, ``_weight_int8pack_mm`` with bfloat16 activations crashes (SIGSEGV,
-torch 2.13) when in_features is not a multiple of 8; such weights use the dequantize path.
+torch 2.13) when in_features is not a multiple of 8; such weights use the dequantize path (the own kernel has no
+such limit).
+
+Why own CPU kernels: on CPUs without AVX512 (this project's AVX2 EPYC hosts) torch's int8/int4 CPU kernels have no
+fast path for small batches (measured: 2.5 ms per Qwen2.5-0.5B layer at batch 1 for either, and they take bf16
+activations only, so a float32 model casts around every matmul). `cpu_kernels.wanted()` decides (AVX2+FMA, no
+AVX512-BF16/AMX, MINDIE_LIKE_CPU_KERNELS not 0); the kernel name is in `QuantizedWeight.kernel`.
 """
 from __future__ import annotations
 
@@ -53,6 +61,16 @@ def backend_for(device: torch.device) -> str:
     if t in ("cpu", "cuda", "npu"):
         return t
     return "reference"
+
+
+def native_cpu_kernels():
+    """The own AVX2 int8/int4 kernels (cpu_kernels.py) where they are wanted and built, else None."""
+    from .. import cpu_kernels
+    return cpu_kernels.load() if cpu_kernels.wanted() else None
+
+
+NATIVE_INT8 = "mindie_like int8_linear (AVX2)"
+NATIVE_INT4 = "mindie_like int4_linear (AVX2)"
 
 
 def _round_up(n: int, m: int) -> int:
@@ -93,6 +111,7 @@ class QuantizedWeight:
             raise ValueError(f"unknown quantization backend {self.backend!r} ({BACKENDS})")
         self.dense: Optional[torch.Tensor] = None   # bf16 copy for large batches (per-step choice)
         self.policy = None                           # QuantPolicy deciding quant vs dense per call
+        self._native = None                          # own CPU kernel: takes x in any float dtype, adds the bias
 
     # ---- shape / accounting, so code that inspects weights keeps working ---------------------------------
     @property
@@ -149,6 +168,8 @@ class QuantizedWeight:
         activations on bf16 weights: cast in and out)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
+        if self._native is not None:                 # float32 math on x as it comes, bias added in the kernel
+            return self._native(x2, bias).reshape(*lead, self.out_features)
         if x2.dtype != self.dtype:
             x2 = x2.to(self.dtype)
         if not x2.is_contiguous():
@@ -219,7 +240,12 @@ class Int8Weight(QuantizedWeight):
         self.q = q.to(self.device).contiguous()
         self.scale = scale.to(device=self.device, dtype=dtype).contiguous()
         b, K = self.backend, self.in_features
-        if b == "cpu":
+        mod = native_cpu_kernels() if b == "cpu" else None
+        if mod is not None:
+            self.kernel = NATIVE_INT8
+            scale32 = self.scale.float().contiguous()
+            self._native = lambda x, bias: mod.int8_linear(x, self.q, scale32, bias)
+        elif b == "cpu":
             if dtype == torch.bfloat16 and K % 8:
                 self.kernel = "dequant-matmul (cpu int8 bf16 kernel needs K % 8 == 0)"
             else:
@@ -246,6 +272,8 @@ class Int8Weight(QuantizedWeight):
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         k = self.kernel
+        if self._native is not None:
+            return self._native(x, None)
         if k == "aten._weight_int8pack_mm":
             return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
         if k == "torch_npu.npu_weight_quant_batchmatmul":
@@ -292,7 +320,16 @@ class Int4Weight(QuantizedWeight):
         if keep_dense:
             self.dense = dequantize_int4(q, self.scale, self.zero, group_size, dtype).to(dev).contiguous()
         b = self.backend
-        if b == "cpu":
+        mod = native_cpu_kernels() if b == "cpu" else None
+        if mod is not None:
+            from ..cpu_kernels import pack_int4_blocks
+            self.packed = pack_int4_blocks(q).to(dev)
+            # float32 planes: the scales, and the offsets z - 8 s (w = q * s + (z - 8 s), one FMA per weight)
+            sf = self.scale.float()
+            self.sz = torch.stack((sf, self.zero.float() - 8.0 * sf)).to(dev).contiguous()     # [2, N, G]
+            self.kernel = NATIVE_INT4
+            self._native = lambda x, bias: mod.int4_linear(x, self.packed, self.sz, group_size, bias)
+        elif b == "cpu":
             Np = _round_up(N, 16)             # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
             qp, sp, zp = self._pad_n(q, Np)
             self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qp.to(torch.int32).contiguous(), 1)
@@ -344,7 +381,9 @@ class Int4Weight(QuantizedWeight):
     @property
     def nbytes(self) -> int:
         """Bytes a matmul reads (packed values + scales/zeros); the row copy for lookups is not read per step."""
-        return self.packed.numel() * self.packed.element_size() + 2 * self.scale.numel() * self.scale.element_size()
+        params = (self.sz,) if hasattr(self, "sz") else \
+            (self.npu_scale, self.npu_offset) if hasattr(self, "npu_scale") else (self.scale, self.zero)
+        return sum(t.numel() * t.element_size() for t in (self.packed,) + params)
 
     @property
     def storage_bytes(self) -> int:
@@ -355,6 +394,8 @@ class Int4Weight(QuantizedWeight):
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         k, N = self.kernel, self.out_features
+        if self._native is not None:
+            return self._native(x, None)
         if k == "aten._weight_int4pack_mm_for_cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self.sz)
         elif k == "aten._weight_int4pack_mm":
@@ -368,6 +409,10 @@ class Int4Weight(QuantizedWeight):
 
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         dtype = dtype or self.dtype
+        if self.kernel == NATIVE_INT4:
+            from ..cpu_kernels import unpack_int4_blocks
+            return dequantize_int4(unpack_int4_blocks(self.packed), self.scale.to(self.device),
+                                   self.zero.to(self.device), self.group_size, dtype)
         if self.rows is not None or self.kernel == "dequant-matmul":
             src = self.rows if self.rows is not None else self.packed
             return dequantize_int4(unpack_nibbles(src), self.scale.to(src.device), self.zero.to(src.device),

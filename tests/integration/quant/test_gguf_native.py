@@ -82,5 +82,6 @@ def test_gguf_native_tiny_llama(tiny_model, tmp_path, mixed):
         if mixed:       # Q8_0 re-quantized per channel: close, not exact
             assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
             assert (a - b).abs().max() < 0.05 * a.abs().max()
-        else:           # Q4_0 maps exactly to int4 (fp16 scales kept: fp32 activations here)
-            torch.testing.assert_close(b, a, atol=2e-4, rtol=2e-4)
+        else:           # Q4_0 maps exactly to int4 (fp16 scales kept: fp32 activations here); the own AVX2
+            # kernel rounds activations to 16-bit fixed point per block of 32: relative to the logits' scale
+            torch.testing.assert_close(b, a, atol=2e-3 * float(a.abs().max()), rtol=2e-4)

@@ -121,7 +121,9 @@ def test_equals_float_model_on_dequantized_weights(tiny_model, family, scheme):
     seqs = [prompt(300 + i, 9 + 5 * i) for i in range(2)]
     a, b = _teacher_forced(ref, seqs), _teacher_forced(rq, seqs)
     for x, y in zip(a, b):
-        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+        # float accumulation order, and the own AVX2 int4 kernel's 16-bit fixed-point activations (<= 2^-16 of
+        # each block of 32's largest value): relative to the logits' scale
+        torch.testing.assert_close(y, x, atol=2e-3 * float(x.abs().max()), rtol=1e-4)
 
 
 def test_weight_bytes_shrink_and_policy(tiny_model):

@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from mindie_like.engine.sampler import (Sampler, SamplingRow, apply_penalties, filtered_probs, new_generator)
+from mindie_like.engine.sampler import (Sampler, SamplingRow, apply_penalties, argmax_rows, filtered_probs,
+                                        new_generator)
 from mindie_like.engine.types import SamplingParams
 
 V = 50
@@ -140,3 +141,14 @@ def test_min_tokens_masked_ids():
     logits = torch.tensor([[5.0, 1.0] + [0.0] * (V - 2)])
     toks, _ = s(logits, [SamplingRow(SamplingParams(temperature=0), [1], 1, {}, None, masked_ids=[0])])
     assert toks == [1]
+
+
+def test_argmax_rows_matches_torch_first_index_on_ties_and_slices():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 1000, generator=g)
+    logits[2, 10] = logits[2, 700] = 50.0                 # a tie: the first index wins, as with torch.argmax
+    logits[3] = float("-inf")
+    logits[3, 999] = 0.0
+    for x in (logits, logits[:, :900], logits[1:4]):      # contiguous, strided slice, row slice
+        assert torch.equal(argmax_rows(x), torch.argmax(x, dim=-1))
+    assert int(argmax_rows(logits)[2]) == 10

@@ -48,10 +48,14 @@ def test_block_formats_match_gguf_dequantize(fmt):
     torch.testing.assert_close(p.float(), ref, atol=1e-5, rtol=1e-5)
     qw = build_weight([p], "gguf", torch.float32, "cpu")
     assert isinstance(qw, Int4Weight if p.is_int4 else Int8Weight)
+    if p.is_int4:                                       # int4 formats map exactly
+        torch.testing.assert_close(qw.dequantize(torch.float32), ref, atol=1e-5, rtol=1e-5)
     x = torch.randn(3, K)
     y = qw.linear(x)
     err = (y - F.linear(x, ref)).abs().max() / F.linear(x, ref).abs().max()
-    assert err < (1e-5 if p.is_int4 else 2.5e-2)        # int4 formats map exactly; int8 re-quantizes
+    # int8 re-quantizes; the int4 kernels compute exactly up to float accumulation (torch's) or the own kernel's
+    # 16-bit fixed-point activations (<= 2^-16 of each block of 32's largest value)
+    assert err < (2e-4 if p.is_int4 else 2.5e-2)
 
 
 def test_fused_mixed_classes_become_int8_and_w4_request_converts():
