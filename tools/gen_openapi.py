@@ -370,9 +370,12 @@ COMPAT_HEADERS = {
 
 def _compat_sse(event: str) -> dict:
     """A compat stream: one event per generated token, no `[DONE]`; an error after the start is one last
-    `data: {"error", "error_type"}` event."""
-    return {"text/event-stream": {"schema": {**_sse_event(event), "description": f"one event per generated "
-                                             f"token, each `data:` the JSON of a {event}; no [DONE]"}}}
+    `data: {"error", "error_type"}` event. `contentSchema` lets schemathesis check each event's JSON."""
+    data = {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [_ref(event), _ref("ErrorBody")]},
+            "description": f"the JSON of a {event} (one event per generated token; no [DONE]), or of an error body"}
+    return {"text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"}, "id": {"type": "string"}, "data": data}}}}
 
 
 def _nul_json(chunk: str) -> dict:
