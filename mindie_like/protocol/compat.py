@@ -18,8 +18,8 @@ from typing import Annotated, Any, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from .errors import ValidationFailure, invalid
-from .requests import (INT32_MAX, MAX_STOP_LEN, MAX_STOP_STRINGS, UINT64_MAX, Range, SBool, SFloat, SInt, SStr, _check_stop, _check_top_k, _err,
-                       fmt_value, format_validation_error)
+from .requests import (INT32_MAX, MAX_STOP_LEN, MAX_STOP_STRINGS, UINT64_MAX, Range, SBool, SFloat, SInt, SStr,
+                       _check_stop, _check_top_k, _err, fmt_value, format_validation_error)
 
 # MindIE's defaults for the text routes (its TGI / native / Triton interfaces)
 DEFAULT_MAX_NEW_TOKENS = 20
