@@ -7,8 +7,10 @@ compares with the routes the daemon really registers.
     python tools/gen_openapi.py --check    # exit 1 when docs/openapi.yaml differs from what the code gives
 
 Every path item carries `x-mindie-plane` (business | management | metrics): the plane, hence the port, that
-serves it. More paths (the MindIE compat routes) live in other docs/openapi*.yaml files with the same layout;
-the fuzz test (tests/e2e/test_openapi_fuzz.py) runs over every such file.
+serves it. The MindIE compatibility routes (TGI, vLLM, MindIE native, Triton: mindie_like/server/compat.py) are
+here too: their requests are the models of mindie_like.protocol.compat, their answers the `_Closed` models below.
+tests/e2e/test_openapi_fuzz.py fuzzes the daemon with this file; tests/e2e/test_compat_routes.py validates every
+compat answer against it.
 """
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mindie_like import __version__  # noqa: E402
+from mindie_like.protocol import compat as cp  # noqa: E402
 from mindie_like.protocol import requests as rq  # noqa: E402
 from mindie_like.protocol import responses as rs  # noqa: E402
 
@@ -97,8 +100,172 @@ class EffectiveConfig(_Open):
     LogConfig: dict[str, Any]
 
 
+# -- the compat routes' answers, as server/compat.py builds them (dicts): closed, every field the server sends ------
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def absent_unless(when: str):
+    """A field the server leaves out (rather than sending null) unless `when`."""
+    return Field(None, description=f"present {when}", json_schema_extra=lambda schema: schema.pop("default", None))
+
+
+def always_null(json_type: str, why: str) -> Any:
+    """A field always sent as null; `json_type` is what MindIE sends there when it measures it."""
+    return Annotated[None, WithJsonSchema({"type": json_type, "nullable": True, "enum": [None], "description": why})]
+
+
+FinishReason = Literal["length", "eos_token", "stop_sequence", "abort"]
+Milliseconds = Annotated[Optional[int], Field(ge=0)]
+
+
+class TgiToken(_Closed):
+    id: int
+    text: str = Field(description="the text this token released (the concatenated texts are the generated text)")
+    logprob: float = Field(le=0, description="the sampled token's log-probability under the model")
+    special: bool
+
+
+class TgiPrefillToken(_Closed):
+    id: int
+    text: str
+    logprob: always_null("number", "prompt tokens have no log-probability here")
+
+
+class TgiStreamDetails(_Closed):
+    finish_reason: FinishReason
+    generated_tokens: int = Field(ge=0, description="the end-of-sequence token included")
+    seed: int = Field(ge=0, description="the seed used")
+    prompt_tokens: int = Field(ge=1, description="prompt tokens sent to the engine (after `truncate`)")
+
+
+class TgiDetails(TgiStreamDetails):
+    prefill: list[TgiPrefillToken] = Field(description="the prompt tokens with decoder_input_details, else []")
+    tokens: list[TgiToken] = Field(description="one per generated token")
+
+
+class TgiResponse(_Closed):
+    generated_text: str = Field(description="the generated text; with return_full_text, the prompt followed by it")
+    details: TgiDetails = absent_unless("with parameters.details or parameters.decoder_input_details")
+
+
+class TgiStreamEvent(_Closed):
+    token: Optional[TgiToken] = Field(description="null only on the last event of a request stopped by stopInfer")
+    generated_text: Optional[str] = Field(description="set on the last event only")
+    details: Optional[TgiStreamDetails] = Field(description="set on the last event with parameters.details")
+
+
+class VllmResponse(_Closed):
+    text: list[str] = Field(min_length=1, max_length=1, description="[prompt + generated text]")
+
+
+class VllmStreamChunk(_Closed):
+    text: list[str] = Field(min_length=1, max_length=1, description="[one generated token's text]")
+
+
+class InferDetails(_Closed):
+    finish_reason: FinishReason
+    generated_tokens: int = Field(ge=0)
+    generated_token_ids: list[int] = Field(description="one per generated token")
+    seed: int = Field(ge=0)
+
+
+class InferResponse(_Closed):
+    generated_text: str
+    details: InferDetails = absent_unless("with parameters.details")
+
+
+class InferStreamToken(_Closed):
+    id: int
+    text: str
+
+
+class InferStreamEvent(_Closed):
+    prefill_time: Milliseconds = Field(description="ms from arrival to the first token: the first event only")
+    decode_time: Milliseconds = Field(description="ms of the engine step that produced the token: later events "
+                                                  "(the first token of a step only)")
+    token: Optional[InferStreamToken] = Field(description="null only on the last event of a stopped request")
+    generated_text: str = absent_unless("on the last event")
+    details: InferDetails = absent_unless("on the last event with parameters.details")
+
+
+class TokenizerResponse(_Closed):
+    token_number: int = Field(ge=0, description="tokens the generation routes would send for the text")
+    tokens: list[str] = Field(description="each token's text; [] with do_decode false")
+
+
+class TritonStreamDetails(_Closed):
+    generated_tokens: int = Field(ge=0, description="tokens generated so far")
+    batch_size: always_null("integer", "the engine does not record per-request batch sizes")
+    queue_wait_time: always_null("integer", "not measured")
+
+
+class TritonDetails(TritonStreamDetails):
+    finish_reason: FinishReason
+    first_token_cost: Milliseconds = Field(description="ms from arrival to the first token; null when the request "
+                                                       "was stopped before it")
+    decode_cost: int = Field(ge=0, description="ms spent in decode steps")
+
+
+class TritonResponse(_Closed):
+    id: str = Field(description="the request's `id`, else the generated request id (X-Request-Id)")
+    model_name: str
+    model_version: always_null("string", "models have no versions here")
+    text_output: str
+    details: TritonDetails = absent_unless("with parameters.details")
+
+
+class TritonStreamEvent(_Closed):
+    id: str
+    model_name: str
+    model_version: always_null("string", "models have no versions here")
+    text_output: str = Field(description="this token's text")
+    details: Union[TritonStreamDetails, TritonDetails] = absent_unless(
+        "with parameters.details; the last event's is the full TritonDetails")
+    prefill_time: Milliseconds = absent_unless("with parameters.details (as /infer's)")
+    decode_time: Milliseconds = absent_unless("with parameters.details (as /infer's)")
+
+
+class TritonTensor(_Closed):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class TritonModelMetadata(_Closed):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TritonTensor]
+    outputs: list[TritonTensor]
+
+
+class TritonModelConfig(_Closed):
+    """The loaded ModelDeployConfig / ModelConfig / ScheduleConfig values."""
+    name: str
+    model_type: str = Field(description="of the weights")
+    backend_type: Literal["atb", "torch"]
+    model_weight_path: str
+    world_size: int = Field(ge=1)
+    max_seq_len: int = Field(ge=1)
+    max_input_token_len: int = Field(ge=1)
+    truncation: Literal[-1, 0, 1] = Field(description="0: refuse long prompts; -1: keep the tail; 1: keep the head")
+    max_iter_times: int = Field(ge=1)
+    max_batch_size: int = Field(ge=1)
+    cache_block_size: int = Field(ge=1)
+    npu_mem_size: float
+    cpu_mem_size: float
+    dtype: str
+    device: str
+
+
 SCHEMA_MODELS = [rq.ChatCompletionRequest, rq.CompletionRequest, rs.ChatCompletionResponse, rs.CompletionResponse,
-                 rs.ChatCompletionChunk, rs.ErrorBody, ModelList, StatusResponse, InfoResponse, EffectiveConfig]
+                 rs.ChatCompletionChunk, rs.ErrorBody, ModelList, StatusResponse, InfoResponse, EffectiveConfig,
+                 cp.TgiRequest, cp.VllmRequest, cp.InferRequest, cp.TokenizerRequest, cp.TritonRequest,
+                 cp.StopInferRequest, TgiResponse, TgiStreamEvent, VllmResponse, VllmStreamChunk, InferResponse,
+                 InferStreamEvent, TokenizerResponse, TritonResponse, TritonStreamEvent, TritonModelMetadata,
+                 TritonModelConfig]
+REQUEST_MODULES = (rq.__name__, cp.__name__)
 
 
 # -- JSON Schema 2020-12 (pydantic) → OpenAPI 3.0 schema objects --------------------------------------------------
@@ -118,6 +285,8 @@ def to_openapi30(node: Any) -> Any:
         if isinstance(out.get(bound), (int, float)) and not isinstance(out.get(bound), bool):
             out[plain] = out.pop(bound)
             out[bound] = True
+    if "$ref" in out and len(out) > 1:      # a $ref cannot have siblings in 3.0 either
+        out = {"allOf": [{"$ref": out.pop("$ref")}], **out}
     members = out.get("anyOf")
     if members and {"type": "null"} in members:
         rest = [m for m in members if m != {"type": "null"}]
@@ -137,11 +306,13 @@ def to_openapi30(node: Any) -> Any:
 def component_schemas() -> dict:
     schemas: dict = {}
     for model in SCHEMA_MODELS:
-        mode = "validation" if model.__module__ == rq.__name__ else "serialization"
+        mode = "validation" if model.__module__ in REQUEST_MODULES else "serialization"
         js = model.model_json_schema(ref_template=REF, mode=mode)
         for name, sub in js.pop("$defs", {}).items():
-            schemas[name] = to_openapi30(sub)
-        schemas[model.__name__] = to_openapi30(js)
+            sub = to_openapi30(sub)
+            assert schemas.setdefault(name, sub) == sub, f"two different schemas are called {name}"
+        top = to_openapi30(js)
+        assert schemas.setdefault(model.__name__, top) == top, f"two different schemas are called {model.__name__}"
     return dict(sorted(schemas.items()))
 
 
@@ -189,6 +360,41 @@ def _generation(summary: str, request: str, response: str, chunk: str) -> dict:
             **_errors(405, 413, 422, 424, 500, 503)}}}
 
 
+COMPAT_HEADERS = {
+    "X-Request-Id": {"description": "The request id: the handle stopInfer takes when the request gave no Triton "
+                                    "`id`", "schema": {"type": "string"}},
+    "Warning": {"description": "Sent when `parameters.watermark` is true, which is accepted but not supported",
+                "schema": {"type": "string"}},
+}
+
+
+def _compat_sse(event: str) -> dict:
+    """A compat stream: one event per generated token, no `[DONE]`; an error after the start is one last
+    `data: {"error", "error_type"}` event. `contentSchema` lets schemathesis check each event's JSON."""
+    data = {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [_ref(event), _ref("ErrorBody")]},
+            "description": f"the JSON of a {event} (one event per generated token; no [DONE]), or of an error body"}
+    return {"text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"}, "id": {"type": "string"}, "data": data}}}}
+
+
+def _nul_json(chunk: str) -> dict:
+    return {"text/plain": {"schema": {"type": "string", "description": f"per generated token the JSON of a {chunk} "
+                                      f"followed by a NUL byte; an error after the start is one error body and a "
+                                      f"NUL"}}}
+
+
+def _compat_generation(summary: str, request: dict, ok: str, content: dict, *errors: int) -> dict:
+    """A generating compat route; `request` is its requestBody content, `content` the 200's."""
+    return {"post": {
+        "summary": summary,
+        "requestBody": {"required": True, "content": request},
+        "responses": {"200": {"description": ok, "headers": {name: {"$ref": f"#/components/headers/{name}"}
+                                                             for name in COMPAT_HEADERS},
+                              "content": content},
+                      **_errors(*sorted({405, 413, 422, 424, 500, 503, *errors}))}}}
+
+
 def _get(summary: str, ok: dict, *errors: int) -> dict:
     return {"get": {"summary": summary, "responses": {"200": ok, **_errors(405, *errors)}}}
 
@@ -199,7 +405,8 @@ def _empty(description: str) -> dict:
 
 def paths() -> dict:
     model_param = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"},
-                   "description": "The served model's name (ModelConfig[0].modelName)"}
+                   "description": "The served model's name (ModelConfig[0].modelName); another name: 404"}
+    triton = {"parameters": [model_param]}
     business = {
         "/v1/chat/completions": _generation("OpenAI chat completion (tools, streaming, reasoning)",
                                             "ChatCompletionRequest", "ChatCompletionResponse", "ChatCompletionChunk"),
@@ -210,6 +417,56 @@ def paths() -> dict:
         "/v1/models/{model}": {"parameters": [model_param],
                                **_get("One model card", {"description": "The model card",
                                                          "content": _json("ModelCard")}, 404, 503)},
+        # -- MindIE's compatibility routes (server/compat.py); field by field in docs/api.md
+        "/generate": _compat_generation(
+            "TGI generate (a body with `inputs`) or vLLM generate (a body with `prompt`, and no `inputs`)",
+            {"application/json": {"schema": {"anyOf": [_ref("TgiRequest"), _ref("VllmRequest")]}}},
+            "TGI: a TgiResponse. vLLM: a VllmResponse, or with `stream: true` one VllmStreamChunk per generated "
+            "token, each followed by a NUL byte",
+            {"application/json": {"schema": {"oneOf": [_ref("TgiResponse"), _ref("VllmResponse")]}},
+             **_nul_json("VllmStreamChunk")}),
+        "/generate_stream": _compat_generation(
+            "TGI streaming generate", _json("TgiRequest"),
+            "Server-sent events, one TgiStreamEvent per generated token; the last has generated_text",
+            _compat_sse("TgiStreamEvent")),
+        "/": _compat_generation(
+            "TGI generate; streams when the body has `stream: true`", _json("TgiRequest"),
+            "A one-element array of TgiResponse; with `stream: true` TgiStreamEvent server-sent events",
+            {"application/json": {"schema": {"type": "array", "minItems": 1, "maxItems": 1,
+                                             "items": _ref("TgiResponse")}},
+             **_compat_sse("TgiStreamEvent")}),
+        "/infer": _compat_generation(
+            "MindIE native generate; streams when the body has `stream: true`", _json("InferRequest"),
+            "An InferResponse; with `stream: true` InferStreamEvent server-sent events, one per generated token",
+            {**_json("InferResponse"), **_compat_sse("InferStreamEvent")}),
+        "/v1/tokenizer": {"post": {
+            "summary": "Count (and list) the tokens the generation routes would send for a text",
+            "requestBody": {"required": True, "content": _json("TokenizerRequest")},
+            "responses": {"200": {"description": "The token count", "content": _json("TokenizerResponse")},
+                          **_errors(405, 413, 422, 503)}}},
+        "/v2/models/{model}": {**triton, **_get(
+            "Triton model metadata", {"description": "Model metadata", "content": _json("TritonModelMetadata")},
+            404)},
+        "/v2/models/{model}/config": {**triton, **_get(
+            "The loaded model configuration",
+            {"description": "Model configuration", "content": _json("TritonModelConfig")}, 404)},
+        "/v2/models/{model}/ready": {**triton, "get": {
+            "summary": "Model readiness (empty body)",
+            "responses": {"200": _empty("Ready"), "503": _empty("Stopping"), **_errors(404, 405)}}},
+        "/v2/models/{model}/generate": {**triton, **_compat_generation(
+            "Triton text generate", _json("TritonRequest"), "The generated text", _json("TritonResponse"), 404)},
+        "/v2/models/{model}/generate_stream": {**triton, **_compat_generation(
+            "Triton streaming text generate", _json("TritonRequest"),
+            "Server-sent events, one TritonStreamEvent per generated token", _compat_sse("TritonStreamEvent"), 404)},
+        "/v2/models/{model}/stopInfer": {**triton, "post": {
+            "summary": "Abort a running compat request by its id (its KV blocks are freed before the answer); the "
+                       "request ends normally with finish_reason abort",
+            "requestBody": {"required": True, "content": _json("StopInferRequest")},
+            "responses": {"200": {"description": "Stopped; the request body is echoed",
+                                  "content": _json("StopInferRequest")},
+                          "404": {"description": "No running request has that id, or an unknown model",
+                                  "content": _json("ErrorBody")},
+                          **_errors(405, 413, 422, 503)}}},
     }
     management = {
         "/health": {"get": {"summary": "Liveness of the service (empty body)",
@@ -252,7 +509,7 @@ def build_spec() -> dict:
                     {"url": "https://127.0.0.1:1026", "description": "management plane (default port)"},
                     {"url": "https://127.0.0.1:1027", "description": "metrics plane (default port)"}],
         "paths": paths(),
-        "components": {"schemas": component_schemas()},
+        "components": {"headers": COMPAT_HEADERS, "schemas": component_schemas()},
     }
 
 

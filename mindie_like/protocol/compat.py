@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from .errors import ValidationFailure, invalid
-from .requests import (INT32_MAX, UINT64_MAX, Range, SBool, SFloat, SInt, SStr, _check_stop, _check_top_k, _err,
-                       fmt_value, format_validation_error)
+from .requests import (INT32_MAX, MAX_STOP_LEN, MAX_STOP_STRINGS, UINT64_MAX, Range, SBool, SFloat, SInt, SStr,
+                       _check_stop, _check_top_k, _err, fmt_value, format_validation_error)
 
 # MindIE's defaults for the text routes (its TGI / native / Triton interfaces)
 DEFAULT_MAX_NEW_TOKENS = 20
@@ -41,9 +41,13 @@ def _check_text(v: str) -> str:
     return v
 
 
-Text = Annotated[SStr, AfterValidator(_check_text)]
-RequestId = Annotated[SStr, AfterValidator(_check_id)]
-StopList = Annotated[Union[SStr, list[SStr], None], AfterValidator(_check_stop)]
+# WithJsonSchema: the rules the validators check, for docs/openapi.yaml (tools/gen_openapi.py)
+Text = Annotated[SStr, AfterValidator(_check_text), WithJsonSchema({"type": "string", "minLength": 1})]
+RequestId = Annotated[SStr, AfterValidator(_check_id), WithJsonSchema({"type": "string",
+                                                                        "pattern": REQUEST_ID_RE.pattern})]
+_STOP_STRING = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LEN}
+StopList = Annotated[Union[SStr, list[SStr], None], AfterValidator(_check_stop), WithJsonSchema({"anyOf": [
+    _STOP_STRING, {"type": "array", "maxItems": MAX_STOP_STRINGS, "items": _STOP_STRING}, {"type": "null"}]})]
 
 
 @dataclass
@@ -82,16 +86,19 @@ _IGNORE = ConfigDict(extra="ignore")
 class _Sampling(BaseModel):
     """Sampling fields the TGI, native and Triton `parameters` objects share."""
     model_config = _IGNORE
-    max_new_tokens: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None
-    do_sample: Optional[SBool] = None
-    temperature: Annotated[Optional[SFloat], Range(0, math.inf)] = None
+    max_new_tokens: Annotated[Optional[SInt], Range(1, INT32_MAX),
+                              Field(description=f"default {DEFAULT_MAX_NEW_TOKENS}")] = None
+    do_sample: Annotated[Optional[SBool], Field(description="false: greedy whatever the temperature")] = None
+    temperature: Annotated[Optional[SFloat], Range(0, math.inf),
+                           Field(description="0 = greedy; default from generation_config.json, else 1.0")] = None
     top_k: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None
     top_p: Annotated[Optional[SFloat], Range(0, 1, lo_open=True)] = None
     typical_p: Annotated[Optional[SFloat], Range(0, 1, lo_open=True)] = None
     repetition_penalty: Annotated[Optional[SFloat], Range(0, 2, lo_open=True)] = None
     seed: Annotated[Optional[SInt], Range(0, UINT64_MAX)] = None
     details: SBool = False
-    watermark: SBool = False
+    watermark: Annotated[SBool, Field(description="true is accepted but not supported (a Warning header says "
+                                                  "so)")] = False
 
     def sampling(self) -> dict[str, Any]:
         max_new = self.max_new_tokens if self.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS
@@ -104,8 +111,10 @@ class _Sampling(BaseModel):
 class _Scheduling(BaseModel):
     """priority and timeout (MindIE native and Triton)."""
     model_config = _IGNORE
-    priority: Annotated[Optional[SInt], Range(1, 5)] = None
-    timeout: Annotated[Optional[SInt], Range(1, MAX_TIMEOUT_S)] = None
+    priority: Annotated[Optional[SInt], Range(1, 5),
+                        Field(description=f"default {DEFAULT_PRIORITY}; validated, scheduling is FCFS")] = None
+    timeout: Annotated[Optional[SInt], Range(1, MAX_TIMEOUT_S),
+                       Field(description="seconds; capped by e2eTimeout")] = None
 
     def scheduling(self) -> dict[str, Any]:
         return dict(priority=self.priority if self.priority is not None else DEFAULT_PRIORITY,
@@ -117,8 +126,9 @@ class _Scheduling(BaseModel):
 class TgiParameters(_Sampling):
     stop: StopList = None
     return_full_text: SBool = False
-    decoder_input_details: SBool = False
-    truncate: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None
+    decoder_input_details: Annotated[SBool, Field(description="refused when streaming")] = False
+    truncate: Annotated[Optional[SInt], Range(1, INT32_MAX),
+                        Field(description="keep only the last `truncate` prompt tokens")] = None
 
 
 class TgiRequest(BaseModel):
@@ -126,7 +136,7 @@ class TgiRequest(BaseModel):
     model_config = _IGNORE
     inputs: Text
     parameters: TgiParameters = Field(default_factory=TgiParameters)
-    stream: SBool = False
+    stream: Annotated[SBool, Field(description="read by POST / only")] = False
 
     def to_spec(self, stream: bool) -> GenerateSpec:
         p = self.parameters
@@ -146,7 +156,9 @@ class VllmRequest(BaseModel):
     stream: SBool = False
     max_tokens: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None
     temperature: Annotated[Optional[SFloat], Range(0, math.inf)] = None
-    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k)] = None
+    top_k: Annotated[Optional[SInt], AfterValidator(_check_top_k), WithJsonSchema({"anyOf": [
+        {"type": "integer", "enum": [-1]}, {"type": "integer", "minimum": 1, "maximum": INT32_MAX}, {"type": "null"}],
+        "description": "-1 (off) or >= 1"})] = None
     top_p: Annotated[Optional[SFloat], Range(0, 1, lo_open=True)] = None
     seed: Annotated[Optional[SInt], Range(0, UINT64_MAX)] = None
     repetition_penalty: Annotated[Optional[SFloat], Range(0, 2, lo_open=True)] = None
@@ -159,7 +171,8 @@ class VllmRequest(BaseModel):
     ignore_eos: SBool = False
     n: Annotated[Optional[SInt], Range(1, 1)] = None
     best_of: Annotated[Optional[SInt], Range(1, 1)] = None
-    model: Optional[SStr] = None              # MindIE reads it as a LoRA name; "None" or absent: the base model
+    model: Annotated[Optional[SStr], Field(description="MindIE reads it as a LoRA name: absent, \"None\" or the "
+                                                      "configured modelName (there are no LoRA adapters here)")] = None
 
     def to_spec(self) -> GenerateSpec:
         return GenerateSpec(prompt=self.prompt, max_new_tokens=self.max_tokens, temperature=self.temperature,
@@ -202,7 +215,8 @@ class TokenizerRequest(BaseModel):
 
 class TritonParameters(_Sampling, _Scheduling):
     stop: StopList = None
-    batch_size: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None   # MindIE accepts it; it changes nothing
+    batch_size: Annotated[Optional[SInt], Range(1, INT32_MAX),
+                          Field(description="accepted like MindIE; it changes nothing")] = None
 
 
 class TritonRequest(BaseModel):

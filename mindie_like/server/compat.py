@@ -303,8 +303,28 @@ def _triton_config(ctx: ServingContext) -> dict:
             "npu_mem_size": m.npuMemSize, "cpu_mem_size": m.cpuMemSize, "dtype": ec.dtype, "device": ec.device}
 
 
+def _add_triton_model_routes(app: web.Application, ctx: ServingContext) -> None:
+    """The Triton model routes read the config only: served with or without an engine."""
+    async def model(request: web.Request) -> web.Response:
+        _check_model(ctx, request)
+        return web.json_response(_triton_model(ctx))
+
+    async def model_config(request: web.Request) -> web.Response:
+        _check_model(ctx, request)
+        return web.json_response(_triton_config(ctx))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        _check_model(ctx, request)
+        return web.Response(status=200 if ctx.ready else 503)
+
+    app.router.add_get("/v2/models/{model}", model)
+    app.router.add_get("/v2/models/{model}/config", model_config)
+    app.router.add_get("/v2/models/{model}/ready", model_ready)
+
+
 def add_compat_routes(app: web.Application, ctx: ServingContext) -> None:
     """Business-plane hook (server.register_business_routes)."""
+    _add_triton_model_routes(app, ctx)
     if ctx.engine is None:
         async def no_engine(request: web.Request) -> web.Response:
             raise ApiError(503, "No inference engine is loaded", SERVICE_UNAVAILABLE)
@@ -356,18 +376,6 @@ def add_compat_routes(app: web.Application, ctx: ServingContext) -> None:
             return error_response(e.status, e.message, e.error_type)
         return web.json_response(body)
 
-    async def model(request: web.Request) -> web.Response:
-        _check_model(ctx, request)
-        return web.json_response(_triton_model(ctx))
-
-    async def model_config(request: web.Request) -> web.Response:
-        _check_model(ctx, request)
-        return web.json_response(_triton_config(ctx))
-
-    async def model_ready(request: web.Request) -> web.Response:
-        _check_model(ctx, request)
-        return web.Response(status=200 if ctx.ready else 503)
-
     app.router.add_post("/generate", generate)
     app.router.add_post("/generate_stream", route(s.tgi_stream))
     app.router.add_post("/", route(s.tgi_root))
@@ -376,6 +384,3 @@ def add_compat_routes(app: web.Application, ctx: ServingContext) -> None:
     app.router.add_post("/v2/models/{model}/generate", route(s.triton, triton=True))
     app.router.add_post("/v2/models/{model}/generate_stream", route(s.triton_stream, triton=True))
     app.router.add_post("/v2/models/{model}/stopInfer", stop_infer)
-    app.router.add_get("/v2/models/{model}", model)
-    app.router.add_get("/v2/models/{model}/config", model_config)
-    app.router.add_get("/v2/models/{model}/ready", model_ready)
