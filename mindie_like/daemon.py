@@ -184,6 +184,14 @@ async def drain(ctx, listeners, grace: float) -> None:
         await asyncio.sleep(0.05)
     if ctx.inflight:
         log.warning("grace period over: cancelling %d request(s)", ctx.inflight)
+        # stop the engine first: its requests end with "abort", which the handlers turn into a 503 (an error event
+        # then [DONE] on a started stream) within aiohttp's shutdown_timeout, instead of a connection cut mid-answer
+        engine = ctx.engine
+        if engine is not None and hasattr(engine, "shutdown"):
+            try:
+                await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
+            except Exception:
+                log.exception("engine shutdown failed")
 
 
 async def serve(ctx, ssl_factory) -> int:
