@@ -15,11 +15,14 @@ What is measured (wall clock of this process, `time.perf_counter`):
   streams that asked `stream_options.include_usage`). A server that sends no usage in its stream (llama-cpp-python)
   gets its tokens counted by `count_tokens(text)` when given (the model's tokenizer on the generated text and tool
   call arguments), else one per chunk that carries output; RequestRecord.token_source says which.
-- TTFT: from just before the request is sent to the first SSE chunk that carries output (content, reasoning or a
-  tool-call delta); streams only. A role-only first chunk does not count.
-- ITL (inter-token latency): the gaps between successive output-carrying chunks of a stream (a chunk may carry more
-  than one token when the server buffers, e.g. tool-call arguments); TPOT per request = (last output chunk - first
-  output chunk) / (tokens - 1).
+- TTFT: from just before the request is sent to the first SSE event with a choice in it (streams only). Our
+  daemon and llama-cpp-python both send that event (the assistant role) once the first token exists, not
+  before. "first output" is the first event that carries text, reasoning or a tool-call delta: later than TTFT
+  when the server holds text back (our daemon withholds what may be a tool call, e.g. a ```json block, until it
+  knows).
+- ITL (inter-token latency): the gaps between successive output-carrying events of a stream (one event may carry
+  more than one token when the server holds text back); TPOT per request = (last output event - TTFT) /
+  (tokens - 1).
 - output tok/s = all completion tokens of successful requests / wall time of the run (first send to last answer);
   requests/s = successful requests / the same wall time.
 - errors by kind: `http_<status>` (the response status, with the body's error_type), `sse_error` (an error event in
@@ -146,6 +149,8 @@ class RequestRecord:
     start_s: float = 0.0                      # since the run started
     e2e_s: Optional[float] = None
     ttft_s: Optional[float] = None
+    first_output_s: Optional[float] = None
+    last_output_s: Optional[float] = None
     chunk_gaps_s: list = field(default_factory=list)
     completion_tokens: int = 0
     prompt_tokens: Optional[int] = None
@@ -156,9 +161,9 @@ class RequestRecord:
 
     @property
     def tpot_s(self) -> Optional[float]:
-        if self.ttft_s is None or self.e2e_s is None or self.completion_tokens < 2 or not self.chunk_gaps_s:
+        if self.ttft_s is None or self.last_output_s is None or self.completion_tokens < 2:
             return None
-        return sum(self.chunk_gaps_s) / (self.completion_tokens - 1)
+        return (self.last_output_s - self.ttft_s) / (self.completion_tokens - 1)
 
 
 def percentile(values: list[float], q: float) -> Optional[float]:
@@ -189,6 +194,7 @@ class LoadResult:
     def summary(self) -> dict:
         ok = self.succeeded
         ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+        first_out = [r.first_output_s for r in ok if r.first_output_s is not None]
         gaps = [g for r in ok for g in r.chunk_gaps_s]
         tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
         e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
@@ -202,6 +208,7 @@ class LoadResult:
             "output_tokens": tokens, "output_tok_s": round(tokens / wall, 2),
             "requests_per_s": round(len(ok) / wall, 3),
             "ttft_ms": {"p50": ms(percentile(ttft, 50)), "p99": ms(percentile(ttft, 99)), "n": len(ttft)},
+            "first_output_ms": {"p50": ms(percentile(first_out, 50)), "p99": ms(percentile(first_out, 99))},
             "itl_ms": {"p50": ms(percentile(gaps, 50)), "p99": ms(percentile(gaps, 99)), "n": len(gaps)},
             "tpot_ms": {"p50": ms(percentile(tpot, 50)), "p99": ms(percentile(tpot, 99))},
             "e2e_ms": {"p50": ms(percentile(e2e, 50)), "p99": ms(percentile(e2e, 99))},
@@ -295,13 +302,16 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
         carried = False
         for choice in obj.get("choices") or ():
             carried |= _absorb_delta(rec, choice, calls)
+        now = time.perf_counter()
+        if rec.ttft_s is None and obj.get("choices"):
+            rec.ttft_s = now - t0
         if carried:
-            now = time.perf_counter()
             chunks += 1
             if last is None:
-                rec.ttft_s = now - t0
+                rec.first_output_s = now - t0
             else:
                 rec.chunk_gaps_s.append(now - last)
+            rec.last_output_s = now - t0
             last = now
             if stop_after is not None and chunks >= stop_after:
                 rec.disconnected = True

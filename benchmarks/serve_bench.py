@@ -10,7 +10,9 @@ benchmarks/loadgen's built-in prompt set, all with its two tools, streaming with
 temperature 0, `max_tokens` the same for both. Token counts: ours from `usage`; llama-cpp-python's stream has no
 usage, so its generated text (and tool-call arguments, if any) is counted with the model's tokenizer (loadgen's
 module doc has the exact definitions of TTFT, ITL and tok/s). llama-cpp-python's server serves one request at a
-time (a global lock around its one `Llama`; 0.3.x has no parallel-slots option), so its concurrency levels queue.
+time (a global lock around its one `Llama`; 0.3.x has no parallel-slots option), so its concurrency levels queue;
+it runs with `--interrupt_requests False`, since by default a new request cuts the running stream short (seen
+as streams ending without a finish_reason).
 With `--profile-s`, py-spy samples our daemon for that many seconds during the highest concurrency level.
 
 Writes benchmarks/results/serve_<UTC time>.json (every summary and request record) and prints a markdown table.
@@ -116,7 +118,9 @@ class LlamaCppServer(Server):
         self.port = free_port()
         self.cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_NAME,
                     "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
-                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"]
+                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False",
+                    # its default cuts a running stream short whenever another request arrives
+                    "--interrupt_requests", "False"]
 
     def start(self, timeout: float = 300) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,9 +141,13 @@ class LlamaCppServer(Server):
 
 
 def token_counter(gguf: Path):
-    """Counts tokens of generated text with the model's own tokenizer (for streams that carry no usage)."""
+    """Counts tokens of generated text with the model's own tokenizer (for streams that carry no usage): the one
+    our backend imported from the GGUF (resolve_model_dir imports it now if no run did before)."""
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+    from mindie_like.backend_atb.weights import resolve_model_dir
+    folder = resolve_model_dir(gguf, cache_dir=os.environ.get("MINDIE_LIKE_CACHE_DIR", REPO / "cache"))
+    tok = AutoTokenizer.from_pretrained(str(folder))
     return lambda text: len(tok.encode(text, add_special_tokens=False))
 
 
@@ -148,6 +156,34 @@ def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
                              "--format", "raw", "--threads", "--output", str(out), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict:
+    """py-spy's collapsed stacks -> samples per thread, and the functions that hold the most samples (inclusive:
+    anywhere on the stack; self: the innermost frame), as shares of the busiest thread's samples."""
+    per_thread: dict[str, int] = {}
+    inclusive: dict[str, dict[str, int]] = {}
+    leaf: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        thread, frames = frames[0], [f.split(" (")[0] for f in frames[1:]]
+        n = int(count)
+        per_thread[thread] = per_thread.get(thread, 0) + n
+        for f in set(frames):
+            inclusive.setdefault(thread, {})[f] = inclusive.setdefault(thread, {}).get(f, 0) + n
+        if frames:
+            leaf.setdefault(thread, {})[frames[-1]] = leaf.setdefault(thread, {}).get(frames[-1], 0) + n
+    if not per_thread:
+        return {}
+    busiest = max(per_thread, key=per_thread.get)
+    total = per_thread[busiest]
+    share = lambda d: [(f, round(100 * c / total, 1))                                       # noqa: E731
+                       for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples_per_thread": per_thread, "busiest_thread": busiest,
+            "inclusive_pct": share(inclusive[busiest]), "self_pct": share(leaf.get(busiest, {}))}
 
 
 def bench_server(server: Server, levels: list[int], args, count_tokens=None, profile_to: Optional[Path] = None
@@ -164,6 +200,8 @@ def bench_server(server: Server, levels: list[int], args, count_tokens=None, pro
         result = asyncio.run(run_load(cfg))
         if spy is not None:
             spy.wait(args.profile_s + 60)
+            if profile_to.exists():
+                out["profile"] = summarize_profile(profile_to)
         out["levels"][c] = result.to_dict(with_records=True)
         s = result.summary()
         print(f"{server.name} c={c}: {s['output_tok_s']} tok/s, TTFT p50 {s['ttft_ms']['p50']} ms, "
@@ -172,14 +210,14 @@ def bench_server(server: Server, levels: list[int], args, count_tokens=None, pro
 
 
 def table(results: dict, levels: list[int]) -> str:
-    rows = ["| concurrency | server | output tok/s | requests/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | "
-            "TPOT p50 ms | e2e p50 ms | tokens | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| concurrency | server | output tok/s | requests/s | TTFT p50 / p99 ms | first output p50 ms | "
+            "ITL p50 / p99 ms | TPOT p50 ms | e2e p50 ms | tokens | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in levels:
         for name, res in results.items():
             s = res["levels"][c]["summary"]
             rows.append(f"| {c} | {name} | {s['output_tok_s']} | {s['requests_per_s']} | {s['ttft_ms']['p50']} / "
-                        f"{s['ttft_ms']['p99']} | {s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
+                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | {s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
                         f"{s['tpot_ms']['p50']} | {s['e2e_ms']['p50']} | {s['output_tokens']} | "
                         f"{s['errors'] or 0} |")
     return "\n".join(rows)
