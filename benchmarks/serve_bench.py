@@ -5,7 +5,7 @@ GGUF file, the same prompts with tools, greedy, at several concurrencies, in one
         [--concurrency 1,4,16] [--requests 16] [--max-tokens 128] [--threads 2] [--profile-s 20]
 
 The servers run one after the other (never at the same time), each on 127.0.0.1 with `--threads` threads; each
-gets one warm-up request, then every concurrency level sends `--requests` requests (at least 2 x the level) of
+gets one warm-up request, then every concurrency level sends `--requests` requests (at least one per client) of
 benchmarks/loadgen's built-in prompt set, all with its two tools, streaming with stream_options.include_usage,
 temperature 0, `max_tokens` the same for both. Token counts: ours from `usage`; llama-cpp-python's stream has no
 usage, so its generated text (and tool-call arguments, if any) is counted with the model's tokenizer (loadgen's
@@ -153,7 +153,8 @@ def token_counter(gguf: Path):
 
 def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
     """py-spy sampling of every thread of `pid`, written as collapsed stacks (one line per stack: count)."""
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
                              "--format", "raw", "--threads", "--output", str(out), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
@@ -186,14 +187,15 @@ def summarize_profile(path: Path, top: int = 15) -> dict:
             "inclusive_pct": share(inclusive[busiest]), "self_pct": share(leaf.get(busiest, {}))}
 
 
-def bench_server(server: Server, levels: list[int], args, count_tokens=None, profile_to: Optional[Path] = None
-                 ) -> dict:
+def bench_server(server: Server, levels: list[int], args, count_tokens=None, profile_to: Optional[Path] = None,
+                 save=lambda partial: None) -> dict:
+    """Warm-up, then each level; `save(out)` after each level, so an interrupted run keeps what it measured."""
     common = dict(max_tokens=args.max_tokens, temperature=0.0, stream_fraction=1.0, tools_fraction=1.0,
                   request_timeout=args.request_timeout, count_tokens=count_tokens)
     warm = asyncio.run(run_load(server.load_config(concurrency=1, requests=1, duration=600, **common)))
     out = {"warmup": warm.summary(), "levels": {}}
     for c in levels:
-        cfg = server.load_config(concurrency=c, requests=max(args.requests, 2 * c), duration=args.duration, **common)
+        cfg = server.load_config(concurrency=c, requests=max(args.requests, c), duration=args.duration, **common)
         spy = None
         if profile_to is not None and c == max(levels) and server.proc is not None:
             spy = profile(server.proc.pid, args.profile_s, profile_to)
@@ -206,6 +208,7 @@ def bench_server(server: Server, levels: list[int], args, count_tokens=None, pro
         s = result.summary()
         print(f"{server.name} c={c}: {s['output_tok_s']} tok/s, TTFT p50 {s['ttft_ms']['p50']} ms, "
               f"errors {s['errors']}", flush=True)
+        save(out)
     return out
 
 
@@ -227,7 +230,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--gguf", type=Path, default=Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
-    p.add_argument("--requests", type=int, default=16, help="requests per level (at least 2 x the level)")
+    p.add_argument("--requests", type=int, default=16, help="requests per level (at least the level)")
     p.add_argument("--duration", type=float, default=1800, help="no new request after this many seconds per level")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -254,6 +257,13 @@ def main(argv=None) -> int:
             "requests": args.requests, "model_extra": json.loads(args.model_extra), "started": stamp,
             "load_avg_before": os.getloadavg()}
     home = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+
+    def saver(name):
+        def save(partial):
+            results[name] = partial
+            out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        return save
+
     try:
         if "mindie_like" in wanted:
             ours = OurDaemon(gguf, args.threads, home, meta["model_extra"])
@@ -262,14 +272,14 @@ def main(argv=None) -> int:
             meta["ours_start_s"] = round(time.monotonic() - t0, 1)
             try:
                 spy_out = out.with_name(out.stem + "_pyspy.txt") if args.profile_s else None
-                results["mindie_like"] = bench_server(ours, levels, args, profile_to=spy_out)
+                bench_server(ours, levels, args, profile_to=spy_out, save=saver("mindie_like"))
             finally:
                 ours.stop()
         if "llama-cpp-python" in wanted:
             peer = LlamaCppServer(gguf, args.threads, args.n_ctx)
             peer.start()
             try:
-                results["llama-cpp-python"] = bench_server(peer, levels, args, count_tokens=token_counter(gguf))
+                bench_server(peer, levels, args, count_tokens=token_counter(gguf), save=saver("llama-cpp-python"))
             finally:
                 peer.stop()
     finally:
