@@ -27,8 +27,9 @@ What is measured (wall clock of this process, `time.perf_counter`):
   requests/s = successful requests / the same wall time.
 - errors by kind: `http_<status>` (the response status, with the body's error_type), `sse_error` (an error event in
   a started stream, with its error_type), `timeout`, `connection:<exception>`, `incomplete` (the stream ended
-  without [DONE] or without a finish_reason). A request the generator itself abandons on purpose
-  (`disconnect_fraction`) is counted as "disconnected", not as an error.
+  without [DONE] or without a finish_reason), `bad_response` (a body or event that is not the OpenAI shape). A
+  request the generator itself abandons on purpose (`disconnect_fraction`) is counted as "disconnected", not as an
+  error.
 """
 from __future__ import annotations
 
@@ -366,8 +367,10 @@ async def one_request(session: aiohttp.ClientSession, cfg: LoadConfig, index: in
                     rec.ok = True
     except TimeoutError:
         rec.error_kind, rec.error_detail = "timeout", f"no complete answer within {cfg.request_timeout}s"
-    except (aiohttp.ClientError, OSError, ValueError, KeyError) as e:
+    except (aiohttp.ClientError, OSError) as e:
         rec.error_kind, rec.error_detail = f"connection:{type(e).__name__}", str(e)[:300]
+    except (ValueError, KeyError, TypeError) as e:   # not JSON, or not the OpenAI shape
+        rec.error_kind, rec.error_detail = "bad_response", f"{type(e).__name__}: {e}"[:300]
     rec.e2e_s = time.perf_counter() - t0
     if rec.disconnected:
         rec.ok, rec.error_kind = False, None

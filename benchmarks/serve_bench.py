@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -102,7 +103,6 @@ class OurDaemon(Server):
         else:
             raise RuntimeError(f"our daemon exited with {self.proc.wait()}")
         # keep draining its output so a full pipe never blocks it
-        import threading
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
 
     def load_config(self, **kw) -> LoadConfig:
@@ -220,7 +220,8 @@ def table(results: dict, levels: list[int]) -> str:
         for name, res in results.items():
             s = res["levels"][c]["summary"]
             rows.append(f"| {c} | {name} | {s['output_tok_s']} | {s['requests_per_s']} | {s['ttft_ms']['p50']} / "
-                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | {s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
+                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | "
+                        f"{s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
                         f"{s['tpot_ms']['p50']} | {s['e2e_ms']['p50']} | {s['output_tokens']} | "
                         f"{s['errors'] or 0} |")
     return "\n".join(rows)
