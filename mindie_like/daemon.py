@@ -171,7 +171,8 @@ async def start_listener(ls, backlog: int) -> None:
 async def drain(ctx, listeners, grace: float) -> None:
     """Stop accepting (listening sockets closed, new requests on open connections get 503), then give in-flight
     requests up to `grace` seconds. aiohttp's own shutdown would stop reading request bodies at once, so the
-    waiting is done here and aiohttp's cleanup only cancels what is left."""
+    waiting is done here. Requests still generating when it ends are aborted in the engine (each gets a 503) and
+    aiohttp's cleanup only cancels what is left (e.g. a request whose body never arrived)."""
     ctx.stopping = True
     log.info("stopping: no new connections; %d in-flight request(s) get up to %.0fs", ctx.inflight, grace)
     for ls in listeners:
