@@ -34,8 +34,11 @@ setup(
         # schemathesis: the OpenAPI fuzzing of the daemon (tests/e2e/test_openapi_fuzz.py); 4.x is the API used there
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0",
                 "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6"],
-        # llama-cpp-python: the peer in the engine benchmark; partial-json-parser: bench_tool_parse's baseline
-        "bench": ["llama-cpp-python>=0.3", "partial-json-parser>=0.2", "py-spy>=0.3"],
+        # llama-cpp-python: the peer in the engine and serving benchmarks (its OpenAI server needs the five after
+        # it: the names of its [server] extra, listed here so pip does not rebuild it); partial-json-parser:
+        # bench_tool_parse's baseline
+        "bench": ["llama-cpp-python>=0.3", "uvicorn>=0.22", "fastapi>=0.100", "sse-starlette>=1.6",
+                  "starlette-context>=0.3.6", "pydantic-settings>=2.0.1", "partial-json-parser>=0.2", "py-spy>=0.3"],
     },
     include_package_data=True,
     package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernels, built on first use

@@ -186,7 +186,8 @@ async def start_listener(ls, backlog: int) -> None:
 async def drain(ctx, listeners, grace: float) -> None:
     """Stop accepting (listening sockets closed, new requests on open connections get 503), then give in-flight
     requests up to `grace` seconds. aiohttp's own shutdown would stop reading request bodies at once, so the
-    waiting is done here and aiohttp's cleanup only cancels what is left."""
+    waiting is done here. Requests still generating when it ends are aborted in the engine (each gets a 503) and
+    aiohttp's cleanup only cancels what is left (e.g. a request whose body never arrived)."""
     ctx.stopping = True
     log.info("stopping: no new connections; %d in-flight request(s) get up to %.0fs", ctx.inflight, grace)
     for ls in listeners:
@@ -199,6 +200,14 @@ async def drain(ctx, listeners, grace: float) -> None:
         await asyncio.sleep(0.05)
     if ctx.inflight:
         log.warning("grace period over: cancelling %d request(s)", ctx.inflight)
+        # stop the engine first: its requests end with "abort", which the handlers turn into a 503 (an error event
+        # then [DONE] on a started stream) within aiohttp's shutdown_timeout, instead of a connection cut mid-answer
+        engine = ctx.engine
+        if engine is not None and hasattr(engine, "shutdown"):
+            try:
+                await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
+            except Exception:
+                log.exception("engine shutdown failed")
 
 
 async def serve(ctx, ssl_factory) -> int:

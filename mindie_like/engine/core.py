@@ -23,7 +23,7 @@ from .block_manager import BlockManager
 from .request import Request, RequestStatus
 from .sampler import Sampler, SamplingRow, new_generator
 from .scheduler import Scheduler, SchedulerOutput
-from .types import BackendFailure, EngineConfig, EngineError, EngineStats, RequestOutput, SamplingParams
+from .types import EngineConfig, EngineError, EngineStats, RequestOutput, SamplingParams
 
 logger = logging.getLogger("mindie_like.engine")
 
@@ -151,7 +151,7 @@ class EngineCore:
                 req = s.request
                 if not req.is_finished:
                     out = self._finish(req, "error", error=msg)
-                    out.backend_failed = isinstance(e, BackendFailure)
+                    out.backend_failed = True     # the forward step, not the request, failed: HTTP 500
                     outs.append((req, out))
             return outs
 

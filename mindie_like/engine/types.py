@@ -73,7 +73,7 @@ class RequestOutput:
     prefill_time_ms: Optional[float] = None   # set on the first output
     decode_time_ms: Optional[float] = None    # this decode step's time
     error: Optional[str] = None               # set with finish_reason "error"
-    backend_failed: bool = False              # the error is the backend's (a tensor-parallel rank died): HTTP 500
+    backend_failed: bool = False              # the forward step raised (a kernel error, a dead TP rank): HTTP 500
 
 
 @dataclass

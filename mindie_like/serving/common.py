@@ -230,7 +230,7 @@ async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None
                 continue
             if out.finish_reason == "error":
                 finished.add(by_key[key].request_id)
-                if out.backend_failed:      # not the request's fault: the model backend is gone
+                if out.backend_failed:      # not the request's fault: the forward step or the backend failed
                     raise ValidationFailure(500, out.error or "the model backend failed", INCOMPLETE_GENERATION)
                 raise ValidationFailure(424, out.error or "generation failed", GENERATION_ERROR)
             if out.finish_reason == "abort" and by_key[key].request_id not in stopped:

@@ -12,9 +12,10 @@ Reuse it from any e2e module:
     def my_daemon(daemon_factory, tiny_model):     # a daemon with config overrides
         return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10}, model={"models": {...}})
 
-`daemon_factory(model_dir, server=..., backend=..., deploy=..., schedule=..., model=..., top=..., env=...)`
-deep-merges each dict into that section of the default conf/config.json (model = ModelConfig[0]) and stops every
-daemon it started when the module ends.
+`daemon_factory(model_dir, server=..., backend=..., deploy=..., schedule=..., model=..., top=..., env=...,
+entry=...)` deep-merges each dict into that section of the default conf/config.json (model = ModelConfig[0]) and
+stops every daemon it started when the module ends. `entry` replaces the `-m mindie_like.daemon` arguments of the
+interpreter (e.g. a script that patches something and then calls mindie_like.daemon.main: tests/e2e/fault_daemon.py).
 """
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ class DaemonHandle:
     lines: list = field(default_factory=list)
     host: str = "127.0.0.1"
     env: Optional[dict] = None          # extra environment for the daemon process
+    entry: tuple = ("-m", "mindie_like.daemon")   # what the interpreter runs
 
     @property
     def port(self) -> int:
@@ -189,7 +191,7 @@ class DaemonHandle:
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "config.json").write_text(json.dumps(self.config, indent=2))
         os.chmod(conf / "config.json", 0o640)
-        self.proc = subprocess.Popen([sys.executable, "-m", "mindie_like.daemon"], cwd=str(self.home),
+        self.proc = subprocess.Popen([sys.executable, *self.entry], cwd=str(self.home),
                                      env=daemon_env(self.home, env), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         started = threading.Event()
@@ -228,8 +230,9 @@ class DaemonHandle:
 def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:
     """A configured (not yet started) daemon in `home` with fresh certs and free ports."""
     env = overrides.pop("env", None)
+    entry = tuple(overrides.pop("entry", None) or DaemonHandle.entry)
     certs = gen_certs(home, in_process=overrides.pop("in_process_certs", False))
-    return DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs, env=env)
+    return DaemonHandle(home=home, config=make_config(model_dir, **overrides), certs=certs, env=env, entry=entry)
 
 
 @pytest.fixture(scope="module")

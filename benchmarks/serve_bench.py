@@ -1,0 +1,296 @@
+"""Serving benchmark: our daemon (mutual TLS) against llama-cpp-python's OpenAI server (plain HTTP) on the same
+GGUF file, the same prompts with tools, greedy, at several concurrencies, in one run on this machine.
+
+    PYTHONPATH=. python -m benchmarks.serve_bench --gguf /work/models/qwen2.5-coder-0.5b-instruct.gguf \\
+        [--concurrency 1,4,16] [--requests 16] [--max-tokens 128] [--threads 2] [--profile-s 20]
+
+The servers run one after the other (never at the same time), each on 127.0.0.1 with `--threads` threads; each
+gets one warm-up request, then every concurrency level sends `--requests` requests (at least one per client) of
+benchmarks/loadgen's built-in prompt set, all with its two tools, streaming with stream_options.include_usage,
+temperature 0, `max_tokens` the same for both. Token counts: ours from `usage`; llama-cpp-python's stream has no
+usage, so its generated text (and tool-call arguments, if any) is counted with the model's tokenizer (loadgen's
+module doc has the exact definitions of TTFT, ITL and tok/s). llama-cpp-python's server serves one request at a
+time (a global lock around its one `Llama`; 0.3.x has no parallel-slots option), so its concurrency levels queue;
+it runs with `--interrupt_requests False`, since by default a new request cuts the running stream short (seen
+as streams ending without a finish_reason).
+With `--profile-s`, py-spy samples our daemon for that many seconds during the highest concurrency level.
+
+Writes benchmarks/results/serve_<UTC time>.json (every summary and request record) and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.loadgen import LoadConfig, run_load
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
+START_LINE = "Daemon start success!"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process under test: start(), stop(), and a LoadConfig that reaches it."""
+
+    name = ""
+    proc: Optional[subprocess.Popen] = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class OurDaemon(Server):
+    name = "mindie_like"
+
+    def __init__(self, gguf: Path, threads: int, home: Path, model_extra: dict):
+        from mindie_like.server import certgen
+        self.home = home
+        certgen.generate(home)
+        model_dir = home / "model"
+        model_dir.mkdir()
+        os.symlink(gguf, model_dir / gguf.name)
+        cfg = json.loads((REPO / "conf" / "config.json").read_text())
+        self.port, mport, xport = free_port(), free_port(), free_port()
+        cfg["ServerConfig"].update(port=self.port, managementPort=mport, metricsPort=xport)
+        model = cfg["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
+        model.update(modelWeightPath=str(model_dir), modelName=MODEL_NAME, numThreads=threads, **model_extra)
+        (home / "conf").mkdir()
+        self.config_path = home / "conf" / "config.json"
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+        os.chmod(self.config_path, 0o640)
+
+    def start(self, timeout: float = 900) -> None:
+        env = dict(os.environ, MINDIE_LLM_HOME_PATH=str(self.home), MINDIE_LOG_LEVEL="WARNING",
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # the GGUF is imported once into the checkout's cache (a minute or more the first time)
+        env.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))
+        self.proc = subprocess.Popen([sys.executable, "-m", "mindie_like.daemon", "--config-file",
+                                      str(self.config_path)], cwd=str(self.home), env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        deadline = time.monotonic() + timeout
+        for line in self.proc.stdout:
+            if line.strip() == START_LINE:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("our daemon did not start in time")
+        else:
+            raise RuntimeError(f"our daemon exited with {self.proc.wait()}")
+        # keep draining its output so a full pipe never blocks it
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def load_config(self, **kw) -> LoadConfig:
+        sec = self.home / "security"
+        return LoadConfig(url=f"https://127.0.0.1:{self.port}", model=MODEL_NAME, ca=str(sec / "ca/ca.pem"),
+                          cert=str(sec / "client/client.pem"), key=str(sec / "client/client.key.pem"), **kw)
+
+
+class LlamaCppServer(Server):
+    name = "llama-cpp-python"
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int):
+        self.port = free_port()
+        self.cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_NAME,
+                    "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
+                    "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False",
+                    # its default cuts a running stream short whenever another request arrives
+                    "--interrupt_requests", "False"]
+
+    def start(self, timeout: float = 300) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-cpp-python's server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/models", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("llama-cpp-python's server did not start in time")
+
+    def load_config(self, **kw) -> LoadConfig:
+        return LoadConfig(url=f"http://127.0.0.1:{self.port}", model=MODEL_NAME, **kw)
+
+
+def token_counter(gguf: Path):
+    """Counts tokens of generated text with the model's own tokenizer (for streams that carry no usage): the one
+    our backend imported from the GGUF (resolve_model_dir imports it now if no run did before)."""
+    from transformers import AutoTokenizer
+
+    from mindie_like.backend_atb.weights import resolve_model_dir
+    folder = resolve_model_dir(gguf, cache_dir=os.environ.get("MINDIE_LIKE_CACHE_DIR", REPO / "cache"))
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    return lambda text: len(tok.encode(text, add_special_tokens=False))
+
+
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling of every thread of `pid`, written as collapsed stacks (one line per stack: count)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
+                             "--format", "raw", "--threads", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict:
+    """py-spy's collapsed stacks -> samples per thread, and the functions that hold the most samples (inclusive:
+    anywhere on the stack; self: the innermost frame), as shares of the busiest thread's samples."""
+    per_thread: dict[str, int] = {}
+    inclusive: dict[str, dict[str, int]] = {}
+    leaf: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        thread, frames = frames[0], [f.split(" (")[0] for f in frames[1:]]
+        n = int(count)
+        per_thread[thread] = per_thread.get(thread, 0) + n
+        for f in set(frames):
+            inclusive.setdefault(thread, {})[f] = inclusive.setdefault(thread, {}).get(f, 0) + n
+        if frames:
+            leaf.setdefault(thread, {})[frames[-1]] = leaf.setdefault(thread, {}).get(frames[-1], 0) + n
+    if not per_thread:
+        return {}
+    busiest = max(per_thread, key=per_thread.get)
+    total = per_thread[busiest]
+    share = lambda d: [(f, round(100 * c / total, 1))                                       # noqa: E731
+                       for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples_per_thread": per_thread, "busiest_thread": busiest,
+            "inclusive_pct": share(inclusive[busiest]), "self_pct": share(leaf.get(busiest, {}))}
+
+
+def bench_server(server: Server, levels: list[int], args, count_tokens=None, profile_to: Optional[Path] = None,
+                 save=lambda partial: None) -> dict:
+    """Warm-up, then each level; `save(out)` after each level, so an interrupted run keeps what it measured."""
+    common = dict(max_tokens=args.max_tokens, temperature=0.0, stream_fraction=1.0, tools_fraction=1.0,
+                  request_timeout=args.request_timeout, count_tokens=count_tokens)
+    warm = asyncio.run(run_load(server.load_config(concurrency=1, requests=1, duration=600, **common)))
+    out = {"warmup": warm.summary(), "levels": {}}
+    for c in levels:
+        cfg = server.load_config(concurrency=c, requests=max(args.requests, c), duration=args.duration, **common)
+        spy = None
+        if profile_to is not None and c == max(levels) and server.proc is not None:
+            spy = profile(server.proc.pid, args.profile_s, profile_to)
+        result = asyncio.run(run_load(cfg))
+        if spy is not None:
+            spy.wait(args.profile_s + 60)
+            if profile_to.exists():
+                out["profile"] = summarize_profile(profile_to)
+        out["levels"][c] = result.to_dict(with_records=True)
+        s = result.summary()
+        print(f"{server.name} c={c}: {s['output_tok_s']} tok/s, TTFT p50 {s['ttft_ms']['p50']} ms, "
+              f"errors {s['errors']}", flush=True)
+        save(out)
+    return out
+
+
+def table(results: dict, levels: list[int]) -> str:
+    rows = ["| concurrency | server | output tok/s | requests/s | TTFT p50 / p99 ms | first output p50 ms | "
+            "ITL p50 / p99 ms | TPOT p50 ms | e2e p50 ms | tokens | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in levels:
+        for name, res in results.items():
+            s = res["levels"][c]["summary"]
+            rows.append(f"| {c} | {name} | {s['output_tok_s']} | {s['requests_per_s']} | {s['ttft_ms']['p50']} / "
+                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | "
+                        f"{s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
+                        f"{s['tpot_ms']['p50']} | {s['e2e_ms']['p50']} | {s['output_tokens']} | "
+                        f"{s['errors'] or 0} |")
+    return "\n".join(rows)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gguf", type=Path, default=Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    p.add_argument("--requests", type=int, default=16, help="requests per level (at least the level)")
+    p.add_argument("--duration", type=float, default=1800, help="no new request after this many seconds per level")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-ctx", type=int, default=4096, help="llama-cpp-python's context size")
+    p.add_argument("--request-timeout", type=float, default=1800)
+    p.add_argument("--model-extra", default="{}",
+                   help='JSON merged into our ModelConfig[0], e.g. \'{"quantization": "w4a16"}\'')
+    p.add_argument("--servers", default="mindie_like,llama-cpp-python")
+    p.add_argument("--profile-s", type=int, default=0, help="py-spy our daemon this long at the top level")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/serve_<UTC time>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    gguf = args.gguf.resolve()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%MZ")
+    out = args.out or RESULTS / f"serve_{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = args.servers.split(",")
+    results: dict = {}
+    meta = {"gguf": str(gguf), "threads": args.threads, "max_tokens": args.max_tokens, "levels": levels,
+            "requests": args.requests, "model_extra": json.loads(args.model_extra), "started": stamp,
+            "load_avg_before": os.getloadavg()}
+    home = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+
+    def saver(name):
+        def save(partial):
+            results[name] = partial
+            out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        return save
+
+    try:
+        if "mindie_like" in wanted:
+            ours = OurDaemon(gguf, args.threads, home, meta["model_extra"])
+            t0 = time.monotonic()
+            ours.start()
+            meta["ours_start_s"] = round(time.monotonic() - t0, 1)
+            try:
+                spy_out = out.with_name(out.stem + "_pyspy.txt") if args.profile_s else None
+                bench_server(ours, levels, args, profile_to=spy_out, save=saver("mindie_like"))
+            finally:
+                ours.stop()
+        if "llama-cpp-python" in wanted:
+            peer = LlamaCppServer(gguf, args.threads, args.n_ctx)
+            peer.start()
+            try:
+                bench_server(peer, levels, args, count_tokens=token_counter(gguf), save=saver("llama-cpp-python"))
+            finally:
+                peer.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    meta["load_avg_after"] = os.getloadavg()
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(table(results, levels))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
