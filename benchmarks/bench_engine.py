@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Engine benchmark (issue 4): our AsyncEngine vs transformers (and llama-cpp-python when installed).
 
-    PYTHONPATH=. python benchmarks/bench_engine.py [--model /work/models/qwen2.5-coder-0.5b-instruct.gguf]
+    PYTHONPATH=. python benchmarks/bench_engine.py [--model models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf]
         [--threads N] [--quick] [--skip-hf] [--skip-llamacpp] [--json out.json]
 
 In one run, same dtype (the serving dtype unless --dtype: the weights are bfloat16, which the backend runs as
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from mindie_like.engine.async_engine import AsyncEngine  # noqa: E402
 from mindie_like.engine.types import EngineConfig, SamplingParams  # noqa: E402
 
-DEFAULT_MODEL = "/work/models/qwen2.5-coder-0.5b-instruct.gguf"
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")  # bin/fetch_models
 
 
 def rss_mb() -> float:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mindie_like.backend_atb import ForwardBatch, ModelRunner  # noqa: E402
 from mindie_like.engine.types import EngineConfig  # noqa: E402
 
-DEFAULT_MODEL = "/work/models/qwen2.5-coder-0.5b-instruct.gguf"
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")  # bin/fetch_models
 BLOCK = 128
 CLOCK = time.perf_counter      # --clock cpu: time.process_time
 

@@ -27,7 +27,7 @@ from mindie_like.backend_atb import ForwardBatch, ModelRunner  # noqa: E402
 from mindie_like.backend_atb.device import available_cores, cpu_has_fast_bf16  # noqa: E402
 from mindie_like.engine.types import EngineConfig  # noqa: E402
 
-DEFAULT_MODEL = "/work/models/qwen2.5-coder-0.5b-instruct.gguf"
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")  # bin/fetch_models
 CLOCK = time.perf_counter      # --cpu-time: time.process_time (with --threads 1: CPU time actually received, which
                                # discounts time spent waiting for a core on a shared machine)
 

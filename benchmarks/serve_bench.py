@@ -1,7 +1,7 @@
 """Serving benchmark: our daemon (mutual TLS) against llama-cpp-python's OpenAI server (plain HTTP) on the same
 GGUF file, the same prompts with tools, greedy, at several concurrencies, in one run on this machine.
 
-    PYTHONPATH=. python -m benchmarks.serve_bench --gguf /work/models/qwen2.5-coder-0.5b-instruct.gguf \\
+    PYTHONPATH=. python -m benchmarks.serve_bench --gguf models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf \\
         [--concurrency 1,4,16] [--requests 16] [--max-tokens 128] [--threads 2] [--profile-s 20]
 
 The servers run one after the other (never at the same time), each on 127.0.0.1 with `--threads` threads; each
@@ -229,7 +229,8 @@ def table(results: dict, levels: list[int]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--gguf", type=Path, default=Path("/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
+    p.add_argument("--gguf", type=Path, help="default: the demo model from bin/fetch_models",
+                   default=REPO / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     p.add_argument("--requests", type=int, default=16, help="requests per level (at least the level)")
     p.add_argument("--duration", type=float, default=1800, help="no new request after this many seconds per level")

@@ -167,7 +167,10 @@ def test_soak(fault_daemon, size):
           f"{end['freeNpuBlockNums']}/{end['totalNpuBlockNums']}")
     assert rss_end < rss_warm * 1.10, (rss_warm, rss_end)
     assert fds_end <= fds_idle
-    assert threads_end <= threads_idle
+    # asyncio's default executor (chat templates render there) starts its threads lazily, up to its max_workers,
+    # so a warm-up that did not need all of them can see one more later: only growth past that bound is a leak
+    executor_max = min(32, (os.cpu_count() or 1) + 4)
+    assert threads_end <= threads_idle + executor_max, (threads_idle, threads_end)
 
 
 def test_loadgen_reports_and_refuses_remote_hosts(fault_daemon):
