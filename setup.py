@@ -41,6 +41,6 @@ setup(
                   "starlette-context>=0.3.6", "pydantic-settings>=2.0.1", "partial-json-parser>=0.2", "py-spy>=0.3"],
     },
     include_package_data=True,
-    package_data={"mindie_like.backend_atb": ["csrc/*.cpp"]},   # optional CPU kernels, built on first use
+    package_data={"mindie_like.backend_atb": ["csrc/*.cpp", "csrc/*.h"]},   # optional CPU kernels, built on first use
     zip_safe=False,
 )

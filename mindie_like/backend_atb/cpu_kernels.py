@@ -49,7 +49,8 @@ def load():
         from torch.utils.cpp_extension import load as load_ext
         from .weights import cache_root
         # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_CSRC.glob("*.cpp")))).hexdigest()[:12]
+        sources = sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
         build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()

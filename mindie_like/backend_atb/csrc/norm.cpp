@@ -4,17 +4,10 @@
 // pass over the row.
 #include <torch/extension.h>
 #include <immintrin.h>
+#include "avx2_util.h"
 #include <cmath>
 
 namespace {
-
-inline float hsum8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_hadd_ps(lo, lo);
-  lo = _mm_hadd_ps(lo, lo);
-  return _mm_cvtss_f32(lo);
-}
 
 // out[i] = x[i] * inv * w[i] for one row of H floats; returns nothing. ss: sum of squares of x.
 inline void scale_row(const float* x, const float* w, float* out, int64_t H, float inv) {
@@ -32,7 +25,7 @@ inline float sum_sq(const float* x, int64_t H) {
     __m256 v = _mm256_loadu_ps(x + i);
     a = _mm256_fmadd_ps(v, v, a);
   }
-  float s = hsum8(a);
+  float s = hsum256(a);
   for (; i < H; ++i) s += x[i] * x[i];
   return s;
 }

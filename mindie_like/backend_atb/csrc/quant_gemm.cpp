@@ -12,20 +12,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include "avx2_util.h"
 #include <cmath>
 #include <vector>
 
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  __m128 s = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, s);
-  s = _mm_add_ss(s, sh);
-  return _mm_cvtss_f32(s);
-}
 
 inline __m256 load_i8x8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -50,7 +41,7 @@ inline void i8_block(const float* x, int64_t K, const int8_t* q, const float* sc
   for (int r = 0; r < R; ++r) {
     const int8_t* qr = q + (n + r) * K;
     for (int m = 0; m < M; ++m) {
-      float s = hsum(acc[r][m]);
+      float s = hsum256(acc[r][m]);
       for (int64_t k = K8; k < K; ++k) s += float(qr[k]) * x[m * K + k];
       s *= scale[n + r];
       if (bias) s += bias[n + r];
@@ -120,7 +111,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  float r = hsum(acc);
+  float r = hsum256(acc);
   for (; i < n; ++i) r += a[i] * b[i];
   return r;
 }
@@ -145,7 +136,7 @@ inline void i4_row(const int16_t* xq, const float* xd, const float* xg, int64_t 
   }
   if (blk < NB) i4_block<M>(xq, xd, K, NB, row, sr + (blk >> shift), blk, acc0);
   for (int m = 0; m < M; ++m) {
-    float r = hsum(_mm256_add_ps(acc0[m], acc1[m])) + dot(br, xg + m * G, G);
+    float r = hsum256(_mm256_add_ps(acc0[m], acc1[m])) + dot(br, xg + m * G, G);
     if (bias) r += bias[n];
     y[m * N + n] = r;
   }
