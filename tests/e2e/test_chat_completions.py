@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from .load_helpers import wait_all_blocks_free
 
 TOOLS = [
     {"type": "function", "function": {
@@ -285,14 +286,7 @@ def test_client_disconnect_aborts_and_frees_blocks(client, daemon):
         if seen == 3:
             break
     stream.close()
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        res = json.loads(daemon.request("GET", "/v1/status", plane="management")[1])["resource"]
-        if res["runningRequestNum"] == 0 and res["freeNpuBlockNums"] == res["totalNpuBlockNums"]:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the disconnected request was not aborted: {res}")
+    wait_all_blocks_free(daemon, timeout=30)    # the disconnected request was aborted
 
 
 def test_response_format_json_schema_is_enforced(client, daemon):

@@ -18,6 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
+from .load_helpers import wait_all_blocks_free
+
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 N = 12
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
@@ -349,14 +351,7 @@ def test_client_disconnect_aborts_and_frees_blocks(daemon):
     r = conn.getresponse()
     assert r.status == 200 and r.readline().startswith(b"data: ")
     conn.close()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        res = json.loads(daemon.request("GET", "/v1/status", plane="management")[1])["resource"]
-        if res["runningRequestNum"] == 0 and res["freeNpuBlockNums"] == res["totalNpuBlockNums"]:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the disconnected request was not aborted: {res}")
+    wait_all_blocks_free(daemon, timeout=60)    # the disconnected request was aborted
     # aborted, not run to its end
     assert _metric(daemon, "request_failed_total") == before["request_failed_total"] + 1
     assert _metric(daemon, "request_success_total") == before["request_success_total"]
