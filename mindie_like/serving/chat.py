@@ -14,8 +14,8 @@ from ..chat.template import ChatTemplate, messages_for_template, tools_for_templ
 from ..chat.tokenizer import Tokenizer
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
-from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
+from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
+                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
                      strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
@@ -89,17 +89,11 @@ class _Prepared:
 
 
 @dataclass
-class _Choice:
+class _Choice(OutputTally):
     index: int
     parts: list[str] = field(default_factory=list)
-    num_tokens: int = 0
     reasoning_tokens: int = 0
-    cached_tokens: int = 0
-    prompt_tokens: int = 0
     logprobs: list[dict] = field(default_factory=list)        # non-streaming: all; streaming: not yet sent
-    engine_finish: Optional[str] = None
-    prefill_ms: Optional[float] = None
-    decode_ms: list[float] = field(default_factory=list)
     parser: Any = None
     stream: Any = None                  # the parser's stream (streaming) or a reasoning-only counter stream
     started: bool = False
@@ -369,18 +363,7 @@ class ChatServing(ObservedServing):
     # ============================================================================================ per output
     def _record(self, prep: _Prepared, st: _Choice, out) -> str:
         """Bookkeeping shared by both modes; returns the output's text with end-of-turn tokens removed."""
-        ids = out.new_token_ids or []
-        st.num_tokens = max(st.num_tokens + len(ids), out.num_output_tokens or 0)
-        if out.num_prompt_tokens:
-            st.prompt_tokens = out.num_prompt_tokens
-        if out.num_cached_tokens:
-            st.cached_tokens = out.num_cached_tokens
-        if out.prefill_time_ms is not None and st.prefill_ms is None:
-            st.prefill_ms = out.prefill_time_ms
-        elif out.decode_time_ms is not None:
-            st.decode_ms.append(out.decode_time_ms)
-        if out.finished:
-            st.engine_finish = out.finish_reason
+        ids = st.record(out)
         return strip_end_of_turn(self.tokenizer, out.text_delta or "", ids)
 
     # -------------------------------------------------------------------------------------------- non-streaming

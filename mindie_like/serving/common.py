@@ -257,6 +257,33 @@ async def pump(engine, jobs: list[Job], *, token_timeout: Optional[float] = None
 
 # ----------------------------------------------------------------------------------------------- logprobs, usage
 
+@dataclass(kw_only=True)
+class OutputTally:
+    """Per-choice accounting of engine outputs shared by the chat and completion routes (usage, timings, finish)."""
+    num_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    engine_finish: Optional[str] = None
+    prefill_ms: Optional[float] = None
+    decode_ms: list[float] = field(default_factory=list)
+
+    def record(self, out: RequestOutput) -> list[int]:
+        """Counts one engine output; returns its new token ids. A step may yield several ids, hence the max."""
+        ids = out.new_token_ids or []
+        self.num_tokens = max(self.num_tokens + len(ids), out.num_output_tokens or 0)
+        if out.num_prompt_tokens:
+            self.prompt_tokens = out.num_prompt_tokens
+        if out.num_cached_tokens:
+            self.cached_tokens = out.num_cached_tokens
+        if out.prefill_time_ms is not None and self.prefill_ms is None:
+            self.prefill_ms = out.prefill_time_ms
+        elif out.decode_time_ms is not None:
+            self.decode_ms.append(out.decode_time_ms)
+        if out.finished:
+            self.engine_finish = out.finish_reason
+        return ids
+
+
 def chat_logprob_entries(tokenizer, lps) -> list[dict]:
     out = []
     for lp in lps or ():

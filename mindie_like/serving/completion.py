@@ -11,24 +11,18 @@ from typing import Any, AsyncIterator, Optional
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
 from .chat import ensure_tokenizer
-from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, benchmark_enabled, build_sampling_params,
-                     finish_reason_of, fit_prompt, sse, usage_dict)
+from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
+                     build_sampling_params, finish_reason_of, fit_prompt, sse, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
 
 @dataclass
-class _CChoice:
+class _CChoice(OutputTally):
     index: int
     prompt_index: int
     echo_text: str = ""
     parts: list[str] = field(default_factory=list)
-    num_tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    engine_finish: Optional[str] = None
-    prefill_ms: Optional[float] = None
-    decode_ms: list[float] = field(default_factory=list)
     lp_tokens: list[str] = field(default_factory=list)
     lp_values: list[float] = field(default_factory=list)
     lp_top: list[dict] = field(default_factory=list)
@@ -111,18 +105,7 @@ class CompletionServing(ObservedServing):
         return out
 
     def _record(self, prep: _CPrepared, c: _CChoice, out) -> str:
-        ids = out.new_token_ids or []
-        c.num_tokens = max(c.num_tokens + len(ids), out.num_output_tokens or 0)
-        if out.num_prompt_tokens:
-            c.prompt_tokens = out.num_prompt_tokens
-        if out.num_cached_tokens:
-            c.cached_tokens = out.num_cached_tokens
-        if out.prefill_time_ms is not None and c.prefill_ms is None:
-            c.prefill_ms = out.prefill_time_ms
-        elif out.decode_time_ms is not None:
-            c.decode_ms.append(out.decode_time_ms)
-        if out.finished:
-            c.engine_finish = out.finish_reason
+        c.record(out)
         text = out.text_delta or ""
         if prep.req.logprobs is not None and out.logprobs:
             for lp in out.logprobs:
