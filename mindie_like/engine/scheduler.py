@@ -11,6 +11,10 @@ Each step:
    after its last cached full block. A prompt that does not fit the remaining budget is chunked when chunked
    prefill is on (`templateType: "Mix"`) or when it is longer than the whole budget; otherwise it waits a step.
    Nothing is admitted in a step that had to preempt.
+   **Same-step prefix dedupe**: a waiting request whose next uncached full block is being computed in this step
+   by an already scheduled request (a burst of requests with the same system prompt and tools, or the n choices
+   of one request) waits one step instead of computing the same block again; in the next step that block is in
+   the prefix cache. Admission stops there, so the queue stays in arrival order.
 
 The scheduler only decides; `build_batch` turns its decision into the ForwardBatch the runner executes and
 `update` commits the step (computed-token counts, prefix-cache registration) once the runner has run it.
@@ -68,6 +72,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         # counters
         self.num_preemptions = 0
+        self.num_prefix_deferrals = 0    # admissions put off a step by the same-step prefix dedupe
         self.prompt_tokens_total = 0
         self.cached_tokens_total = 0
         self.computed_tokens_total = 0   # tokens actually run through the model (prefill + decode)
@@ -143,11 +148,17 @@ class Scheduler:
             out.preempted.append(req)
 
         if not out.preempted:
+            computing = set()
+            for sr in chosen.values():
+                computing.update(self._blocks_completed(sr))
             while self.waiting and budget > 0:
                 if len(self.running) >= self.max_batch_size or num_prefills >= self.max_prefill_batch_size:
                     break
                 req = self.waiting[0]
                 cached = self.bm.find_cached_prefix(req)
+                if self._next_block_in(req, len(cached), computing):
+                    self.num_prefix_deferrals += 1
+                    break
                 n_total = req.num_tokens - len(cached) * self.block_size
                 n = n_total
                 if n > budget:
@@ -166,13 +177,25 @@ class Scheduler:
                     self.cached_tokens_total += req.num_cached_tokens
                     self.bm.prefix_queries += req.num_prompt_tokens
                     self.bm.prefix_hits += req.num_cached_tokens
-                chosen[req.request_id] = ScheduledRequest(req, req.num_computed_tokens, n)
+                sr = chosen[req.request_id] = ScheduledRequest(req, req.num_computed_tokens, n)
+                computing.update(self._blocks_completed(sr))
                 budget -= n
                 num_prefills += 1
 
         # decodes first in the batch, then prefills (kernels like it that way)
         out.scheduled = sorted(chosen.values(), key=lambda s: s.num_new_tokens > 1)
         return out
+
+    def _blocks_completed(self, sr: ScheduledRequest) -> list[int]:
+        """Hashes of the full blocks this scheduled step completes (they enter the prefix cache at `update`)."""
+        req, bs = sr.request, self.block_size
+        self.bm.compute_block_hashes(req)
+        return req.block_hashes[sr.start // bs:(sr.start + sr.num_new_tokens) // bs]
+
+    def _next_block_in(self, req: Request, num_cached: int, computing: set) -> bool:
+        """True when the first full block req would compute itself is in `computing` (see the module doc)."""
+        reusable = (req.num_tokens - 1) // self.block_size       # as find_cached_prefix: one token left to run
+        return num_cached < min(reusable, len(req.block_hashes)) and req.block_hashes[num_cached] in computing
 
     # ------------------------------------------------------------------ batch building and commit
     def build_batch(self, out: SchedulerOutput) -> ForwardBatch:

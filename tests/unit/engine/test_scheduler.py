@@ -218,6 +218,32 @@ def test_prefix_cache_counts_and_skips_cached_tokens():
     assert core2_outs["r0"] == alone([shared + [50, 51, 52]])["r0"]
 
 
+def test_burst_with_shared_prefix_computes_the_prefix_once():
+    """Requests arriving together with the same prefix: the first computes it, the others wait one step and
+    take it from the prefix cache (same-step dedupe) instead of computing identical blocks side by side."""
+    shared = list(range(1, 31))                    # 30 tokens: 7 full blocks of 4
+    ps = [shared + [40 + i, 46 + i, 52 + i] for i in range(6)]
+    core, runner = make_core(block_size=4)
+    outs, _ = run(core, ps)
+    assert outs == alone(ps)
+    st = core.stats()
+    assert st.cached_tokens_total == 5 * 28
+    # prefill: 33 tokens once, then 5 tokens for each follower; then 11 decode steps of one token each
+    assert runner.executed_tokens == 33 + 5 * 5 + 6 * 11
+    assert core.scheduler.num_prefix_deferrals == 1    # one step of waiting, for the whole burst behind the first
+    assert st.free_blocks == st.total_blocks
+
+
+def test_same_step_dedupe_off_without_prefix_cache():
+    shared = list(range(1, 31))
+    ps = [shared + [40 + i] for i in range(3)]
+    core, runner = make_core(block_size=4, enable_prefix_cache=False)
+    outs, _ = run(core, ps)
+    assert outs == alone(ps)
+    assert core.scheduler.num_prefix_deferrals == 0
+    assert runner.executed_tokens == 3 * 31 + 3 * 11
+
+
 def test_prefix_cache_disabled_by_config_or_runner():
     core, runner = make_core(enable_prefix_cache=False)
     assert not core.enable_prefix_cache
