@@ -100,8 +100,12 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
         log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
                  ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
+    loaded = 0
+
     def take(w, **kw):
+        nonlocal loaded
         if isinstance(w, QuantizedWeight):          # built by the loader (pre-quantized checkpoint, GGUF blocks)
+            loaded += 1
             if keep_dense:
                 w.materialize_dense()
             return w
@@ -123,9 +127,9 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         qweights.append(qe)
     gc.collect()
     after = model.weight_bytes()
-    log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
-             scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
-             after / 2**20)
+    log.info("quantized %d weights to %s%s in %.1f s (%d of them as loaded): weight bytes per step %.1f MiB -> "
+             "%.1f MiB", len(qweights), scheme, f" (group {group_size})" if scheme == "w4a16" else "",
+             time.time() - t0, loaded, before / 2**20, after / 2**20)
     policy = _build_policy(model, qweights, keep_dense, why, crossover, dense_dtype)
     for w in qweights:
         w.policy = policy
