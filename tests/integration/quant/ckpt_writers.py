@@ -157,20 +157,21 @@ def _wanted(modules: list[str], only: Optional[set]) -> list[str]:
 
 
 def write_gptq(src: Path, dest: Path, *, group_size: int = 32, sym: bool = True, v1: bool = True,
-               act_order: bool = False, seed: int = 0, split_perms: bool = False) -> dict:
+               act_order: bool = False, seed: int = 0, split_perms: bool = False, lm_head: bool = False) -> dict:
     """A GPTQ checkpoint of the float model in `src`. act_order: input channels grouped by a random permutation
     (one per input: q/k/v share one, gate/up share one, as AutoGPTQ's shared Hessian gives; `split_perms`: k_proj
-    gets its own, which cannot be fused). Returns {module: reference float weight [N, K]}."""
+    gets its own, which cannot be fused). lm_head: quantize it too (GPTQModel's `lm_head: true`). Returns
+    {module: reference float weight [N, K]}."""
     state, cfg = _copy_folder(src, dest)
     out, ref = {}, {}
     gen = torch.Generator().manual_seed(seed)
     perms: dict = {}
-    for m in linear_modules(state):
+    for m in linear_modules(state) + (["lm_head"] if lm_head else []):
         w = state.pop(m + ".weight")
         N, K = w.shape
         G = K // group_size
         if act_order:
-            layer, leaf = m.split("layers.")[1].split(".")[0], m.rsplit(".", 1)[1]
+            layer, leaf = (m.split("layers.")[1].split(".")[0] if "layers." in m else m), m.rsplit(".", 1)[-1]
             shared_input = {"q_proj": "attn", "k_proj": "k" if split_perms else "attn", "v_proj": "attn",
                             "gate_proj": "mlp", "up_proj": "mlp"}.get(leaf, leaf)
             key = (layer, shared_input)

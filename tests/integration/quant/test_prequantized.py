@@ -108,6 +108,13 @@ def test_logits_equal_the_float_model_on_the_dequantized_weights(checkpoints, fa
             torch.testing.assert_close(y, x, atol=2e-3 * float(x.abs().max()), rtol=1e-4)
 
 
+def test_gptq_quantized_lm_head_loads_like_the_other_linears(tiny_model, tmp_path):
+    ref = cw.write_gptq(tiny_model("llama"), tmp_path / "q", sym=False, lm_head=True)
+    r = load_runner(tmp_path / "q", quant_dense="never")
+    assert isinstance(r.model.lm_head, Int4Weight) and isinstance(r.model.embed, torch.Tensor)
+    torch.testing.assert_close(r.model.lm_head.dequantize(torch.float32), ref["lm_head"], atol=0, rtol=0)
+
+
 def test_act_order_permutations_that_differ_keep_that_weight_float(tiny_model, tmp_path, caplog):
     src = tiny_model("llama")
     ref = cw.write_gptq(src, tmp_path / "q", sym=False, act_order=True, split_perms=True)
