@@ -58,6 +58,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -215,20 +216,29 @@ def check_serving(ckq: CheckpointQuant, config, *, world_size: int, own_path: bo
 
 
 # ---- unpacking -------------------------------------------------------------------------------------------------
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """int32 [R, C] -> uint8 [R, C, 8]: the 8 nibbles of each word, nibble j = bits 4j..4j+3. Through the words'
+    bytes (a quarter of the memory traffic of shifting int32 copies); byte order checked."""
+    packed = packed.to(torch.int32).contiguous()
+    if sys.byteorder == "little":
+        b = packed.view(torch.uint8).reshape(*packed.shape, 4)     # byte j: nibbles 2j (low) and 2j + 1 (high)
+        return torch.stack((b & 0xF, b >> 4), dim=-1).reshape(*packed.shape, 8)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32)
+    return ((packed[..., None] >> shifts) & 0xF).to(torch.uint8)
 
 
-def unpack_int32_rows(packed: torch.Tensor) -> torch.Tensor:
-    """[R/8, C] int32 -> [R, C] values 0..15: row 8i+j from bits 4j of word i (GPTQ qweight)."""
+def unpack_int32_rows_transposed(packed: torch.Tensor) -> torch.Tensor:
+    """[R/8, C] int32 -> [C, R] uint8 values 0..15, where row 8i+j (before the transpose) is in bits 4j of word i
+    (GPTQ qweight [K/8, N] -> q [N, K]: moving whole 8-value runs, not single bytes)."""
     r8, c = packed.shape
-    return ((packed.to(torch.int32)[:, None, :] >> _SHIFTS[None, :, None]) & 0xF).reshape(r8 * 8, c)
+    return _nibbles(packed).permute(1, 0, 2).reshape(c, r8 * 8)
 
 
 def unpack_int32_cols(packed: torch.Tensor, order: Optional[tuple] = None) -> torch.Tensor:
-    """[R, C/8] int32 -> [R, C] values 0..15: column 8c+j from bits 4j of word c (GPTQ qzeros), or from nibble
-    order[j] (AWQ)."""
+    """[R, C/8] int32 -> [R, C] uint8 values 0..15: column 8c+j from bits 4j of word c (GPTQ qzeros), or from
+    nibble order[j] (AWQ)."""
     r, c8 = packed.shape
-    nib = (packed.to(torch.int32)[:, :, None] >> _SHIFTS[None, None, :]) & 0xF      # [R, C/8, 8] by nibble
+    nib = _nibbles(packed)                                          # [R, C/8, 8] by nibble
     if order is not None:
         nib = nib[:, :, list(order)]
     return nib.reshape(r, c8 * 8)
@@ -286,10 +296,10 @@ def _need(t: dict, leaf: str, module: str) -> torch.Tensor:
     return t[leaf]
 
 
-def _int4_from_kn(q_kn: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
-                  module: str) -> Int4Part:
-    """q [K, N] and per-group zeros/scales [G, N] with each input channel's group in g_idx -> Int4Part."""
-    K, N = q_kn.shape
+def _int4_part(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor,
+               module: str) -> Int4Part:
+    """q [N, K] and per-group zeros/scales [G, N] with each input channel's group in g_idx -> Int4Part."""
+    N, K = q.shape
     G = scales.shape[0]
     if zeros.shape != (G, N) or scales.shape != (G, N):
         raise ValueError(f"{module}: zeros {tuple(zeros.shape)} / scales {tuple(scales.shape)} do not match "
@@ -306,34 +316,34 @@ def _int4_from_kn(q_kn: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
     perm = None
     if not torch.equal(g_idx, contiguous):
         perm = torch.argsort(g_idx, stable=True)
-        q_kn = q_kn.index_select(0, perm)
+        q = q.index_select(1, perm)
     scale = scales.float().t().contiguous()
     zero = scale * (8.0 - zeros.float().t())
-    part = Int4Part(q_kn.t().contiguous().to(torch.uint8), scale, zero.contiguous(), group, perm)
+    part = Int4Part(q.contiguous(), scale, zero.contiguous(), group, perm)
     return part.regroup(kernel_group(group, K, module))
 
 
 def gptq_part(ckq: CheckpointQuant, module: str, t: dict) -> Int4Part:
     qweight, qzeros, scales = (_need(t, x, module) for x in ("qweight", "qzeros", "scales"))
-    q = unpack_int32_rows(qweight)
-    K, N = q.shape
-    z = unpack_int32_cols(qzeros)[:, :N]
+    q = unpack_int32_rows_transposed(qweight)
+    N, K = q.shape
+    z = unpack_int32_cols(qzeros)[:, :N].to(torch.int16)
     if ckq.zero_plus_one:
-        z = z + 1
+        z = z + 1                   # 1..16: a stored 0xF (zero 0 written as -1) reads as 16, as in AutoGPTQ
     g_idx = t.get("g_idx")
     if g_idx is None:
         group = ckq.group_size if ckq.group_size > 0 else K
         g_idx = torch.arange(K) // group
-    return _int4_from_kn(q, z, scales, g_idx, module)
+    return _int4_part(q, z, scales, g_idx, module)
 
 
 def awq_part(ckq: CheckpointQuant, module: str, t: dict) -> Int4Part:
     qweight, qzeros, scales = (_need(t, x, module) for x in ("qweight", "qzeros", "scales"))
-    q = unpack_int32_cols(qweight, AWQ_REVERSE_ORDER)
-    K, N = q.shape
+    q = unpack_int32_cols(qweight, AWQ_REVERSE_ORDER).t()
+    N, K = q.shape
     z = unpack_int32_cols(qzeros, AWQ_REVERSE_ORDER)[:, :N]
     group = K // scales.shape[0]
-    return _int4_from_kn(q, z, scales, torch.arange(K) // group, module)
+    return _int4_part(q, z, scales, torch.arange(K) // group, module)
 
 
 def msmodelslim_part(ckq: CheckpointQuant, module: str, t: dict, in_features: int):
