@@ -66,7 +66,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from .quantize import INT4_GROUP_SIZES
-from .weight import InputPermutedWeight, Int4Weight, Int8Weight, QuantizedWeight, normalize_scheme
+from .weight import InputPermutedWeight, Int4Weight, Int8Weight, normalize_scheme
 
 log = logging.getLogger(__name__)
 

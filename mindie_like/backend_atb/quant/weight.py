@@ -305,7 +305,8 @@ class Int8Weight(QuantizedWeight):
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         if self.offset is None:
             return dequantize_int8(self.q, self.scale, dtype or self.dtype)
-        return ((self.q.float() - self.offset.float()[:, None]) * self.scale.float()[:, None]).to(dtype or self.dtype)
+        w = (self.q.float() - self.offset.float()[:, None]) * self.scale.float()[:, None]
+        return w.to(dtype or self.dtype)
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
