@@ -374,7 +374,7 @@ def msmodelslim_part(ckq: CheckpointQuant, module: str, t: dict, in_features: in
 
 
 # ---- fusing parts into the model's weights ------------------------------------------------------------------
-def build_fused(parts: list, dtype, device, name: str, keep_rows: bool = False):
+def build_fused(parts: list, dtype, device, name: str):
     """Row-concatenates the parts of one model weight (q/k/v, gate/up, or a single linear) into one
     QuantizedWeight; a float tensor when the parts cannot share one (formats differ, act-order permutations
     differ): exact either way. Returns (weight, note) with note saying what was done, for the log."""
@@ -386,8 +386,7 @@ def build_fused(parts: list, dtype, device, name: str, keep_rows: bool = False):
             group = math.gcd(*(p.group for p in parts))
             parts = [p.regroup(group) for p in parts]
             qw = Int4Weight(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]),
-                            torch.cat([p.zero for p in parts]), group, dtype=dtype, device=device,
-                            keep_rows=keep_rows)
+                            torch.cat([p.zero for p in parts]), group, dtype=dtype, device=device)
             if parts[0].perm is not None:
                 return InputPermutedWeight(qw, parts[0].perm), f"int4 g{group}, act-order"
             return qw, f"int4 g{group}"
