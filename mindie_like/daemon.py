@@ -3,8 +3,9 @@
     bin/serviced_daemon [--config-file PATH] [--check-config] [--strict-permissions]
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for an invalid config or certificate (one line each on
-stderr; a worldSize the model's heads do not divide is one), 1 when the model cannot be loaded, a port cannot be
-bound, or a tensor-parallel rank died or hung while serving (/health answers 503 until the daemon is gone).
+stderr; a worldSize the model's heads do not divide is one, so is a pre-quantized checkpoint that cannot be served),
+1 when the model cannot be loaded, a port cannot be bound, or a tensor-parallel rank died or hung while serving
+(/health answers 503 until the daemon is gone).
 
 With multiNodesInferEnabled and NODE_RANK > 0 the daemon only runs this node's tensor-parallel ranks
 (backend_atb.tp_runner.serve_worker_node): node 0's daemon serves HTTP.
@@ -110,6 +111,7 @@ def build_backend(loaded: LoadedConfig):
 
     from .backend_atb import ModelRunner
     from .backend_atb.parallel import TPConfigError
+    from .backend_atb.quant.checkpoint import CheckpointRefused
     from .engine import AsyncEngine
     from .server.context import Backend
     engine_config = to_engine_config(loaded)
@@ -124,6 +126,8 @@ def build_backend(loaded: LoadedConfig):
                                                   trust_remote_code=engine_config.trust_remote_code)
     except TPConfigError as e:       # worldSize vs the model's heads, devices, multi-node environment
         raise ConfigError(str(e)) from e
+    except CheckpointRefused as e:   # a pre-quantized checkpoint that cannot be served
+        raise ConfigError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].{e.key}: {e}") from e
     except Exception as e:  # transformers and safetensors raise many kinds
         if runner is not None:
             runner.close()

@@ -132,6 +132,8 @@ class LlamaFamilyModel:
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.kv_dtype = self.act_dtype
+        # checkpoint names another loader fills (the pre-quantized linears: quant/checkpoint.py)
+        self.external_weights: set[str] = set()
         self._alloc()
 
     # ---- configuration -------------------------------------------------------------------------------------
@@ -306,7 +308,7 @@ class LlamaFamilyModel:
                     self._copy(L.down, t, name, seen)
             else:
                 log.debug("ignoring weight %s", name)
-        missing = [n for n in self.expected_weight_names() if n not in seen]
+        missing = [n for n in self.expected_weight_names() if n not in seen and n not in self.external_weights]
         if missing:
             raise ValueError(f"weights missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
 

@@ -23,6 +23,7 @@ from .batch import ForwardBatch
 from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
 from .model import LlamaFamilyModel, ParallelSpec, own_path_supports
 from .ops import get_ops
+from .quant import checkpoint as quant_checkpoint
 from .weights import LoadStats, iter_safetensors, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class ModelRunner:
         from transformers import AutoConfig
         from .parallel import total_world_size
         if parallel is None and total_world_size(config) > 1:
+            prequantized = quant_checkpoint.detect(config.model_path)
+            if prequantized is not None:
+                quant_checkpoint.check_serving(prequantized, config, world_size=total_world_size(config),
+                                               own_path=True)
             from .tp_runner import TPModelRunner
             return TPModelRunner.launch(config)
         t0 = time.time()
@@ -93,6 +98,10 @@ class ModelRunner:
         dtype = choose_dtype(config.dtype, cfg_dtype, device)
         ok, why = own_path_supports(cfg)
         force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
+        prequantized = quant_checkpoint.detect(model_dir)       # GPTQ / AWQ / msmodelslim: refused or loaded as is
+        if prequantized is not None:
+            quant_checkpoint.check_serving(prequantized, config, world_size=parallel.size if parallel else 1,
+                                           own_path=ok and not force_generic, why_not_own=why or "forced generic")
         if ok and not force_generic:
             runner: ModelRunner = PagedModelRunner(cfg, model_dir, device, dtype, config, parallel)
             path = "own llama-family model code (paged KV, op table %s)" % runner.ops.name
@@ -156,11 +165,15 @@ class PagedModelRunner(ModelRunner):
         with torch.inference_mode():
             self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, parallel, act_dtype=act)
             # a tensor-parallel rank reads only its shard of each tensor
-            self.model.load_weights(iter_safetensors(model_dir, wanted=self.model.wants_weight,
-                                                     slicer=self.model.weight_slice, stats=self.load_stats),
-                                    presliced=True)
+            tensors = iter_safetensors(model_dir, wanted=self.model.wants_weight, slicer=self.model.weight_slice,
+                                       stats=self.load_stats)
+            prequantized = quant_checkpoint.prequantized_loader(model_dir, self.model)
+            self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
+            if prequantized:
+                prequantized.finish()
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
-        self.quant_policy = maybe_quantize(self.model, config)
+        self.quant_policy = maybe_quantize(self.model, config,
+                                           prequantized=prequantized.ckq.scheme if prequantized else None)
         if self.ops.name == "npu":
             self.ops.prepare_weights(self.model)     # FRACTAL_NZ where the SoC's matmul wants it (300I Duo)
         self.act_dtype = self.model.act_dtype

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .policy import QuantPolicy, dense_allowed, measure_crossover
 from .quantize import (dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4_grouped,
                        quantize_int8_per_channel, unpack_nibbles)
-from .weight import (Int4Weight, Int8Weight, QuantizedWeight, backend_for, normalize_scheme,
+from .weight import (InputPermutedWeight, Int4Weight, Int8Weight, QuantizedWeight, backend_for, normalize_scheme,
                      quantize_linear_weight)
 
 
@@ -28,6 +28,7 @@ def linear(x: torch.Tensor, weight, bias: Optional[torch.Tensor] = None) -> torc
     return F.linear(x, weight, bias)
 
 
-__all__ = ["QuantizedWeight", "Int8Weight", "Int4Weight", "quantize_linear_weight", "normalize_scheme", "linear",
+__all__ = ["QuantizedWeight", "Int8Weight", "Int4Weight", "InputPermutedWeight", "quantize_linear_weight",
+           "normalize_scheme", "linear",
            "QuantPolicy", "measure_crossover", "dense_allowed", "backend_for", "quantize_int8_per_channel",
            "quantize_int4_grouped", "dequantize_int8", "dequantize_int4", "pack_nibbles", "unpack_nibbles"]

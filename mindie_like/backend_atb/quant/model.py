@@ -74,11 +74,13 @@ def options_from_config(config) -> dict:
 
 
 def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
-                   crossover: Optional[float] = None, gguf_path=None, dense_dtype: str = "auto") -> QuantPolicy:
+                   crossover: Optional[float] = None, gguf_path=None, dense_dtype: str = "auto",
+                   float_too: bool = True) -> QuantPolicy:
     """Replaces the model's float linears by quantized ones (in place); returns the per-step policy.
 
     `gguf_path`: build the weights from that GGUF's own blocks (quant/gguf.py) instead of quantizing the float
-    weights; `scheme` may then also be "gguf" (each tensor at its own precision class)."""
+    weights; `scheme` may then also be "gguf" (each tensor at its own precision class). `float_too` False: only
+    the weights already quantized (a pre-quantized checkpoint's) are taken in; float ones stay float."""
     scheme = "gguf" if str(scheme).lower() == "gguf" else normalize_scheme(scheme)
     if scheme == "gguf" and gguf_path is None:
         raise ValueError('quantization "gguf" needs a .gguf model file')
@@ -98,27 +100,36 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
         log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
                  ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
+    loaded = 0
+
+    def take(w, **kw):
+        nonlocal loaded
+        if isinstance(w, QuantizedWeight):          # built by the loader (pre-quantized checkpoint, GGUF blocks)
+            loaded += 1
+            if keep_dense:
+                w.materialize_dense()
+            return w
+        return _quantize(w, scheme, group_size, dtype, device, keep_dense=keep_dense, **kw) if float_too else w
+
     for i, L in enumerate(model.layers):
         for attr in LAYER_LINEARS:
-            w = _quantize(getattr(L, attr), scheme, group_size, dtype, device, name=f"layer {i} {attr}",
-                          keep_dense=keep_dense)
+            w = take(getattr(L, attr), name=f"layer {i} {attr}")
             setattr(L, attr, w)
             if isinstance(w, QuantizedWeight):
                 qweights.append(w)
     if model.tied:
-        qe = _quantize(model.embed, scheme, group_size, dtype, device, keep_rows=True, name="embed/lm_head",
-                       keep_dense=keep_dense)
+        qe = take(model.embed, keep_rows=True, name="embed/lm_head")
         model.embed = model.lm_head = qe
     else:
-        qe = _quantize(model.lm_head, scheme, group_size, dtype, device, name="lm_head", keep_dense=keep_dense)
+        qe = take(model.lm_head, name="lm_head")
         model.lm_head = qe
     if isinstance(qe, QuantizedWeight):
         qweights.append(qe)
     gc.collect()
     after = model.weight_bytes()
-    log.info("quantized %d weights to %s%s in %.1f s: weight bytes per step %.1f MiB -> %.1f MiB", len(qweights),
-             scheme, f" (group {group_size})" if scheme == "w4a16" else "", time.time() - t0, before / 2**20,
-             after / 2**20)
+    log.info("quantized %d weights to %s%s in %.1f s (%d of them as loaded): weight bytes per step %.1f MiB -> "
+             "%.1f MiB", len(qweights), scheme, f" (group {group_size})" if scheme == "w4a16" else "",
+             time.time() - t0, loaded, before / 2**20, after / 2**20)
     policy = _build_policy(model, qweights, keep_dense, why, crossover, dense_dtype)
     for w in qweights:
         w.policy = policy
@@ -168,15 +179,19 @@ def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_
     return pol
 
 
-def maybe_quantize(model, config) -> Optional[QuantPolicy]:
-    """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing."""
+def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optional[QuantPolicy]:
+    """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing.
+
+    `prequantized`: the scheme of a pre-quantized checkpoint already loaded into the model (quant/checkpoint.py):
+    its quantized weights get the per-step policy; its float linears stay float unless `quantization` names that
+    same scheme (a different one was refused at start)."""
     opts = options_from_config(config)
-    if not opts["scheme"]:
+    if not opts["scheme"] and not prequantized:
         return None
     gguf = None
-    if opts["from_gguf"]:
+    if opts["from_gguf"] and not prequantized:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
     with torch.inference_mode():
-        return quantize_model(model, opts["scheme"], opts["group_size"], opts["dense"], opts["crossover"], gguf,
-                              opts["dense_dtype"])
+        return quantize_model(model, opts["scheme"] or prequantized, opts["group_size"], opts["dense"],
+                              opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]))

@@ -226,19 +226,29 @@ class QuantizedWeight:
 
 
 class Int8Weight(QuantizedWeight):
-    """W8A16: int8 values [N, K], one scale per output channel."""
+    """W8A16: int8 values [N, K], one scale per output channel: w = (q - offset[n]) * scale[n].
+
+    `offset` (optional, per channel; pre-quantized msmodelslim W8A16 checkpoints with asymmetric weights) is exact
+    on every backend: the NPU op takes it as its `antiquant_offset` (negated: it computes (w + offset) * scale), the
+    other kernels compute the symmetric product and subtract ``sum(x) * scale * offset`` in float32."""
 
     scheme = "w8a16"
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16,
-                 device="cpu", backend: Optional[str] = None):
+                 device="cpu", backend: Optional[str] = None, offset: Optional[torch.Tensor] = None):
         if q.dtype != torch.int8 or q.dim() != 2:
             raise ValueError(f"int8 weight must be int8 [N, K], got {q.dtype} {tuple(q.shape)}")
         if scale.shape != (q.shape[0],):
             raise ValueError(f"int8 scale must be [N]={q.shape[0]}, got {tuple(scale.shape)}")
+        if offset is not None and offset.shape != (q.shape[0],):
+            raise ValueError(f"int8 offset must be [N]={q.shape[0]}, got {tuple(offset.shape)}")
         super().__init__(q.shape[0], q.shape[1], dtype, device, backend)
         self.q = q.to(self.device).contiguous()
         self.scale = scale.to(device=self.device, dtype=dtype).contiguous()
+        has_offset = offset is not None and bool(offset.ne(0).any())
+        self.offset = offset.to(device=self.device, dtype=dtype).contiguous() if has_offset else None
+        # scale * offset in float32: the term the symmetric kernels' result is corrected by
+        self._zero_term = (self.scale.float() * self.offset.float()) if has_offset else None
         b, K = self.backend, self.in_features
         mod = native_cpu_kernels() if b == "cpu" else None
         if mod is not None:
@@ -268,7 +278,15 @@ class Int8Weight(QuantizedWeight):
 
     @property
     def nbytes(self) -> int:
-        return self.q.numel() + self.scale.numel() * self.scale.element_size()
+        n = self.q.numel() + self.scale.numel() * self.scale.element_size()
+        return n + (self.offset.numel() * self.offset.element_size() if self.offset is not None else 0)
+
+    def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = super().quant_linear(x, bias)
+        if self._zero_term is None or self.kernel == "torch_npu.npu_weight_quant_batchmatmul" or \
+                self.kernel.startswith("dequant-matmul"):        # those already apply the offset
+            return y
+        return (y.float() - x.float().sum(-1, keepdim=True) * self._zero_term).to(y.dtype)
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:
         k = self.kernel
@@ -277,17 +295,25 @@ class Int8Weight(QuantizedWeight):
         if k == "aten._weight_int8pack_mm":
             return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
         if k == "torch_npu.npu_weight_quant_batchmatmul":
+            if self.offset is not None:
+                return _npu().npu_weight_quant_batchmatmul(x, self.q.t(), self.scale, antiquant_offset=-self.offset)
             return _npu().npu_weight_quant_batchmatmul(x, self.q.t(), self.scale)
         if k == "int8->x-dtype matmul":
             return F.linear(x, self.q.to(x.dtype)) * self.scale
         return F.linear(x, self.dequantize(x.dtype))
 
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        return dequantize_int8(self.q, self.scale, dtype or self.dtype)
+        if self.offset is None:
+            return dequantize_int8(self.q, self.scale, dtype or self.dtype)
+        w = (self.q.float() - self.offset.float()[:, None]) * self.scale.float()[:, None]
+        return w.to(dtype or self.dtype)
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
-        return (self.q.index_select(0, ids.reshape(-1)).to(self.dtype)
-                * self.scale.index_select(0, ids.reshape(-1))[:, None]).reshape(*ids.shape, self.in_features)
+        flat = ids.reshape(-1)
+        rows = self.q.index_select(0, flat).to(self.dtype)
+        if self.offset is not None:
+            rows = rows - self.offset.index_select(0, flat)[:, None]
+        return (rows * self.scale.index_select(0, flat)[:, None]).reshape(*ids.shape, self.in_features)
 
 
 class Int4Weight(QuantizedWeight):
@@ -430,6 +456,63 @@ class Int4Weight(QuantizedWeight):
         z = self._row_zero.index_select(0, flat)
         out = dequantize_int4(q, s, z, self.group_size, self.dtype)
         return out.reshape(*ids.shape, self.in_features)
+
+
+class InputPermutedWeight(QuantizedWeight):
+    """A quantized weight stored with its input channels permuted: ``W[:, perm]`` is `inner`, so
+    ``x @ W.T == x[..., perm] @ inner.T``. GPTQ's act-order (``desc_act``) checkpoints group input channels by a
+    permutation (``g_idx``); sorting the channels by group makes the groups contiguous, as the int4 kernels need,
+    and gathering x (K values per row, before each matmul) keeps the result exact."""
+
+    def __init__(self, inner: QuantizedWeight, perm: torch.Tensor):
+        self.inner = inner              # before the base init: `dense` and `policy` are the inner weight's
+        dense, policy = inner.dense, inner.policy
+        super().__init__(inner.out_features, inner.in_features, inner.dtype, inner.device, inner.backend)
+        inner.dense, inner.policy = dense, policy       # the base init reset them through the properties
+        if perm.shape != (inner.in_features,):
+            raise ValueError(f"input permutation must be [K]={inner.in_features}, got {tuple(perm.shape)}")
+        self.perm = perm.to(device=self.device, dtype=torch.long).contiguous()
+        self.inverse = torch.argsort(self.perm)
+        self.scheme = inner.scheme
+        self.kernel = inner.kernel + " (input channels permuted)"
+
+    @property
+    def dense(self):
+        return self.inner.dense
+
+    @dense.setter
+    def dense(self, value):
+        self.inner.dense = value
+
+    @property
+    def policy(self):
+        return self.inner.policy
+
+    @policy.setter
+    def policy(self, value):
+        self.inner.policy = value
+
+    @property
+    def nbytes(self) -> int:
+        return self.inner.nbytes + self.perm.numel() * self.perm.element_size()
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.inner.linear(x.index_select(-1, self.perm), bias)
+
+    def quant_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.inner.quant_linear(x.index_select(-1, self.perm), bias)
+
+    def dense_linear(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.inner.dense_linear(x.index_select(-1, self.perm), bias)
+
+    def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        return self.inner.dequantize(dtype).index_select(1, self.inverse)
+
+    def materialize_dense(self) -> torch.Tensor:
+        return self.inner.materialize_dense()
+
+    def drop_dense(self) -> None:
+        self.inner.drop_dense()
 
 
 def quantize_linear_weight(weight: torch.Tensor, scheme: str, group_size: int = 32, *,

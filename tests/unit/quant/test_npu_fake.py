@@ -118,3 +118,19 @@ def test_npu_refuses_float32(fake_npu):
     q, s = quantize_int8_per_channel(torch.randn(8, 32))
     with pytest.raises(ValueError, match="float16/bfloat16"):
         Int8Weight(q, s, dtype=torch.float32, backend="npu")
+
+
+def test_npu_int8_with_offset(fake_npu):
+    """A pre-quantized msmodelslim W8A16 weight with per-channel offsets: w = (q - offset) * scale; the NPU op gets
+    antiquant_offset = -offset (it computes (w + offset) * scale)."""
+    dtype = torch.bfloat16
+    torch.manual_seed(3)
+    q = torch.randint(-128, 128, (24, 64), dtype=torch.int8)
+    s = torch.rand(24) * 0.01 + 0.001
+    o = torch.randint(-20, 21, (24,)).float()
+    qw = Int8Weight(q, s, dtype=dtype, backend="npu", offset=o)
+    x = torch.randn(4, 64, dtype=dtype)
+    y = qw.linear(x)
+    ref = F.linear(x.float(), (q.float() - o[:, None]) * s.to(dtype).float()[:, None])
+    assert ((y.float() - ref).abs().max() / ref.abs().max()) < 1e-2
+    assert fake_npu[-1] == ("wqbmm", 4, 64, 24, torch.int8, 0)
