@@ -173,11 +173,12 @@ def summarize(records: list[dict]) -> dict:
 
 
 def agreement(reference: list[dict], other: list[dict]) -> dict:
-    """How often `other`'s answers make the same calls as `reference`'s, case by case (matched by id), and how
-    correctness moved between them."""
+    """How often `other`'s answers make the same calls as `reference`'s, case by case (matched by id; a failed
+    request agrees with nothing), and how correctness moved between them."""
     ref = {r["id"]: r for r in reference}
     pairs = [(ref[r["id"]], r) for r in other if r["id"] in ref]
-    same = [r["id"] for a, r in pairs if calls_agree(a["calls"], r["calls"])]
+    same = [r["id"] for a, r in pairs
+            if not a.get("error") and not r.get("error") and calls_agree(a["calls"], r["calls"])]
     return {"same_calls": len(same), "total": len(pairs),
             "agreement": round(len(same) / len(pairs), 4) if pairs else None,
             "right_in_reference_only": sorted(r["id"] for a, r in pairs if a["correct"] and not r["correct"]),
@@ -202,6 +203,28 @@ def openai_tools(library: dict, names: list[str]) -> list[dict]:
     return [{"type": "function", "function": {"name": n, **library[n]}} for n in names]
 
 
+def ask(client, model: str, library: dict, case: dict, max_tokens: int) -> dict:
+    """One case as one chat request; its scored record (a failed request is a wrong answer with the error)."""
+    import openai
+    t = time.monotonic()
+    record = {"id": case["id"], "category": case["category"]}
+    try:
+        resp = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": case["prompt"]}],
+            tools=openai_tools(library, case["tools"]), tool_choice="auto", temperature=0, max_tokens=max_tokens)
+    except openai.APIError as e:
+        return {**record, "correct": False, "why": f"request failed: {e}", "error": True, "calls": [],
+                "content": None, "finish_reason": None, "completion_tokens": None,
+                "seconds": round(time.monotonic() - t, 2)}
+    choice = resp.choices[0]
+    calls = [parse_call(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+    correct, why = score_case(case["expected"], calls)
+    return {**record, "correct": correct, "why": why, "calls": calls, "content": choice.message.content,
+            "finish_reason": choice.finish_reason,
+            "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
+            "seconds": round(time.monotonic() - t, 2)}
+
+
 def run_format(fmt: str, args, library: dict, cases: list[dict], home: Path) -> dict:
     """One daemon for `fmt`, every case through the openai client; the scored records and timings."""
     import openai
@@ -211,30 +234,20 @@ def run_format(fmt: str, args, library: dict, cases: list[dict], home: Path) -> 
     out: dict = {"model_config": FORMATS[fmt], "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.monotonic()
     daemon = OurDaemon(args.gguf, args.threads, home, FORMATS[fmt])
-    daemon.start()
-    out["start_s"] = round(time.monotonic() - t0, 1)
-    lc = daemon.load_config()          # its URL and certificate paths
-    ctx = ssl.create_default_context(cafile=lc.ca)
-    ctx.load_cert_chain(lc.cert, lc.key)
-    client = openai.OpenAI(base_url=lc.url + "/v1", api_key="unused", max_retries=0, timeout=args.request_timeout,
-                           http_client=openai.DefaultHttpxClient(verify=ctx))
     records = []
-    t1 = time.monotonic()
     try:
+        daemon.start()
+        out["start_s"] = round(time.monotonic() - t0, 1)
+        lc = daemon.load_config()          # its URL and certificate paths
+        ctx = ssl.create_default_context(cafile=lc.ca)
+        ctx.load_cert_chain(lc.cert, lc.key)
+        client = openai.OpenAI(base_url=lc.url + "/v1", api_key="unused", max_retries=0,
+                               timeout=args.request_timeout, http_client=openai.DefaultHttpxClient(verify=ctx))
+        t1 = time.monotonic()
         for case in cases:
-            t = time.monotonic()
-            resp = client.chat.completions.create(
-                model=MODEL_NAME, messages=[{"role": "user", "content": case["prompt"]}],
-                tools=openai_tools(library, case["tools"]), tool_choice="auto", temperature=0,
-                max_tokens=args.max_tokens)
-            choice = resp.choices[0]
-            calls = [parse_call(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
-            correct, why = score_case(case["expected"], calls)
-            records.append({"id": case["id"], "category": case["category"], "correct": correct, "why": why,
-                            "calls": calls, "content": choice.message.content, "finish_reason": choice.finish_reason,
-                            "completion_tokens": resp.usage.completion_tokens if resp.usage else None,
-                            "seconds": round(time.monotonic() - t, 2)})
-            print(f"  {fmt} {case['id']}: {'right' if correct else 'WRONG'} ({why}; {records[-1]['seconds']} s)",
+            records.append(ask(client, MODEL_NAME, library, case, args.max_tokens))
+            r = records[-1]
+            print(f"  {fmt} {case['id']}: {'right' if r['correct'] else 'WRONG'} ({r['why']}; {r['seconds']} s)",
                   flush=True)
     finally:
         daemon.stop()
