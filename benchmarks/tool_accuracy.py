@@ -7,7 +7,8 @@ on what a user gets back.
 
 For each format the daemon starts once (mutual TLS, generated certificates, a config made from conf/config.json:
 benchmarks.serve_bench.OurDaemon) with `numThreads` threads and that format's ModelConfig keys (FORMATS below:
-"float" is the model as served by default), and every case is sent, one at a time, through the official `openai`
+"float" is the model as served by default; "bf16", not run by default, separates the dtype's share of the
+differences), and every case is sent, one at a time, through the official `openai`
 client: one user message, the case's tools, tool_choice "auto", temperature 0. The returned `tool_calls` are
 scored against the case's expected calls (see score_case and the cases file's description):
 
@@ -42,10 +43,12 @@ RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_CASES = REPO / "benchmarks" / "data" / "tool_accuracy_cases.json"
 DEFAULT_GGUF = REPO / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf"
 CATEGORIES = ("simple", "multiple", "parallel", "nested", "irrelevance")
-# ModelConfig[0] keys per format. Quantized formats run bf16 activations as docs/quantization.md recommends;
-# "float" adds nothing: the model as the default config serves it (dtype auto).
+# ModelConfig[0] keys per format. "float" adds nothing: the model as the default config serves it (dtype auto;
+# float32 on CPUs without native bf16). Quantized formats run with dtype bfloat16 as docs/quantization.md
+# recommends; "bf16" is that dtype without quantization, to tell the cost of the dtype from the quantization's.
 FORMATS = {
     "float": {},
+    "bf16": {"dtype": "bfloat16"},
     "w8a16": {"dtype": "bfloat16", "quantization": "w8a16"},
     "w4a16": {"dtype": "bfloat16", "quantization": "w4a16"},
     "gguf": {"dtype": "bfloat16", "quantization": "gguf"},
@@ -279,7 +282,7 @@ def tables(results: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.tool_accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--gguf", type=Path, default=DEFAULT_GGUF, help="default: the demo model from bin/fetch_models")
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
+    p.add_argument("--formats", default="float,w8a16,w4a16,gguf", help=f"comma list of {', '.join(FORMATS)}")
     p.add_argument("--cases", type=Path, default=DEFAULT_CASES)
     p.add_argument("--ids", default="", help="comma list of case ids (default: every case)")
     p.add_argument("--threads", type=int, default=1, help="the daemon's numThreads")
