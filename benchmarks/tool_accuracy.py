@@ -8,9 +8,9 @@ on what a user gets back.
 For each format the daemon starts once (mutual TLS, generated certificates, a config made from conf/config.json:
 benchmarks.serve_bench.OurDaemon) with `numThreads` threads and that format's ModelConfig keys (FORMATS below:
 "float" is the model as served by default; "bf16", not run by default, separates the dtype's share of the
-differences), and every case is sent, one at a time, through the official `openai`
-client: one user message, the case's tools, tool_choice "auto", temperature 0. The returned `tool_calls` are
-scored against the case's expected calls (see score_case and the cases file's description):
+differences), and every case is sent, one at a time, through the official `openai` client: one user message, the
+case's tools, tool_choice "auto", temperature 0. The returned `tool_calls` are scored against the case's expected
+calls (see score_case and the cases file's description):
 
 * a case with expected calls is right when the answer has exactly as many calls and they pair off one to one
   with the expected ones (any order): same function name, arguments parsed as JSON and compared as values;
