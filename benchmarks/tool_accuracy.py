@@ -252,9 +252,9 @@ def run_format(fmt: str, args, library: dict, cases: list[dict], home: Path) -> 
             r = records[-1]
             print(f"  {fmt} {case['id']}: {'right' if r['correct'] else 'WRONG'} ({r['why']}; {r['seconds']} s)",
                   flush=True)
+        out["requests_s"] = round(time.monotonic() - t1, 1)
     finally:
         daemon.stop()
-    out["requests_s"] = round(time.monotonic() - t1, 1)
     out["wall_s"] = round(time.monotonic() - t0, 1)
     out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     out["summary"] = summarize(records)
