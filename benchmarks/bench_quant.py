@@ -107,10 +107,11 @@ class MiniDriver:
         return self.r.execute(batch)
 
 
-def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16"):
+def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16", act_bits=16):
     extra = {}
     if scheme:
-        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf}
+        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf,
+                 "quant_act_bits": act_bits}
     cfg = EngineConfig(model_path=model, dtype=dtype, device="cpu", block_size=BLOCK, num_threads=threads,
                        extra=extra)
     t0 = time.time()
@@ -282,7 +283,7 @@ def main():
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,w8a16,w4a16",
                     help="comma list of bf16 (bf16 weights; float32 activations on CPUs without native bf16), fp32, "
-                         "w8a16, w4a16, gguf")
+                         "w8a16, w4a16, w4a16-a8 (8-bit activations in the own int4 kernel: quant_act_bits 8), gguf")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
     ap.add_argument("--from-gguf", default="true", help="quant_from_gguf (true: int weights from the GGUF's blocks "
@@ -305,10 +306,11 @@ def main():
     ref_tf = None
     ref_seqs = None
     for fmt in args.formats.split(","):
-        scheme = None if fmt in ("bf16", "fp32") else fmt
+        scheme, _, act = fmt.partition("-a")          # "w4a16-a8": W4A16 with 8-bit activations in the own kernel
+        scheme = None if scheme in ("bf16", "fp32") else scheme
         runner, load_s = load(args.model, args.threads, scheme, args.dense,
                               args.from_gguf.lower() in ("1", "true", "yes"),
-                              "float32" if fmt == "fp32" else "bfloat16")
+                              "float32" if fmt == "fp32" else "bfloat16", int(act or 16))
         if ref_seqs is None:
             tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
             chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
