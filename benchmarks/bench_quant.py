@@ -14,7 +14,8 @@ For each format: the model is loaded through `ModelRunner` (bf16, CPU, the threa
     writes, Python), by timing the op table's `linear` during the single-stream run;
   * `--ceilings`: the decode step's matmuls alone (the model's shapes, random weights: 24 layers' qkv/o/gate_up/down
     + lm_head) at 1 and `--streams` rows, for float32, bf16, torch's int8pack / int4pack (group 32) and the own
-    AVX2 int8/int4 kernels (cpu_kernels.py): the tok/s a step could reach if nothing but the matmuls ran;
+    AVX2 int8/int4 kernels (cpu_kernels.py; int4 with 16- and 8-bit activations): the tok/s a step could reach if
+    nothing but the matmuls ran;
   * `--llama-cpp`: llama-cpp-python on the same GGUF, single stream, same thread count (greedy, `--tokens`).
 `--clock cpu` measures process CPU time (with --threads 1 on a shared machine: discounts waiting for a core, not
 memory-bandwidth contention). `--repeats`: single-stream decode runs per format (median reported).
@@ -107,11 +108,12 @@ class MiniDriver:
         return self.r.execute(batch)
 
 
-def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16", act_bits=16):
+def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16", act_bits=None):
     extra = {}
     if scheme:
-        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf,
-                 "quant_act_bits": act_bits}
+        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf}
+        if act_bits is not None:
+            extra["quant_act_bits"] = act_bits
     cfg = EngineConfig(model_path=model, dtype=dtype, device="cpu", block_size=BLOCK, num_threads=threads,
                        extra=extra)
     t0 = time.time()
@@ -194,8 +196,10 @@ def matmul_ceilings(hf_cfg, rows_list, reps: int = 5) -> dict:
             s32 = s8.float()
             out["own int8 (AVX2)"] = lambda x, q8=q8, s32=s32: own.int8_linear(x, q8, s32, None)
             b4 = cpu_kernels.pack_int4_blocks(q4)
-            sb = sz.permute(2, 1, 0).float().contiguous()           # [2, N, G]: scales, offsets
-            out["own int4 g32 (AVX2)"] = lambda x, b4=b4, sb=sb: own.int4_linear(x, b4, sb, 32, None)
+            sb = sz.permute(2, 1, 0).contiguous()                   # [2, N, G] bf16: scales, zeros
+            for bits in (16, 8):
+                out[f"own int4 g32 a{bits} (AVX2)"] = lambda x, b4=b4, sb=sb, bits=bits: own.int4_linear(
+                    x, b4, sb, 32, None, bits)
         return out
     layer_k = [kernels(n, k) for n, k in shapes]
     head_k = kernels(V, H)
@@ -283,7 +287,7 @@ def main():
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,w8a16,w4a16",
                     help="comma list of bf16 (bf16 weights; float32 activations on CPUs without native bf16), fp32, "
-                         "w8a16, w4a16, w4a16-a8 (8-bit activations in the own int4 kernel: quant_act_bits 8), gguf")
+                         "w8a16, w4a16, w4a16-a16 / w4a16-a8 (quant_act_bits 16 / 8: the own int4 kernel's activations), gguf")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
     ap.add_argument("--from-gguf", default="true", help="quant_from_gguf (true: int weights from the GGUF's blocks "
@@ -306,11 +310,11 @@ def main():
     ref_tf = None
     ref_seqs = None
     for fmt in args.formats.split(","):
-        scheme, _, act = fmt.partition("-a")          # "w4a16-a8": W4A16 with 8-bit activations in the own kernel
+        scheme, _, act = fmt.partition("-a")          # "w4a16-a16": W4A16 with quant_act_bits 16
         scheme = None if scheme in ("bf16", "fp32") else scheme
         runner, load_s = load(args.model, args.threads, scheme, args.dense,
                               args.from_gguf.lower() in ("1", "true", "yes"),
-                              "float32" if fmt == "fp32" else "bfloat16", int(act or 16))
+                              "float32" if fmt == "fp32" else "bfloat16", int(act) if act else None)
         if ref_seqs is None:
             tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
             chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,

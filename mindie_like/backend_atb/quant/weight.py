@@ -314,7 +314,9 @@ class Int4Weight(QuantizedWeight):
         self.group_size = group_size
         if act_bits not in ACT_BITS:
             raise ValueError(f"int4 act_bits must be one of {ACT_BITS}, got {act_bits!r}")
-        self.act_bits = act_bits     # own CPU kernel: the activations' fixed point (8: faster, 16: ~exact)
+        # own CPU kernel: the activations' fixed point. 16 (the default here: ~exact) or 8 (faster; what serving uses
+        # unless told otherwise: quant_act_bits in quant/model.py)
+        self.act_bits = act_bits
         dev = self.device
         self.scale = scale.to(dtype)
         self.zero = zero.to(dtype)
