@@ -289,7 +289,8 @@ def main():
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,w8a16,w4a16",
                     help="comma list of bf16 (bf16 weights; float32 activations on CPUs without native bf16), fp32, "
-                         "w8a16, w4a16, w4a16-a16 / w4a16-a8 (quant_act_bits 16 / 8: the own int4 kernel's activations), gguf")
+                         "w8a16, w4a16, w4a16-a16 / w4a16-a8 (quant_act_bits 16 / 8: the own int4 kernel's "
+                         "activations), gguf")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
     ap.add_argument("--from-gguf", default="true", help="quant_from_gguf (true: int weights from the GGUF's blocks "

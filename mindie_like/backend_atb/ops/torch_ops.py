@@ -205,7 +205,8 @@ class TorchOps:
         cache -> [B, Hq*D]. Same result as rope_heads, write_kv and attention_decode (tests/unit/backend_atb)."""
         ex = meta.extra
         if "own_decode" not in ex:          # once per step: the int64 / int32 tensors the kernel reads
-            ex["own_decode"] = (positions.to(torch.int64).contiguous(), meta.slot_mapping.to(torch.int64).contiguous(),
+            ex["own_decode"] = (positions.to(torch.int64).contiguous(),
+                                meta.slot_mapping.to(torch.int64).contiguous(),
                                 meta.block_tables.to(torch.int32).contiguous(),
                                 torch.tensor(meta.context_lens, dtype=torch.int64))
         pos, slots, tables, lens = ex["own_decode"]
