@@ -233,3 +233,26 @@ def test_int4_act_bits_checked():
     q, s, z = quantize_int4_grouped(w, 32)
     with pytest.raises(ValueError, match="act_bits"):
         Int4Weight(q, s, z, 32, act_bits=4)
+
+
+def test_own_int4_chunks_over_threads_give_the_same_result():
+    """Rows in many ~64 KiB chunks taken by 2 threads from a shared counter: the same numbers as one thread."""
+    from mindie_like.backend_atb import cpu_kernels
+    if not cpu_kernels.wanted() or cpu_kernels.load() is None:
+        pytest.skip("own CPU kernels not used on this CPU")
+    torch.manual_seed(3)
+    N, K = 5000, 256                       # 128 bytes per row: 512-row chunks, 10 of them
+    q, s, z = quantize_int4_grouped(torch.randn(N, K), 32, torch.bfloat16)
+    qw = Int4Weight(q, s, z, 32, dtype=torch.bfloat16, act_bits=8)
+    x = torch.randn(5, K)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qw.linear(x)
+        torch.set_num_threads(2)
+        two = qw.linear(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    ref = F.linear(_rounded_activations(x, 8).double(), dequantize_int4(q, s, z, 32).double())
+    assert _rel_err(two, ref) < 1e-5
