@@ -14,8 +14,10 @@ For each format: the model is loaded through `ModelRunner` (bf16, CPU, the threa
     writes, Python), by timing the op table's `linear` during the single-stream run;
   * `--ceilings`: the decode step's matmuls alone (the model's shapes, random weights: 24 layers' qkv/o/gate_up/down
     + lm_head) at 1 and `--streams` rows, for float32, bf16, torch's int8pack / int4pack (group 32) and the own
-    AVX2 int8/int4 kernels (cpu_kernels.py): the tok/s a step could reach if nothing but the matmuls ran;
-  * `--llama-cpp`: llama-cpp-python on the same GGUF, single stream, same thread count (greedy, `--tokens`).
+    AVX2 int8/int4 kernels (cpu_kernels.py; int4 with 16- and 8-bit activations): the tok/s a step could reach if
+    nothing but the matmuls ran;
+  * `--llama-cpp`: llama-cpp-python on the same GGUF, single stream, same thread count (greedy, `--tokens`), one
+    run after each of ours (interleaved, so both see the same machine load); per format the ratio of the medians.
 `--clock cpu` measures process CPU time (with --threads 1 on a shared machine: discounts waiting for a core, not
 memory-bandwidth contention). `--repeats`: single-stream decode runs per format (median reported).
 Prints a markdown table and writes JSON with --json.
@@ -30,7 +32,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -107,10 +108,12 @@ class MiniDriver:
         return self.r.execute(batch)
 
 
-def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16"):
+def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16", act_bits=None):
     extra = {}
     if scheme:
         extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf}
+        if act_bits is not None:
+            extra["quant_act_bits"] = act_bits
     cfg = EngineConfig(model_path=model, dtype=dtype, device="cpu", block_size=BLOCK, num_threads=threads,
                        extra=extra)
     t0 = time.time()
@@ -193,8 +196,10 @@ def matmul_ceilings(hf_cfg, rows_list, reps: int = 5) -> dict:
             s32 = s8.float()
             out["own int8 (AVX2)"] = lambda x, q8=q8, s32=s32: own.int8_linear(x, q8, s32, None)
             b4 = cpu_kernels.pack_int4_blocks(q4)
-            sb = sz.permute(2, 1, 0).float().contiguous()           # [2, N, G]: scales, offsets
-            out["own int4 g32 (AVX2)"] = lambda x, b4=b4, sb=sb: own.int4_linear(x, b4, sb, 32, None)
+            sb = sz.permute(2, 1, 0).contiguous()                   # [2, N, G] bf16: scales, zeros
+            for bits in (16, 8):
+                out[f"own int4 g32 a{bits} (AVX2)"] = lambda x, b4=b4, sb=sb, bits=bits: own.int4_linear(
+                    x, b4, sb, 32, None, bits)
         return out
     layer_k = [kernels(n, k) for n, k in shapes]
     head_k = kernels(V, H)
@@ -232,24 +237,26 @@ def _best_median(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
-def llamacpp_single(gguf: str, prompt: str, tokens: int, threads: int, repeats: int) -> Optional[dict]:
-    """llama-cpp-python, single stream greedy decode of `tokens` tokens after `prompt`: median tok/s of `repeats`."""
-    try:
+class LlamaCpp:
+    """llama-cpp-python on the GGUF, single stream greedy: `run()` decodes `tokens` tokens after `prompt` (one
+    `eval` per token after `sample(temp=0)`, the same thread count) and returns tok/s; the first run warms up."""
+
+    def __init__(self, gguf: str, prompt: str, tokens: int, threads: int):
         from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
-    ids = llm.tokenize(prompt.encode(), special=True)
-    runs = []
-    for _ in range(repeats + 1):            # the first run warms up
+        self.llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False,
+                         seed=0)
+        self.ids = self.llm.tokenize(prompt.encode(), special=True)
+        self.tokens = tokens
+        self.run()
+
+    def run(self) -> float:
+        llm = self.llm
         llm.reset()
-        llm.eval(ids)
+        llm.eval(self.ids)
         t = CLOCK()
-        for _ in range(tokens):
+        for _ in range(self.tokens):
             llm.eval([llm.sample(temp=0.0)])
-        runs.append(tokens / (CLOCK() - t))
-    runs = runs[1:]
-    return {"tok_s": round(statistics.median(runs), 1), "runs": [round(r, 1) for r in runs]}
+        return round(self.tokens / (CLOCK() - t), 1)
 
 
 def greedy(runner, prompts, tokens):
@@ -282,7 +289,8 @@ def main():
     ap.add_argument("--agree-tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,w8a16,w4a16",
                     help="comma list of bf16 (bf16 weights; float32 activations on CPUs without native bf16), fp32, "
-                         "w8a16, w4a16, gguf")
+                         "w8a16, w4a16, w4a16-a16 / w4a16-a8 (quant_act_bits 16 / 8: the own int4 kernel's "
+                         "activations), gguf")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dense", default="auto", help="quant_dense for the quantized formats (auto/never/always)")
     ap.add_argument("--from-gguf", default="true", help="quant_from_gguf (true: int weights from the GGUF's blocks "
@@ -304,11 +312,13 @@ def main():
                "model": args.model, "tokens": args.tokens, "streams": args.streams, "formats": {}}
     ref_tf = None
     ref_seqs = None
+    llama = None
     for fmt in args.formats.split(","):
-        scheme = None if fmt in ("bf16", "fp32") else fmt
+        scheme, _, act = fmt.partition("-a")          # "w4a16-a16": W4A16 with quant_act_bits 16
+        scheme = None if scheme in ("bf16", "fp32") else scheme
         runner, load_s = load(args.model, args.threads, scheme, args.dense,
                               args.from_gguf.lower() in ("1", "true", "yes"),
-                              "float32" if fmt == "fp32" else "bfloat16")
+                              "float32" if fmt == "fp32" else "bfloat16", int(act) if act else None)
         if ref_seqs is None:
             tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
             chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -322,10 +332,25 @@ def main():
         if args.ceilings and "ceilings" not in results:
             results["ceilings"] = matmul_ceilings(runner.hf_config, (1, args.streams))
         one = [chat_ids[0]]
+        if args.llama_cpp and llama is None and args.model.endswith(".gguf"):
+            try:
+                llama = LlamaCpp(args.model, chat[0], args.tokens, args.threads)
+            except ImportError:
+                results["llama_cpp"] = "llama-cpp-python not installed"
         t0 = time.time()
-        runs = [decode_speed(runner, one, args.tokens) for _ in range(args.repeats)]
+        res["load_avg_before"] = round(os.getloadavg()[0], 2)
+        runs, lc_runs = [], []
+        for _ in range(args.repeats):                 # interleaved with llama.cpp: ours, llama.cpp, ours, ...
+            runs.append(decode_speed(runner, one, args.tokens))
+            if llama is not None:
+                lc_runs.append(llama.run())
+        res["load_avg_after"] = round(os.getloadavg()[0], 2)
         res["single_runs_tok_s"] = [round(1.0 / med, 1) for med, _ in runs]
         res["single_tok_s"] = round(statistics.median(res["single_runs_tok_s"]), 1)
+        if lc_runs:
+            res["llama_cpp_interleaved_runs_tok_s"] = lc_runs
+            res["llama_cpp_interleaved_tok_s"] = statistics.median(lc_runs)
+            res["single_vs_llama_cpp"] = round(res["single_tok_s"] / statistics.median(lc_runs), 3)
         res["single_best_step_tok_s"] = round(1.0 / min(min(ts) for _, ts in runs), 1)
         res["breakdown_ms"] = step_breakdown(runner, chat_ids[0], args.tokens)
         print(f"  {fmt}: single stream {res['single_tok_s']} tok/s ({time.time() - t0:.0f} s)", flush=True)
@@ -369,11 +394,11 @@ def main():
         results["formats"][fmt] = res
         print(fmt, json.dumps(res), flush=True)
         del runner
-    if args.llama_cpp and args.model.endswith(".gguf"):
-        lc = llamacpp_single(args.model, chat[0], args.tokens, args.threads, args.repeats)
-        results["llama_cpp"] = lc if lc is not None else "llama-cpp-python not installed"
+    if llama is not None:
+        every = [r for f in results["formats"].values() for r in f.get("llama_cpp_interleaved_runs_tok_s", [])]
+        results["llama_cpp"] = {"tok_s": round(statistics.median(every), 1), "runs": every}
     else:
-        results["llama_cpp"] = "not run (--llama-cpp, with a .gguf model)"
+        results.setdefault("llama_cpp", "not run (--llama-cpp, with a .gguf model)")
     s = args.streams
     print("\n| format | weight MiB/step | single stream tok/s (median / best step) | %d streams tok/s "
           "(per-step choice) | %d streams, quantized only | agreement vs bf16 | mean KL | crossover |" % (s, s))
@@ -384,6 +409,10 @@ def main():
               f"{r[f'streams{s}_tok_s']} / {r[f'streams{s}_best_step_tok_s']} | "
               f"{'' if qo is None else str(qo) + ' / ' + str(r[f'streams{s}_quant_only_best_step_tok_s'])} | "
               f"{r.get('agreement', '')} | {r.get('mean_kl', '')} | {r.get('crossover', '')} |")
+    print("\nsingle stream against llama-cpp-python run between ours (same thread count): " + "; ".join(
+        f"{fmt}: {r['single_tok_s']} vs {r['llama_cpp_interleaved_tok_s']} = {r['single_vs_llama_cpp']}x "
+        f"(load {r['load_avg_before']}-{r['load_avg_after']})"
+        for fmt, r in results["formats"].items() if "single_vs_llama_cpp" in r))
     print("\nsingle-stream step breakdown (ms): " + "; ".join(
         f"{fmt}: {r['breakdown_ms']}" for fmt, r in results["formats"].items()))
     print("llama-cpp-python single stream:", results["llama_cpp"], "|", results["machine"],

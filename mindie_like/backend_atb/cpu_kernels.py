@@ -6,10 +6,13 @@ weight-only int8/int4 kernels run well below memory bandwidth at small batches:
 * `bf16_linear(x, w, b)`: small-batch (M <= 8) bf16-weight GEMV; streams the weights once, widening bf16 to fp32
   with a shift (csrc/bf16_gemv.cpp).
 * `int8_linear(x, q, scale, b)`: int8 per-output-channel weights, float32 math (csrc/quant_gemm.cpp).
-* `int4_linear(x, packed, sb, group, b)`: int4 grouped weights in the block layout of `pack_int4_blocks`, scales and
-  offsets `sb` [2, N, K/group] float32 (csrc/quant_gemm.cpp).
+* `int4_linear(x, packed, planes, group, b, act_bits)`: int4 grouped weights in the block layout of
+  `pack_int4_blocks`, scale and zero planes [2, N, K/group] (bf16 or float32), activations rounded per block of 32
+  to 8 or 16-bit fixed point for integer dot products (csrc/quant_gemm.cpp).
 * `rms_norm_f32(x, w, eps)`, `add_rms_norm_f32(x, residual, w, eps)`: RMSNorm of float32 rows in one pass
   (csrc/norm.cpp); torch's rms_norm is several dispatched kernels per decode row.
+* `rope_attention_decode_f32(...)`: a decode step's rotary embedding, paged KV-cache write and attention in one
+  call per layer; `silu_mul_f32(x)`: the MLP's silu(gate) * up (csrc/decode_attn.cpp).
 
 Everything falls back to torch when the kernels are unavailable: no compiler, not x86/AVX2, or
 MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 8
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp (one translation unit)
+_SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp, decode_attn.cpp (one unit)
 
 
 def wanted() -> bool:

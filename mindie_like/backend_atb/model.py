@@ -134,9 +134,17 @@ class LlamaFamilyModel:
         self.kv_dtype = self.act_dtype
         # checkpoint names another loader fills (the pre-quantized linears: quant/checkpoint.py)
         self.external_weights: set[str] = set()
+        self.allow_fused_decode = True      # tests compare against the op-by-op path by clearing it
         self._alloc()
 
     # ---- configuration -------------------------------------------------------------------------------------
+    @property
+    def fused_decode_attention(self) -> bool:
+        """Decode steps go through the op table's one-call rope + KV write + attention where it has one for this
+        dtype (TorchOps with the own float32 CPU kernels); asked per step, the op table can be swapped."""
+        has = getattr(self.ops, "has_fused_decode_attention", None)
+        return self.allow_fused_decode and has is not None and has(self.kv_dtype)
+
     @staticmethod
     def _layer_windows(cfg) -> list[Optional[int]]:
         n = cfg.num_hidden_layers
@@ -372,10 +380,12 @@ class LlamaFamilyModel:
         T = input_ids.shape[0]
         Hq, Hk, D = self.num_heads, self.num_kv_heads, self.head_dim
         q_size, kv_size, eps = self.q_size, self.kv_size, self.eps
-        cos, sin = ops.rope_tables(self.cos_sin, positions, self.act_dtype)
+        decode = meta.is_decode
+        fused = decode and self.fused_decode_attention
+        if not fused:
+            cos, sin = ops.rope_tables(self.cos_sin, positions, self.act_dtype)
         h = self._embed(input_ids)
         residual = None
-        decode = meta.is_decode
         slot_mapping = meta.slot_mapping
         for L, (kc, vc) in zip(self.layers, kv_caches):
             if residual is None:
@@ -385,18 +395,24 @@ class LlamaFamilyModel:
                 x, residual = ops.add_rms_norm(h, residual, L.ln1, eps)
             qkv = ops.linear(x, L.qkv, L.qkv_bias)
             v = qkv[:, q_size + kv_size:].view(T, Hk, D)
-            if L.q_norm is not None:
-                q = ops.rms_norm(qkv[:, :q_size].view(T, Hq, D), L.q_norm, eps)
-                k = ops.rms_norm(qkv[:, q_size:q_size + kv_size].view(T, Hk, D), L.k_norm, eps)
-                q, k = ops.rope(q, k, cos, sin)
-            else:       # q and k are adjacent in the fused qkv output: one rotary pass over both
-                qk = ops.rope_heads(qkv[:, :q_size + kv_size].view(T, Hq + Hk, D), cos, sin)
-                q, k = qk[:, :Hq], qk[:, Hq:]
-            ops.write_kv(k, v, kc, vc, slot_mapping)
-            if decode:
-                o = ops.attention_decode(q, kc, vc, meta, L.window)
+            if fused:
+                q, k = qkv[:, :q_size].view(T, Hq, D), qkv[:, q_size:q_size + kv_size].view(T, Hk, D)
+                if L.q_norm is not None:
+                    q, k = ops.rms_norm(q, L.q_norm, eps), ops.rms_norm(k, L.k_norm, eps)
+                o = ops.rope_attention_decode(q, k, v, kc, vc, meta, L.window, self.cos_sin, positions)
             else:
-                o = ops.attention_prefill(q, k, v, kc, vc, meta, L.window)
+                if L.q_norm is not None:
+                    q = ops.rms_norm(qkv[:, :q_size].view(T, Hq, D), L.q_norm, eps)
+                    k = ops.rms_norm(qkv[:, q_size:q_size + kv_size].view(T, Hk, D), L.k_norm, eps)
+                    q, k = ops.rope(q, k, cos, sin)
+                else:       # q and k are adjacent in the fused qkv output: one rotary pass over both
+                    qk = ops.rope_heads(qkv[:, :q_size + kv_size].view(T, Hq + Hk, D), cos, sin)
+                    q, k = qk[:, :Hq], qk[:, Hq:]
+                ops.write_kv(k, v, kc, vc, slot_mapping)
+                if decode:
+                    o = ops.attention_decode(q, kc, vc, meta, L.window)
+                else:
+                    o = ops.attention_prefill(q, k, v, kc, vc, meta, L.window)
             h = ops.linear(o, L.o)
             if self.par.size > 1:
                 h = self._all_reduce(h)

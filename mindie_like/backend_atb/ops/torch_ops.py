@@ -44,12 +44,13 @@ class TorchOps:
 
     def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         self._gemv = None
-        self._norm = None       # own float32 RMSNorm kernels (cpu_kernels.py), CPUs without native bf16
+        self._f32 = None        # own float32 kernels (cpu_kernels.py: RMSNorm, decode attention, silu*up), CPUs
+                                # without native bf16
         if device is not None and device.type == "cpu":
             from .. import cpu_kernels
             mod = cpu_kernels.load() if cpu_kernels.wanted() else None
             if mod is not None:
-                self._norm = mod
+                self._f32 = mod
                 self.name = "torch+cpu_kernels"
                 if dtype == torch.bfloat16:
                     self._gemv = mod.bf16_linear
@@ -57,19 +58,19 @@ class TorchOps:
 
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
     def _own_norm(self, x: torch.Tensor, w: torch.Tensor) -> bool:
-        return (self._norm is not None and x.dim() == 2 and x.dtype == torch.float32 and w.dtype == torch.float32
+        return (self._f32 is not None and x.dim() == 2 and x.dtype == torch.float32 and w.dtype == torch.float32
                 and x.is_contiguous())
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         if self._own_norm(x, w):
-            return self._norm.rms_norm_f32(x, w, eps)
+            return self._f32.rms_norm_f32(x, w, eps)
         # one fused kernel; in half precision it accumulates in float32 and rounds once (HF rounds twice:
         # normalised value, then times the weight), which is at least as accurate
         return F.rms_norm(x, (x.shape[-1],), w, eps)
 
     def add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, w: torch.Tensor, eps: float):
         if self._own_norm(x, w) and residual.is_contiguous() and residual.dtype == torch.float32:
-            return self._norm.add_rms_norm_f32(x, residual, w, eps)
+            return self._f32.add_rms_norm_f32(x, residual, w, eps)
         residual = x + residual
         return self.rms_norm(residual, w, eps), residual
 
@@ -94,8 +95,9 @@ class TorchOps:
         return (torch.cat((c, c), dim=-1).to(dtype)[:, None, :],
                 torch.cat((-s, s), dim=-1).to(dtype)[:, None, :])
 
-    @staticmethod
-    def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        if self._f32 is not None and x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous():
+            return self._f32.silu_mul_f32(x)
         half = x.shape[-1] // 2
         return F.silu(x[..., :half]) * x[..., half:]
 
@@ -191,6 +193,25 @@ class TorchOps:
                 o = self._sdpa(qi, ki, vi, mask, False, meta.scale)
             out[s:e] = o[0].transpose(0, 1)
         return out.view(T, Hq * D)
+
+    def has_fused_decode_attention(self, dtype: torch.dtype) -> bool:
+        """Whether `rope_attention_decode` runs for activations / KV cache of `dtype` (own float32 kernel)."""
+        return self._f32 is not None and dtype == torch.float32
+
+    def rope_attention_decode(self, q, k, v, k_cache, v_cache, meta: AttentionMeta, window: Optional[int],
+                              cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """A decode step's rope + KV write + attention in one C++ call (float32; `has_fused_decode_attention`):
+        q [B, Hq, D], k/v [B, Hk, D] un-rotated (views of the qkv output are fine), cos_sin the model's [max_pos, D]
+        cache -> [B, Hq*D]. Same result as rope_heads, write_kv and attention_decode (tests/unit/backend_atb)."""
+        ex = meta.extra
+        if "own_decode" not in ex:          # once per step: the int64 / int32 tensors the kernel reads
+            ex["own_decode"] = (positions.to(torch.int64).contiguous(),
+                                meta.slot_mapping.to(torch.int64).contiguous(),
+                                meta.block_tables.to(torch.int32).contiguous(),
+                                torch.tensor(meta.context_lens, dtype=torch.int64))
+        pos, slots, tables, lens = ex["own_decode"]
+        return self._f32.rope_attention_decode_f32(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens,
+                                                   window or 0, meta.scale)
 
     def attention_decode(self, q, k_cache, v_cache, meta: AttentionMeta, window: Optional[int] = None):
         """q [B, Hq, D] -> [B, Hq*D]; keys/values gathered from the paged cache by the step's slot table."""

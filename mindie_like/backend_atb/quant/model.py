@@ -14,6 +14,8 @@ Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quanti
     quant_crossover       a fixed crossover (rows) instead of measuring
     quant_dense_dtype     "auto" (default): on CPU, float32 dense copies when a float32 matmul beats the model's
                           half-precision one (CPUs without AVX512-BF16); "model": the model's dtype
+    quant_act_bits        own AVX2 int4 kernel: activations rounded per block of 32 to 8 (default) or 16 bits,
+                          see docs/quantization.md ("Own CPU kernels") for the speed / accuracy trade
     quant_from_gguf       true (default): with a .gguf model, build the quantized weights from the GGUF's own
                           blocks (exact for Q4_0/Q4_1/Q4_K -> int4), see gguf.py; false: quantize the float import
     quantization "gguf"   with a .gguf model: each tensor at its own precision class (4-bit -> int4, else int8)
@@ -30,12 +32,16 @@ import torch
 
 from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
 from .quantize import INT4_GROUP_SIZES
-from .weight import QuantizedWeight, native_cpu_kernels, normalize_scheme, quantize_linear_weight
+from .weight import (ACT_BITS, InputPermutedWeight, Int4Weight, QuantizedWeight, native_cpu_kernels,
+                     normalize_scheme, quantize_linear_weight)
 
 log = logging.getLogger(__name__)
 
 LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
 DEFAULT_GROUP_SIZE = 32
+# the own AVX2 int4 kernel's activations: 8 bits is ~1.3x faster than 16 there, and on the demo model its cost
+# (mean KL 0.00025 against 16 bits) is ~1% of the int4 weights' own (0.027 against bf16): docs/benchmarks.md
+DEFAULT_ACT_BITS = 8
 
 
 def _group_for(k: int, wanted: int) -> Optional[int]:
@@ -70,12 +76,13 @@ def options_from_config(config) -> dict:
     return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
             "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover"),
             "from_gguf": bool(extra.get("quant_from_gguf", True)),
-            "dense_dtype": str(extra.get("quant_dense_dtype", "auto"))}
+            "dense_dtype": str(extra.get("quant_dense_dtype", "auto")),
+            "act_bits": int(extra.get("quant_act_bits", DEFAULT_ACT_BITS))}
 
 
 def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
                    crossover: Optional[float] = None, gguf_path=None, dense_dtype: str = "auto",
-                   float_too: bool = True) -> QuantPolicy:
+                   float_too: bool = True, act_bits: int = DEFAULT_ACT_BITS) -> QuantPolicy:
     """Replaces the model's float linears by quantized ones (in place); returns the per-step policy.
 
     `gguf_path`: build the weights from that GGUF's own blocks (quant/gguf.py) instead of quantizing the float
@@ -86,6 +93,8 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         raise ValueError('quantization "gguf" needs a .gguf model file')
     if dense not in ("auto", "never", "always"):
         raise ValueError(f"quant_dense {dense!r}: auto, never or always")
+    if act_bits not in ACT_BITS:
+        raise ValueError(f"quant_act_bits {act_bits!r}: one of {ACT_BITS}")
     t0 = time.time()
     dtype, device = model.dtype, model.device
     before = model.weight_bytes()
@@ -125,6 +134,10 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         model.lm_head = qe
     if isinstance(qe, QuantizedWeight):
         qweights.append(qe)
+    for w in qweights:
+        w = w.inner if isinstance(w, InputPermutedWeight) else w
+        if isinstance(w, Int4Weight):
+            w.act_bits = act_bits
     gc.collect()
     after = model.weight_bytes()
     log.info("quantized %d weights to %s%s in %.1f s (%d of them as loaded): weight bytes per step %.1f MiB -> "
@@ -194,4 +207,5 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
         gguf = find_gguf(config.model_path)
     with torch.inference_mode():
         return quantize_model(model, opts["scheme"] or prequantized, opts["group_size"], opts["dense"],
-                              opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]))
+                              opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]),
+                              act_bits=opts["act_bits"])

@@ -71,6 +71,7 @@ def native_cpu_kernels():
 
 NATIVE_INT8 = "mindie_like int8_linear (AVX2)"
 NATIVE_INT4 = "mindie_like int4_linear (AVX2)"
+ACT_BITS = (8, 16)      # the own int4 kernel's activation fixed point (csrc/quant_gemm.cpp, quantize_x)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -323,7 +324,7 @@ class Int4Weight(QuantizedWeight):
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int, *,
                  dtype: torch.dtype = torch.bfloat16, device="cpu", backend: Optional[str] = None,
-                 keep_rows: bool = False, keep_dense: bool = False):
+                 keep_rows: bool = False, keep_dense: bool = False, act_bits: int = 16):
         """`q`: [N, K] uint8 values 0..15 (unpacked). `keep_rows`: also keep the plain nibble-packed rows (needed
         for embedding lookups and a cheap dequantize; costs K/2 bytes per row more). `keep_dense`: build the dense
         copy for the large-batch path now, from the unpacked values (cheaper than dequantizing packed data)."""
@@ -337,6 +338,11 @@ class Int4Weight(QuantizedWeight):
                              f"{tuple(zero.shape)}")
         super().__init__(N, K, dtype, device, backend)
         self.group_size = group_size
+        if act_bits not in ACT_BITS:
+            raise ValueError(f"int4 act_bits must be one of {ACT_BITS}, got {act_bits!r}")
+        # own CPU kernel: the activations' fixed point. 16 (the default here: ~exact) or 8 (faster; what serving uses
+        # unless told otherwise: quant_act_bits in quant/model.py)
+        self.act_bits = act_bits
         dev = self.device
         self.scale = scale.to(dtype)
         self.zero = zero.to(dtype)
@@ -350,11 +356,13 @@ class Int4Weight(QuantizedWeight):
         if mod is not None:
             from ..cpu_kernels import pack_int4_blocks
             self.packed = pack_int4_blocks(q).to(dev)
-            # float32 planes: the scales, and the offsets z - 8 s (w = q * s + (z - 8 s), one FMA per weight)
-            sf = self.scale.float()
-            self.sz = torch.stack((sf, self.zero.float() - 8.0 * sf)).to(dev).contiguous()     # [2, N, G]
+            # [2, N, G] planes of the scales and zeros as stored: bf16 scales stay bf16 (4 bytes per group, not 8),
+            # others go to float32 (exact for fp16 too); the kernel forms the offsets z - 8 s in float32
+            plane_dtype = torch.bfloat16 if self.scale.dtype == torch.bfloat16 else torch.float32
+            self.sz = torch.stack((self.scale, self.zero)).to(device=dev, dtype=plane_dtype).contiguous()
             self.kernel = NATIVE_INT4
-            self._native = lambda x, bias: mod.int4_linear(x, self.packed, self.sz, group_size, bias)
+            self._native = lambda x, bias: mod.int4_linear(x, self.packed, self.sz, group_size, bias,
+                                                           self.act_bits)
         elif b == "cpu":
             Np = _round_up(N, 16)             # _convert_weight_to_int4pack_for_cpu: N % 16 == 0
             qp, sp, zp = self._pad_n(q, Np)

@@ -108,7 +108,8 @@ def test_equals_float_model_on_dequantized_weights(tiny_model, family, scheme):
     (on the chaotic 0.2-initialised parity model too, where quantization noise itself flips many tokens)."""
     path = tiny_model(family)           # qwen2: qkv bias, tied 151k-row table; llama: separate lm_head
     ref = load_runner(path, block_size=16)
-    rq = load_runner(path, block_size=16, quantization=scheme, quant_dense="never")
+    # 16-bit activations in the own AVX2 int4 kernel (8, the serving default, is checked by the agreement test)
+    rq = load_runner(path, block_size=16, quantization=scheme, quant_dense="never", quant_act_bits=16)
     for L, Lq in zip(ref.model.layers, rq.model.layers):
         for a in ("qkv", "o", "gate_up", "down"):
             setattr(L, a, getattr(Lq, a).dequantize(torch.float32))
@@ -134,7 +135,8 @@ def test_weight_bytes_shrink_and_policy(tiny_model):
     assert r8.weight_bytes() < 0.30 * base and r4.weight_bytes() < 0.75 * r8.weight_bytes()   # float32 base
     assert math.isinf(r8.quant_policy.crossover) and r8.quant_policy.choose(10**6) == "quant"
     # a fixed crossover: dense copies kept, rows at or above it take the dense path with the same numbers
-    r = load_runner(path, block_size=16, quantization="w4a16", quant_dense="always", quant_crossover=4)
+    r = load_runner(path, block_size=16, quantization="w4a16", quant_dense="always", quant_crossover=4,
+                    quant_act_bits=16)
     w = r.model.layers[0].gate_up
     assert w.dense is not None and r.quant_policy.choose(3) == "quant" and r.quant_policy.choose(4) == "dense"
     x = torch.randn(6, w.in_features)
@@ -151,3 +153,18 @@ def test_measured_crossover_is_logged(tiny_model, caplog):
     pol = r.quant_policy
     assert pol.timings and all(len(v) == 2 for v in pol.timings.values())
     assert pol.choose(1) in ("quant", "dense")
+
+
+def test_act_bits_option(tiny_model):
+    """quant_act_bits reaches every int4 weight (default 8); 8 and 16 bits give close logits; others are refused."""
+    path = tiny_model("llama", tie_word_embeddings=True, **TINY)
+    runs = {bits: load_runner(path, block_size=16, quantization="w4a16", quant_dense="never",
+                              **({} if bits == 8 else {"quant_act_bits": bits})) for bits in (8, 16)}
+    for bits, r in runs.items():
+        ws = [getattr(L, a) for L in r.model.layers for a in ("qkv", "o", "gate_up", "down")] + [r.model.lm_head]
+        assert all(isinstance(w, Int4Weight) and w.act_bits == bits for w in ws)
+    seqs = [prompt(700, 12)]
+    a, b = _teacher_forced(runs[16], seqs)[0], _teacher_forced(runs[8], seqs)[0]
+    torch.testing.assert_close(b, a, atol=0.05 * float(a.abs().max()), rtol=0.05)
+    with pytest.raises(ValueError, match="quant_act_bits"):
+        load_runner(path, block_size=16, quantization="w4a16", quant_dense="never", quant_act_bits=4)

@@ -37,14 +37,14 @@ def test_bf16_linear_matches_reference(gemv, M, N, K, bias):
 def test_op_table_uses_it_only_for_small_bf16_batches(gemv):
     from mindie_like.backend_atb.ops import TorchOps
     ops = TorchOps(torch.device("cpu"), torch.bfloat16)
-    assert ops._gemv is not None and "bf16gemv" in ops.name and ops._norm is not None
+    assert ops._gemv is not None and "bf16gemv" in ops.name and ops._f32 is not None
     w = torch.randn(16, 32).bfloat16()
     for m in (1, 8, 9, 40):
         x = torch.randn(m, 32).bfloat16()
         torch.testing.assert_close(ops.linear(x, w).float(), torch.nn.functional.linear(x, w).float(),
                                    atol=0.1, rtol=0.02)
     assert TorchOps(torch.device("cpu"), torch.float32)._gemv is None
-    assert TorchOps()._norm is None and TorchOps()._gemv is None     # no device: plain torch
+    assert TorchOps()._f32 is None and TorchOps()._gemv is None     # no device: plain torch
 
 
 @pytest.mark.parametrize("T,H", [(1, 896), (3, 13), (16, 64)])
@@ -54,7 +54,7 @@ def test_rms_norm_kernels_match_torch(gemv, T, H):
     x, r = (torch.randn(T, H, generator=g) * 3 for _ in range(2))
     w = torch.randn(H, generator=g)
     ops = TorchOps(torch.device("cpu"), torch.float32)
-    assert ops._norm is not None
+    assert ops._f32 is not None
     ref = torch.nn.functional.rms_norm(x.double(), (H,), w.double(), 1e-6)
     torch.testing.assert_close(ops.rms_norm(x, w, 1e-6).double(), ref, atol=1e-5, rtol=1e-5)
     y, s = ops.add_rms_norm(x, r, w, 1e-6)
