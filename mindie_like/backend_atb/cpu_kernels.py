@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 8
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp, decode_attn.cpp (one unit)
+# -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself is compiled with
+# OpenMP (_OPENMP); linking it resolves to the libgomp.so.1 torch has already loaded (same soname).
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
 
 
 def wanted() -> bool:
@@ -53,12 +57,13 @@ def load():
         from .weights import cache_root
         # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
         sources = sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(_CFLAGS + _LDFLAGS).encode()
+                                ).hexdigest()[:12]
         build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
         mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],
-                       build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma"], verbose=False)
+                       build_directory=str(build), extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
         if time.time() - t > 2:
             log.info("built the CPU kernels (bf16 GEMV, int8/int4 matmuls) in %.0f s (once)", time.time() - t)
         return mod
