@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_quant import CHAT_PROMPTS, DEFAULT_MODEL, greedy, load, teacher_forced  # noqa: E402
+from bench_quant import (CHAT_PROMPTS, DEFAULT_MODEL, continuation_agreement, greedy, load,  # noqa: E402
+                         teacher_forced)
 from mindie_like.backend_atb.quant import Int4Weight  # noqa: E402
 
 
@@ -59,15 +59,7 @@ def main():
         results = {}
         for layers, lm_head in ((8, 16), (16, 8), (8, 8)):
             set_bits(layers, lm_head)
-            out = teacher_forced(runner, seqs)
-            kls, agree, total = [], 0, 0
-            for p, a, b in zip(prompts, ref, out):
-                n = len(p)
-                a, b = a[n - 1:n - 1 + args.tokens], b[n - 1:n - 1 + args.tokens]
-                kls += F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True,
-                                reduction="none").sum(-1).tolist()
-                agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-                total += a.shape[0]
+            agree, total, kls = continuation_agreement(prompts, ref, teacher_forced(runner, seqs), args.tokens)
             name = f"layers {layers}-bit, lm_head {lm_head}-bit"
             results[name] = {"mean_kl_vs_16bit": round(statistics.mean(kls), 6), "max_kl": round(max(kls), 5),
                              "greedy_agreement_vs_16bit": round(agree / total, 4), "steps": total}

@@ -279,6 +279,20 @@ def teacher_forced(runner, seqs):
     return out
 
 
+def continuation_agreement(prompts, ref_logits, logits, tokens: int) -> tuple[int, int, list[float]]:
+    """Over each sequence's `tokens` continuation steps (teacher-forced logits of prompt + continuation):
+    (greedy agreements, steps, per-step KL(ref || other))."""
+    agree = total = 0
+    kls: list[float] = []
+    for p, a, b in zip(prompts, ref_logits, logits):
+        n = len(p)
+        a, b = a[n - 1:n - 1 + tokens], b[n - 1:n - 1 + tokens]
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        total += a.shape[0]
+        kls += F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True, reduction="none").sum(-1).tolist()
+    return agree, total, kls
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -377,16 +391,8 @@ def main():
                 ref_seqs = [p + c for p, c in zip(prompts, conts)]
                 ref_tf = teacher_forced(runner, ref_seqs)
             elif ref_tf is not None:
-                q_tf = teacher_forced(runner, ref_seqs)
-                agree = total = 0
-                kls = []
-                for p, a, b in zip(prompts, ref_tf, q_tf):
-                    n = len(p)
-                    a, b = a[n - 1:n - 1 + args.agree_tokens], b[n - 1:n - 1 + args.agree_tokens]
-                    agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-                    total += a.shape[0]
-                    kls.append(float(F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True,
-                                              reduction="batchmean")))
+                agree, total, kls = continuation_agreement(prompts, ref_tf, teacher_forced(runner, ref_seqs),
+                                                           args.agree_tokens)
                 res["agreement"] = round(agree / total, 4)
                 res["agreement_steps"] = total
                 res["mean_kl"] = round(statistics.mean(kls), 4)

@@ -148,9 +148,12 @@ class Scheduler:
             out.preempted.append(req)
 
         if not out.preempted:
+            # blocks this step's prefill chunks complete (decodes complete generated-token blocks nobody waits for)
             computing = set()
-            for sr in chosen.values():
-                computing.update(self._blocks_completed(sr))
+            if self.waiting:
+                for sr in chosen.values():
+                    if sr.num_new_tokens > 1:
+                        computing.update(self._blocks_completed(sr))
             while self.waiting and budget > 0:
                 if len(self.running) >= self.max_batch_size or num_prefills >= self.max_prefill_batch_size:
                     break
