@@ -15,8 +15,7 @@ from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
 from mindie_like.engine import scheduler as S
 
-SHARED = os.environ.get("MINDIE_LIKE_SHARED", "../shared")
-tok = AutoTokenizer.from_pretrained(os.path.join(SHARED, "tokenizers", "qwen2.5"))
+tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(__file__), "..", "tests", "data", "tokenizers", "qwen2.5"))
 ps = [tok(tok.apply_chat_template(chat_messages(i), tools=WEATHER_TOOLS, add_generation_prompt=True,
                                   tokenize=False))["input_ids"] for i in range(16)]
 print("prompt lengths", sorted(len(p) for p in ps))

@@ -8,14 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (tiny_models) importable everywhere
 
-from tiny_models import SHARED, build_tiny_model  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"../shared not found at {SHARED} (set MINDIE_LIKE_SHARED)")
-    return SHARED
+from tiny_models import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,10 @@ from typing import Callable, Optional, Union
 from mindie_like.engine.types import (EngineError, EngineOverloaded, EngineStats, RequestOutput, SamplingParams,
                                       TokenLogprob)
 
-from tiny_models import SHARED  # ../shared (MINDIE_LIKE_SHARED overrides)
+from tiny_models import TOKENIZERS
 
-QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
-SMOL_TOKENIZER = SHARED / "tokenizers" / "smollm2"
+QWEN_TOKENIZER = TOKENIZERS / "qwen2.5"
+SMOL_TOKENIZER = TOKENIZERS / "smollm2"
 
 # Family markers that are special tokens in the real models: added to the Qwen2.5 tokenizer for the tests.
 FAMILY_SPECIAL_TOKENS = [

@@ -1,17 +1,17 @@
 """Tiny random Hugging Face models, built and saved by the tests themselves (no hub, no downloads).
 
 `initializer_range=0.2` keeps logits far from flat so two correct implementations rarely meet a near-tie
-(NOTES.md). Tokenizers come from ../shared/tokenizers.
+as well. Tokenizers are the repository's own copies under tests/data/tokenizers.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MINDIE_LIKE_SHARED", REPO.parent / "shared"))
-TOKENIZERS = SHARED / "tokenizers"
+DATA = REPO / "tests" / "data"
+TOKENIZERS = DATA / "tokenizers"
+FIXTURES = DATA / "fixtures"
 
 # family -> (transformers config class name, tokenizer folder, per-family config switches)
 FAMILIES: dict[str, tuple[str, str, dict]] = {

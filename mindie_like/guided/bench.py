@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 import time
 
 import numpy as np
@@ -56,7 +57,7 @@ CASES = {
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokenizer", default="/work/shared/tokenizers/qwen2.5")
+    ap.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "tests" / "data" / "tokenizers" / "qwen2.5"))
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--tokens", type=int, default=2000, help="sampled tokens for the per-token numbers")

@@ -7,7 +7,7 @@ response schema. After each operation the daemon process must still be alive.
 
 The CI-sized run is in the default suite (a few examples per operation); the full run is behind the `fuzz` marker:
 
-    MINDIE_LIKE_SHARED=/work/shared python -m pytest tests/e2e/test_openapi_fuzz.py -m fuzz   # MINDIE_FUZZ_EXAMPLES=300
+    python -m pytest tests/e2e/test_openapi_fuzz.py -m fuzz   # MINDIE_FUZZ_EXAMPLES=300
 
 Generation stays cheap whatever `max_tokens` or `n` the fuzzer picks: the daemon runs a tiny random model with
 maxIterTimes 4 (the cap on generated tokens per choice).

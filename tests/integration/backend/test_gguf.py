@@ -82,7 +82,7 @@ def test_gguf_cache_hit_and_key(tiny_gguf, cache, monkeypatch, tmp_path):
 def test_real_demo_gguf(monkeypatch):
     """The real Qwen2.5-Coder-0.5B GGUF (imported once into the default cache), bf16, answers a coding prompt."""
     if not REAL_GGUF.is_file():
-        pytest.skip(f"{REAL_GGUF} not present (../shared/models/fetch_models.sh)")
+        pytest.skip(f"{REAL_GGUF} not present (./bin/fetch_models)")
     from transformers import AutoTokenizer
     from mindie_like.backend_atb import ModelRunner
     from mindie_like.engine.types import EngineConfig

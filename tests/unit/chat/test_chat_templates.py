@@ -11,8 +11,7 @@ from mindie_like.protocol import ValidationFailure, parse_chat_request
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = REPO / "templates"
-SHARED = REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")
-TOKENIZERS = SHARED / "tokenizers"
+TOKENIZERS = REPO / "tests" / "data" / "tokenizers"
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

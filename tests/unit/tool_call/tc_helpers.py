@@ -10,8 +10,8 @@ from mindie_like.tool_call.families import (
     DS_CALL_BEGIN, DS_CALL_END, DS_CALLS_BEGIN, DS_CALLS_END, DS_SEP, DSML_CALLS_BEGIN, DSML_CALLS_END,
 )
 
-SHARED = Path(__file__).resolve().parents[4] / "shared"
-VECTORS = json.loads((SHARED / "fixtures" / "tool_call_vectors.json").read_text(encoding="utf-8"))
+FIXTURES = Path(__file__).resolve().parents[2] / "data" / "fixtures"
+VECTORS = json.loads((FIXTURES / "tool_call_vectors.json").read_text(encoding="utf-8"))
 
 ALL_FAMILIES = ("passthrough", "chatglm2", "chatglm3", "glm4", "deepseek_v3", "deepseek_v31", "deepseek_v32",
                 "llama3", "qwen1_5_or_2", "qwen2_5", "qwen3", "qwen3_coder", "mistral")

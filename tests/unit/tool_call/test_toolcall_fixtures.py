@@ -1,4 +1,4 @@
-"""Every vector of ../shared/fixtures/tool_call_vectors.json, through decode and through streaming."""
+"""Every vector of tests/data/fixtures/tool_call_vectors.json, through decode and through streaming."""
 from __future__ import annotations
 
 import json
