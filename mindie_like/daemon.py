@@ -151,6 +151,8 @@ def register_routes() -> None:
     from .server.openai import add_openai_routes
     register_business_routes(add_openai_routes)
     register_business_routes(add_compat_routes)
+    from .server.router_endpoints import add_router_routes   # /health, /v1/loads, /get_load and gauges for routers
+    register_business_routes(add_router_routes)
 
 
 def build_context(loaded: LoadedConfig, backend, engine_config):
