@@ -41,10 +41,13 @@ def find_nginx() -> Optional[str]:
     return None
 
 
-def gateway_argv(smg: str, loaded: LoadedCoordinatorConfig, port: int, admin_key: str) -> list[str]:
+def gateway_argv(smg: str, loaded: LoadedCoordinatorConfig, port: int, admin_key: str, metrics_port: int) -> list[str]:
+    """The gateway on loopback ports only: `port` for requests, `metrics_port` for its Prometheus metrics (nginx
+    serves them on the manage port as /metrics)."""
     c: CoordinatorConfig = loaded.config
     ex, inst = c.exception_config, c.instances
     argv = [smg, "launch", "--host", "127.0.0.1", "--port", str(port),
+            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
             "--policy", c.policy,
             "--max-payload-size", str(c.request_limit.body_limit * 1024 * 1024),
             "--max-concurrent-requests", str(c.request_limit.max_requests),
@@ -99,7 +102,8 @@ def _json_return(status: int, message: str, kind: str) -> str:
     return f"return {status} '{{\"error\":\"{message}\",\"error_type\":\"{kind}\"}}';"
 
 
-def nginx_conf(loaded: LoadedCoordinatorConfig, run_dir: Path, gateway_port: int, admin_key: str) -> str:
+def nginx_conf(loaded: LoadedCoordinatorConfig, run_dir: Path, gateway_port: int, admin_key: str,
+               metrics_port: int) -> str:
     c = loaded.config
     h, ex = c.http_config, c.exception_config
     req_tls, mgmt_tls = loaded.tls_files("request_server"), loaded.tls_files("controller_server")
@@ -165,6 +169,9 @@ http {{
         {_listen(h.manage_ip, h.manage_port, mgmt_tls is not None)}
 {indent(_tls_block(mgmt_tls))}
 {indent(refused)}
+        location = /metrics {{
+            proxy_pass http://127.0.0.1:{metrics_port}/metrics;
+        }}
         location / {{
             proxy_pass http://gateway;
             proxy_set_header Authorization "Bearer {admin_key}";

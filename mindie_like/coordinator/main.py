@@ -83,6 +83,28 @@ def _wait_gateway(port: int, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def _wait_listening(addresses: list[tuple[str, int]], proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    pending = list(addresses)
+    while pending and time.monotonic() < deadline and proc.poll() is None:
+        host, port = pending[0]
+        try:
+            with socket.create_connection(({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port), 1):
+                pending.pop(0)
+        except OSError:
+            time.sleep(0.1)
+    return not pending
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if bin/ms_coordinator dies without stopping it (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _stop(proc: Optional[subprocess.Popen], sig: int, timeout: float) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -110,7 +132,7 @@ def main(argv=None) -> int:
         if path is None]
     if args.check_config:
         print(json.dumps({"policy": loaded.config.policy,
-                          "gateway": gateway_argv(smg or "smg", loaded, 0, "<admin key>"),
+                          "gateway": gateway_argv(smg or "smg", loaded, 0, "<admin key>", 0),
                           "missing": missing}, indent=2))
         return 0
     if missing:
@@ -126,11 +148,11 @@ def _run(loaded: LoadedCoordinatorConfig, smg: str, nginx: str, run_dir_arg: Opt
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o711)              # nginx's workers (another user when started as root) use the temp dirs
     admin_key = secrets.token_urlsafe(32)
-    port = _free_loopback_port()
+    port, metrics_port = _free_loopback_port(), _free_loopback_port()
     conf = run_dir / "nginx.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # holds the admin key
     with os.fdopen(fd, "w") as f:
-        f.write(nginx_conf(loaded, run_dir, port, admin_key))
+        f.write(nginx_conf(loaded, run_dir, port, admin_key, metrics_port))
     check = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", str(run_dir), "-c", str(conf)],
                            capture_output=True, text=True)
     if check.returncode != 0:
@@ -151,14 +173,19 @@ def _run(loaded: LoadedCoordinatorConfig, smg: str, nginx: str, run_dir_arg: Opt
     gateway = front = None
     code = 0
     try:
-        gateway = subprocess.Popen(gateway_argv(smg, loaded, port, admin_key), stdin=subprocess.DEVNULL)
+        gateway = subprocess.Popen(gateway_argv(smg, loaded, port, admin_key, metrics_port), stdin=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent)
         if not _wait_gateway(port, gateway, GATEWAY_START_TIMEOUT_S):
             print(f"gateway: did not come up on 127.0.0.1:{port} (exit status {gateway.poll()})", file=sys.stderr,
                   flush=True)
             return EXIT_RUNTIME
         front = subprocess.Popen([nginx, "-e", "stderr", "-p", str(run_dir), "-c", str(conf)],
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         h = loaded.config.http_config
+        if not _wait_listening([(h.predict_ip, h.predict_port), (h.manage_ip, h.manage_port)], front, 30):
+            print(f"tls front: not listening on {h.predict_ip}:{h.predict_port} and {h.manage_ip}:{h.manage_port} "
+                  f"(exit status {front.poll()})", file=sys.stderr, flush=True)
+            return EXIT_RUNTIME
         print(f"{START_LINE}: predict {h.predict_ip}:{h.predict_port}, manage {h.manage_ip}:{h.manage_port}, "
               f"policy {loaded.config.policy}", flush=True)
         while not stop_event.wait(0.5):

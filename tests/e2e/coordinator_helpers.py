@@ -122,6 +122,8 @@ class CoordinatorHandle:
     def wait_workers(self, predicate, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout
         while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ms_coordinator exited with {self.proc.returncode}:\n{self.output[-4000:]}")
             ws = self.workers()
             if predicate(ws):
                 return ws

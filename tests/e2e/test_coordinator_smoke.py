@@ -17,10 +17,14 @@ pytestmark = pytest.mark.skipif(tools_available() is not None, reason=tools_avai
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, tiny_model):
     d = new_shared_daemon(tmp_path_factory.mktemp("home"), tiny_model("qwen2")).start()
-    c = start_coordinator(tmp_path_factory.mktemp("coord"), d, [d.base_url], algorithm="round_robin")
-    yield d, c
-    c.stop()
-    d.stop()
+    try:
+        c = start_coordinator(tmp_path_factory.mktemp("coord"), d, [d.base_url], algorithm="round_robin")
+        try:
+            yield d, c
+        finally:
+            c.stop()
+    finally:
+        d.stop()
 
 
 def test_one_request_through_the_coordinator(pair):

@@ -44,9 +44,11 @@ def daemons(tmp_path_factory, tiny_model):
 def coordinator(tmp_path_factory, daemons):
     a, b = daemons
     c = start_coordinator(tmp_path_factory.mktemp("coord"), a, [a.base_url, b.base_url], algorithm="round_robin")
-    c.wait_workers(lambda ws: len(ws) == 2 and all(w["is_healthy"] for w in ws))
-    yield c
-    c.stop()
+    try:
+        c.wait_workers(lambda ws: len(ws) == 2 and all(w["is_healthy"] for w in ws))
+        yield c
+    finally:
+        c.stop()
 
 
 def chat_body(model: str, text: str, **kw) -> dict:
@@ -175,7 +177,11 @@ async def _stream(client, model: str, first_chunk: asyncio.Event, max_tokens: in
 def test_sigterm_drains_a_stream_in_flight(tmp_path_factory, daemons):
     a, _ = daemons
     c = start_coordinator(tmp_path_factory.mktemp("coord_term"), a, [a.base_url], algorithm="round_robin")
-    c.wait_workers(lambda ws: len(ws) == 1 and ws[0]["is_healthy"])
+    try:
+        c.wait_workers(lambda ws: len(ws) == 1 and ws[0]["is_healthy"])
+    except BaseException:
+        c.stop()
+        raise
 
     async def run():
         first = asyncio.Event()

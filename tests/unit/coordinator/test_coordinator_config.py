@@ -55,11 +55,12 @@ def test_algorithms_map_onto_gateway_policies(home, algorithm, policy):
     cfg = default()
     cfg["digs_scheduler_config"]["algorithm_type"] = algorithm
     loaded = load_coordinator_config(str(write(home, cfg)))
-    argv = gateway_argv("smg", loaded, 4000, "k")
+    argv = gateway_argv("smg", loaded, 4000, "k", 4001)
     assert argv[argv.index("--policy") + 1] == policy
     assert argv[argv.index("--worker-urls") + 1] == "https://127.0.0.1:1025"
     assert argv[argv.index("--client-cert-path") + 1] == str(home / "security/client/client.pem")
     assert argv[argv.index("--host") + 1] == "127.0.0.1"        # the gateway itself is reachable on loopback only
+    assert argv[argv.index("--prometheus-host") + 1] == "127.0.0.1"
 
 
 def test_refusal_lines(home):
@@ -127,7 +128,7 @@ def test_bin_ms_coordinator_prints_the_refusals_and_exits_2(home):
 
 def test_the_tls_front_requires_client_certificates_and_keeps_workers_off_the_predict_port(home, tmp_path):
     loaded = load_coordinator_config(str(write(home, default())))
-    conf = nginx_conf(loaded, tmp_path, 4000, "secret-admin-key")
+    conf = nginx_conf(loaded, tmp_path, 4000, "secret-admin-key", 4001)
     predict, manage = conf.split("    server {")[1:]
     for block, side in ((predict, ""), (manage, "management/")):
         assert "ssl_verify_client on;" in block
