@@ -155,6 +155,30 @@ def test_an_instance_added_at_runtime_gets_traffic_and_none_once_removed(tmp_pat
         third.stop()
 
 
+def test_a_world_size_2_instance_behind_the_coordinator(tmp_path_factory, tiny_model, daemons):
+    """A tensor-parallel instance (worldSize 2: the daemon and one worker process, gloo on the CPU) is one more
+    instance to the gateway."""
+    a, _ = daemons
+    tp = new_shared_daemon(tmp_path_factory.mktemp("home_tp"), tiny_model("qwen2"), certs_from=a,
+                           model={"worldSize": 2, "device": "cpu", "tpHeartbeatTimeout": 5, "npuMemSize": 0.05},
+                           backend={"npuDeviceIds": [[0, 1]]}, env={"MINDIE_LIKE_NO_PROGRESS": "1"}).start()
+    try:
+        c = start_coordinator(tmp_path_factory.mktemp("coord_tp"), a, [a.base_url, tp.base_url],
+                              algorithm="round_robin")
+        try:
+            c.wait_workers(lambda ws: len(ws) == 2 and all(w["is_healthy"] for w in ws))
+            body = chat_body(a.model_name, "Count to five.", max_tokens=16)
+            direct = a.openai_client().chat.completions.create(**body).choices[0].message.content
+            before = requests_received(tp)
+            for _ in range(4):
+                assert c.openai_client().chat.completions.create(**body).choices[0].message.content == direct
+            assert requests_received(tp) - before == 2
+        finally:
+            c.stop()
+    finally:
+        tp.stop()
+
+
 async def _stream(client, model: str, first_chunk: asyncio.Event, max_tokens: int) -> dict:
     """Reads a stream to its end: what ended it and when."""
     out = {"chunks": 0, "finish_reason": None, "error": None, "ended_at": None}
