@@ -80,9 +80,7 @@ class InferenceGatewayGauges:
 
 
 def register_router_gauges(ctx: ServingContext) -> None:
-    if not ctx.extra.get("router_gauges"):
-        ctx.metrics.registry.register(InferenceGatewayGauges(ctx))
-        ctx.extra["router_gauges"] = True
+    ctx.metrics.registry.register(InferenceGatewayGauges(ctx))
 
 
 def add_router_routes(app: web.Application, ctx: ServingContext) -> None:
@@ -92,4 +90,3 @@ def add_router_routes(app: web.Application, ctx: ServingContext) -> None:
         app.router.add_get("/health", business_health)
     app.router.add_get("/v1/loads", loads)
     app.router.add_get("/get_load", get_load)
-    register_router_gauges(ctx)
