@@ -185,6 +185,9 @@ class CoordinatorConfig(_Section):
                 raise ValueError(f"@instances.urls[{i}]: {_show(url)} must start with {scheme}:// "
                                  f"(tls_config.mindie_client_tls_enable is "
                                  f"{str(self.tls_config.mindie_client_tls_enable).lower()})")
+        if self.policy == "power_of_two" and len(self.instances.urls) < 2 and self.instances.kubernetes is None:
+            raise ValueError("@digs_scheduler_config.algorithm_type: \"load_balance\" (the gateway's power_of_two) "
+                             "needs at least 2 instances in instances.urls; use \"round_robin\" for one")
         return self
 
     @property

@@ -45,7 +45,7 @@ def refusals(home: Path, cfg: dict) -> list[str]:
 
 def test_the_shipped_file_is_valid(home):
     loaded = load_coordinator_config(str(write(home, default())))
-    assert loaded.config.policy == "power_of_two"
+    assert loaded.config.policy == "round_robin"
     assert loaded.tls_files("mindie_client").cert == home / "security/client/client.pem"
 
 
@@ -54,6 +54,7 @@ def test_the_shipped_file_is_valid(home):
 def test_algorithms_map_onto_gateway_policies(home, algorithm, policy):
     cfg = default()
     cfg["digs_scheduler_config"]["algorithm_type"] = algorithm
+    cfg["instances"]["urls"].append("https://127.0.0.1:1125")
     loaded = load_coordinator_config(str(write(home, cfg)))
     argv = gateway_argv("smg", loaded, 4000, "k", 4001)
     assert argv[argv.index("--policy") + 1] == policy
@@ -106,6 +107,11 @@ def test_tls_refusals(home):
     cfg["tls_config"]["mindie_client_tls_enable"] = False
     assert refusals(home, cfg) == ['instances.urls[0]: "https://127.0.0.1:1025" must start with http:// '
                                    '(tls_config.mindie_client_tls_enable is false)']
+    cfg = default()
+    cfg["digs_scheduler_config"]["algorithm_type"] = "load_balance"       # smg refuses power_of_two with one
+    assert refusals(home, cfg) == ['digs_scheduler_config.algorithm_type: "load_balance" (the gateway\'s '
+                                   'power_of_two) needs at least 2 instances in instances.urls; use "round_robin" '
+                                   'for one']
     cfg = default()
     cfg["digs_scheduler_config"]["deploy_mode"] = "pd_separate"
     assert refusals(home, cfg) == ['digs_scheduler_config.deploy_mode: "pd_separate" (prefill/decode '
