@@ -12,7 +12,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -210,6 +210,7 @@ class LoadedCoordinatorConfig:
     path: Path
     home: Path
     tls: dict = field(default_factory=dict)      # side -> TlsFiles, for the enabled sides
+    warnings: list = field(default_factory=list)  # e.g. a config file that others may write
 
     def tls_files(self, side: str) -> Optional[TlsFiles]:
         return self.tls.get(side)
@@ -254,7 +255,7 @@ def _resolve_tls(cfg: CoordinatorConfig, home: Path) -> tuple[dict, list[str]]:
 
 def load_coordinator_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None) -> LoadedCoordinatorConfig:
     path = find_path(cli_path, env)
-    data, _warnings = read_config_file(path)
+    data, warnings = read_config_file(path)
     try:
         cfg = CoordinatorConfig.model_validate(data)
     except ValidationError as e:
@@ -263,4 +264,4 @@ def load_coordinator_config(cli_path: Optional[str] = None, *, env: Optional[dic
     tls, errors = _resolve_tls(cfg, home.resolve())
     if errors:
         raise ConfigError(errors)
-    return LoadedCoordinatorConfig(cfg, path, home.resolve(), tls)
+    return LoadedCoordinatorConfig(cfg, path, home.resolve(), tls, warnings)

@@ -125,6 +125,8 @@ def main(argv=None) -> int:
         for line in e.lines:
             print(line, file=sys.stderr, flush=True)
         return EXIT_CONFIG
+    for line in loaded.warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     smg, nginx = find_smg(), find_nginx()
     missing = [f"{name}: not found ({how})" for name, path, how in (
         ("smg", smg, "install the coordinator extra: pip install -e '.[coordinator]'"),

@@ -37,6 +37,12 @@ def test_one_request_through_the_coordinator(pair):
     assert via.choices[0].message.content == json.loads(direct)["choices"][0]["message"]["content"]
     status, raw = c.request("GET", "/health")
     assert status == 200, raw
+    # the manage port: the gateway's worker list (admin key added by nginx) and its Prometheus metrics
+    workers = c.workers()
+    assert [w["url"] for w in workers] == [d.base_url] and workers[0]["is_healthy"]
+    status, raw = c.request("GET", "/metrics", plane="manage")
+    assert status == 200 and b"# TYPE" in raw
+    assert c.request("GET", "/workers")[0] == 404                     # not on the predict port
     # no client certificate: nginx refuses in MindIE's error shape
     status, raw = c.request("GET", "/v1/models", context=ssl.create_default_context(cafile=str(c.certs["ca"])))
     assert status == 403 and json.loads(raw)["error_type"] == "Forbidden"

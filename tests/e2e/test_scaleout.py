@@ -1,6 +1,6 @@
 """Several daemons behind bin/ms_coordinator (the SGLang Model Gateway behind an nginx TLS front), loopback only:
 mutual TLS on both hops, the scheduling algorithms, instances added and removed at runtime through the manage port,
-SIGTERM draining, and a daemon killed mid-run. Run with -m scaleout (about 5 minutes on 2 busy cores)."""
+SIGTERM draining, and a daemon killed mid-run. Run with -m scaleout (3.5 minutes on 2 busy cores)."""
 from __future__ import annotations
 
 import asyncio

@@ -3,9 +3,7 @@ what the TLS front's generated config enforces (client certificates, CRLs, the p
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
