@@ -128,6 +128,9 @@ class TlsConfig(_Section):
             for key in ("ca_cert", "tls_cert", "tls_key"):
                 if not getattr(items, key):
                     raise ValueError(f"@{side}_tls_items.{key}: missing; {side}_tls_enable is true")
+        if self.mindie_client_tls_enable and self.mindie_client_tls_items.tls_passwd:
+            raise ValueError("@mindie_client_tls_items.tls_passwd: the gateway reads an unencrypted client key "
+                             "only; leave it empty and keep the key file private (mode 600)")
         if self.mindie_client_tls_enable and self.mindie_client_tls_items.tls_crl:
             raise ValueError("@mindie_client_tls_items.tls_crl: the gateway cannot check instance certificates "
                              "against a CRL; leave it empty and revoke by reissuing the instances' CA")

@@ -102,6 +102,11 @@ def test_tls_refusals(home):
         "tls_config.mindie_client_tls_items.tls_crl: the gateway cannot check instance certificates against a CRL; "
         "leave it empty and revoke by reissuing the instances' CA"]
     cfg = default()
+    cfg["tls_config"]["mindie_client_tls_items"]["tls_passwd"] = "security/pass/key_pwd.txt"
+    assert refusals(home, cfg) == [
+        "tls_config.mindie_client_tls_items.tls_passwd: the gateway reads an unencrypted client key only; leave it "
+        "empty and keep the key file private (mode 600)"]
+    cfg = default()
     cfg["tls_config"]["mindie_client_tls_enable"] = False
     assert refusals(home, cfg) == ['instances.urls[0]: "https://127.0.0.1:1025" must start with http:// '
                                    '(tls_config.mindie_client_tls_enable is false)']
