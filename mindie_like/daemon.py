@@ -147,10 +147,14 @@ def build_backend(loaded: LoadedConfig):
 def register_routes() -> None:
     """Business routes beyond /v1/models, registered before the planes are built."""
     from .server import register_business_routes
+    from .server.anthropic import add_anthropic_routes
     from .server.compat import add_compat_routes
     from .server.openai import add_openai_routes
+    from .server.responses import add_responses_routes
     register_business_routes(add_openai_routes)
     register_business_routes(add_compat_routes)
+    register_business_routes(add_responses_routes)
+    register_business_routes(add_anthropic_routes)
 
 
 def build_context(loaded: LoadedConfig, backend, engine_config):
