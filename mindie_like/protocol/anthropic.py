@@ -67,7 +67,7 @@ Block = Annotated[Union[Annotated[TextBlock, Tag("text")], Annotated[ToolUseBloc
                   Discriminator(_block_tag)]
 
 
-class Message(Lenient):
+class AnthropicMessage(Lenient):
     role: Literal["user", "assistant"]
     content: Union[SStr, list[Block]]
 
@@ -82,7 +82,7 @@ class Message(Lenient):
         return self
 
 
-class Tool(Lenient):
+class AnthropicTool(Lenient):
     name: Annotated[SStr, Field(json_schema_extra={"pattern": FUNCTION_NAME_RE.pattern})]
     description: Optional[SStr] = None
     input_schema: dict
@@ -97,7 +97,7 @@ class Tool(Lenient):
         return v
 
 
-class ToolChoice(Lenient):
+class AnthropicToolChoice(Lenient):
     type: Literal["auto", "any", "tool", "none"]
     name: Optional[SStr] = None
     disable_parallel_tool_use: Optional[SBool] = None
@@ -109,7 +109,7 @@ class ToolChoice(Lenient):
         return self
 
 
-class Thinking(Lenient):
+class ThinkingConfig(Lenient):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: Annotated[Optional[SInt], Range(1, INT32_MAX)] = None
 
@@ -127,11 +127,11 @@ def _check_stop(v):
 
 class Conversation(Lenient):
     model: SStr
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
     system: Optional[Union[SStr, list[TextBlock]]] = None
-    tools: Optional[list[Tool]] = None
-    tool_choice: Optional[ToolChoice] = None
-    thinking: Optional[Thinking] = None
+    tools: Optional[list[AnthropicTool]] = None
+    tool_choice: Optional[AnthropicToolChoice] = None
+    thinking: Optional[ThinkingConfig] = None
 
     @field_validator("tools")
     @classmethod

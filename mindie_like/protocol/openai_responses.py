@@ -77,7 +77,7 @@ class FunctionCallOutputItem(Lenient):
     status: Optional[SStr] = None
 
 
-class TextPart(Lenient):
+class ReasoningTextPart(Lenient):
     type: SStr = "reasoning_text"
     text: SStr
 
@@ -86,8 +86,8 @@ class ReasoningItem(Lenient):
     """A reasoning item sent back from an earlier output: its text goes to the next assistant turn."""
     type: Literal["reasoning"]
     id: Optional[SStr] = None
-    summary: list[TextPart] = []
-    content: Optional[list[TextPart]] = None
+    summary: list[ReasoningTextPart] = []
+    content: Optional[list[ReasoningTextPart]] = None
     encrypted_content: Optional[SStr] = None
 
     def text(self) -> str:
@@ -264,7 +264,7 @@ class ResponseReasoning(_Out):
     type: Literal["reasoning"]
     id: str
     summary: list = []
-    content: list[TextPart]
+    content: list[ReasoningTextPart]
     status: Literal["in_progress", "completed", "incomplete"]
 
 

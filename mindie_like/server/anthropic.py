@@ -19,7 +19,8 @@ PATH = "/v1/messages"
 COUNT_PATH = PATH + "/count_tokens"
 REQUEST_ID_HEADER = "request-id"
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+               404: "not_found_error", 413: "request_too_large", 424: "api_error", 429: "rate_limit_error",
+               503: "overloaded_error"}
 
 
 def anthropic_error(status: int, message: str) -> tuple[int, dict]:

@@ -23,7 +23,7 @@ CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 
 
 def openai_error(status: int, message: str) -> tuple[int, dict]:
     status = 400 if status == 422 else status
-    kind = "invalid_request_error" if status < 500 else "server_error"
+    kind = "invalid_request_error" if status < 500 and status != 424 else "server_error"
     code = "model_not_found" if status == 404 and message.startswith("model:") else CODES.get(status)
     return status, {"error": {"message": message, "type": kind, "param": param_of(message), "code": code}}
 

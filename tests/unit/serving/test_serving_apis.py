@@ -24,7 +24,8 @@ R_TOOLS = [{"type": "function", "name": "get_weather", "parameters": WEATHER},
            {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}]
 A_TOOLS = [{"name": "get_weather", "input_schema": WEATHER},
            {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}]
-CALLS_TEXT = ('Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris 巴黎"}}\n</tool_call>\n'
+CALLS_TEXT = ('Checking both.\n'
+              '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris 巴黎"}}\n</tool_call>\n'
               '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
 SPLITS = [1, 3]
 
