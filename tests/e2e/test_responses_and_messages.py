@@ -12,6 +12,9 @@ import json
 import anthropic
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .load_helpers import wait_all_blocks_free
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Beijing", "东京"]},
                                             "days": {"type": "integer", "minimum": 1, "maximum": 7}},
@@ -194,3 +197,42 @@ def test_messages_errors_in_anthropic_shape(claude, daemon):
         claude.messages.create(model="claude-unknown", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     status, raw = daemon.request("POST", "/v1/messages/count_tokens", body=b"[1, 2")
     assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------------------------------------ shared plumbing
+
+def _metric(daemon, name: str) -> float:
+    code, raw = daemon.request("GET", "/metrics", plane="metrics")
+    assert code == 200
+    return sum(s.value for fam in text_string_to_metric_families(raw.decode()) for s in fam.samples
+               if s.name == name)
+
+
+def test_structured_output_and_metrics(oai, claude, daemon):
+    names = ("request_received_total", "request_success_total", "request_failed_total", "generation_tokens_total")
+    before = {n: _metric(daemon, n) for n in names}
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                                               "confidence": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["answer", "confidence"], "additionalProperties": False}
+    r = oai.responses.create(model=daemon.model_name, input="Is the sky blue?", max_output_tokens=48,
+                             text={"format": {"type": "json_schema", "name": "verdict", "schema": schema}})
+    value = json.loads(r.output_text)             # the grammar made it valid JSON of the schema
+    assert set(value) == {"answer", "confidence"} and value["answer"] in ("yes", "no")
+    claude.messages.create(model=daemon.model_name, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.create(model=daemon.model_name, max_tokens=4, messages=[{"role": "user", "content": "hi"}],
+                               extra_body={"temperature": 3})
+    after = {n: _metric(daemon, n) for n in names}
+    assert after["request_received_total"] == before["request_received_total"] + 3
+    assert after["request_success_total"] == before["request_success_total"] + 2
+    assert after["request_failed_total"] == before["request_failed_total"] + 1
+    assert after["generation_tokens_total"] > before["generation_tokens_total"]
+
+
+def test_disconnect_aborts_and_frees_blocks(claude, daemon):
+    with claude.messages.stream(model=daemon.model_name, max_tokens=2000, messages=[{"role": "user", "content": "hi"}],
+                                extra_body={"temperature": 1.0}) as s:
+        for i, _ in enumerate(s):
+            if i == 4:
+                break
+    wait_all_blocks_free(daemon, timeout=30)

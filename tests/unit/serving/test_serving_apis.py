@@ -282,3 +282,20 @@ def test_messages_tool_result_and_count_tokens(hf_tok):
     with pytest.raises(ValidationFailure) as e:
         run(serving.create(mbody(model="claude-x"), "r3"))
     assert e.value.status == 404
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_client_disconnect_aborts_the_engine_request(hf_tok, api):
+    if api == "responses":
+        serving, engine = responses(hf_tok, "word " * 200, step_delay=0.001)
+        agen = serving.stream({"input": "x", "stream": True}, "r1")
+    else:
+        serving, engine = messages(hf_tok, "word " * 200, step_delay=0.001)
+        agen = serving.stream(mbody(stream=True, max_tokens=500), "r1")
+
+    async def go():
+        for _ in range(5):
+            await agen.__anext__()
+        await agen.aclose()          # what the handler does when the client goes away
+        assert engine.aborted == ["r1"]
+    run(go())
