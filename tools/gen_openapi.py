@@ -402,7 +402,8 @@ def _compat_generation(summary: str, request: dict, ok: str, content: dict, *err
 API_ERRORS = {400: "Invalid request: not JSON, too deep, a parameter out of range or not supported",
               404: "Unknown model, or no stored response with that id", 405: "Method not allowed on this route",
               413: "The body is larger than ServerConfig.maxRequestLength MB",
-              424: "The engine refused or failed the request", 500: "Timeout (tokenTimeout / e2eTimeout) or internal error",
+              424: "The engine refused or failed the request",
+              500: "Timeout (tokenTimeout / e2eTimeout) or internal error",
               503: "Stopping, no engine, or over the connection limit (maxLinkNum)"}
 
 
