@@ -187,7 +187,7 @@ class ResponsesServing(ChatBridge):
             "parallel_tool_calls": req.parallel_tool_calls, "previous_response_id": req.previous_response_id,
             "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
             "store": req.store, "temperature": req.temperature, "text": {"format": fmt},
-            "tool_choice": req.tool_choice if req.tool_choice is not None else ("auto" if req.tools else "none"),
+            "tool_choice": run.body.get("tool_choice") or ("auto" if req.tools else "none"),
             "tools": tools, "top_p": req.top_p, "truncation": req.truncation or "disabled", "usage": usage,
             "user": req.user, "metadata": req.metadata or {},
         }
