@@ -89,6 +89,7 @@ def test_responses_text_exact_event_sequence(hf_tok, split):
     assert deltas == done["text"] == final["output"][0]["content"][0]["text"] == msg["content"][0]["text"]
     item_ids = {e.get("item_id") for k, e in events if "item_id" in e}
     assert item_ids == {final["output"][0]["id"]}
+    assert serving.retrieve(final["id"]) == final       # a streamed answer is stored too
 
 
 @pytest.mark.parametrize("split", SPLITS)
