@@ -50,8 +50,8 @@ def build_tiny_model(dest: Path, family: str, *, seed: int = 0, dtype: str = "fl
     kwargs = {**BASE, **switches, **overrides}
     kwargs.setdefault("vocab_size", len(tok))
     eos = tok.convert_tokens_to_ids("<|im_end|>") if tok_name == "qwen2.5" else tok.eos_token_id
-    cfg = getattr(transformers, cls_name)(bos_token_id=tok.bos_token_id, eos_token_id=eos,
-                                          pad_token_id=tok.pad_token_id, **kwargs)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    cfg = getattr(transformers, cls_name)(**{**ids, **kwargs})      # overrides win (a small vocab's ids)
     cfg.dtype = dtype
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
