@@ -23,6 +23,23 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {
                                                 "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                                 "decoder_sparse_step": 1, "mlp_only_layers": []}),
     "glm4": ("Glm4Config", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "partial_rotary_factor": 0.5}),
+    "glm": ("GlmConfig", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "partial_rotary_factor": 0.5}),
+    "glm4_moe": ("Glm4MoeConfig", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16,
+                                              "partial_rotary_factor": 0.5, "n_routed_experts": 4,
+                                              "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                              "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 2,
+                                              "topk_group": 1, "routed_scaling_factor": 1.5, "attention_bias": True,
+                                              "use_qk_norm": False}),
+    # MLA + MoE: yarn rope with mscale (past original_max_position_embeddings within the tests' prompts),
+    # 4 routed experts in 2 groups (top-1 group), top-2, one shared expert, a dense first layer
+    "deepseek_v3": ("DeepseekV3Config", "qwen2.5", {
+        "tie_word_embeddings": False, "num_hidden_layers": 3, "num_key_value_heads": 4, "q_lora_rank": 48,
+        "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_shared_experts": 1,
+        "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5,
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                            "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1,
+                            "rope_theta": 10000.0}}),
 }
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -22,6 +22,7 @@ from ..engine.types import EngineConfig
 from .batch import ForwardBatch
 from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
 from .model import LlamaFamilyModel, ParallelSpec, own_path_supports
+from .models import deepseek_v3
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
 from .weights import LoadStats, iter_safetensors, resolve_model_dir
@@ -97,6 +98,9 @@ class ModelRunner:
         cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         dtype = choose_dtype(config.dtype, cfg_dtype, device)
         ok, why = own_path_supports(cfg)
+        if cfg.model_type in deepseek_v3.MODEL_TYPES:
+            why = deepseek_v3.check_supported(cfg) or ""
+            ok = not why
         force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
         prequantized = quant_checkpoint.detect(model_dir)       # GPTQ / AWQ / msmodelslim: refused or loaded as is
         if prequantized is not None:
@@ -163,7 +167,8 @@ class PagedModelRunner(ModelRunner):
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         self.load_stats = LoadStats()
         with torch.inference_mode():
-            self.model = LlamaFamilyModel(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+            model_cls = deepseek_v3.DeepseekV3Model if cfg.model_type in deepseek_v3.MODEL_TYPES else LlamaFamilyModel
+            self.model = model_cls(cfg, dtype, device, self.ops, parallel, act_dtype=act)
             # a tensor-parallel rank reads only its shard of each tensor
             tensors = iter_safetensors(model_dir, wanted=self.model.wants_weight, slicer=self.model.weight_slice,
                                        stats=self.load_stats)
