@@ -88,6 +88,12 @@ def build_cos_sin_cache(cfg, head_dim: int, max_pos: int) -> torch.Tensor:
     return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1).contiguous()
 
 
+def _split_layer_name(name: str) -> tuple[int, str]:
+    """("model.layers.3.mlp.down_proj.weight") -> (3, "mlp.down_proj.weight"); (-1, name) outside the layers."""
+    m = LlamaFamilyModel._LAYER_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else (-1, name)
+
+
 class Layer:
     __slots__ = ("ln1", "qkv", "qkv_bias", "q_norm", "k_norm", "o", "o_bias", "ln2", "gate_up", "gate_up_bias",
                  "down", "down_bias", "window")

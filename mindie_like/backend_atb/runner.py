@@ -22,7 +22,7 @@ from ..engine.types import EngineConfig
 from .batch import ForwardBatch
 from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
 from .model import LlamaFamilyModel, ParallelSpec, own_path_supports
-from .models import deepseek_v3
+from .models import own_architecture
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
 from .quant import fp8_block
@@ -99,8 +99,9 @@ class ModelRunner:
         cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         dtype = choose_dtype(config.dtype, cfg_dtype, device)
         ok, why = own_path_supports(cfg)
-        if cfg.model_type in deepseek_v3.MODEL_TYPES:
-            why = deepseek_v3.check_supported(cfg) or ""
+        arch = own_architecture(cfg.model_type)
+        if arch is not None:
+            why = arch.check_supported(cfg) or ""
             ok = not why
         force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
         prequantized = quant_checkpoint.detect(model_dir)       # GPTQ / AWQ / msmodelslim: refused or loaded as is
@@ -168,7 +169,8 @@ class PagedModelRunner(ModelRunner):
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         self.load_stats = LoadStats()
         with torch.inference_mode():
-            model_cls = deepseek_v3.DeepseekV3Model if cfg.model_type in deepseek_v3.MODEL_TYPES else LlamaFamilyModel
+            arch = own_architecture(cfg.model_type)
+            model_cls = arch.MODEL_CLASS if arch is not None else LlamaFamilyModel
             self.model = model_cls(cfg, dtype, device, self.ops, parallel, act_dtype=act)
             # a tensor-parallel rank reads only its shard of each tensor
             wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None

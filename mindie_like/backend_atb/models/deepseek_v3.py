@@ -249,3 +249,4 @@ class DeepseekV3Model(LlamaFamilyModel):
         x, _ = ops.add_rms_norm(h, residual, self.norm, eps)
         logits = ops.linear(x, self.lm_head).float()
         return self._gather_vocab(logits)
+MODEL_CLASS = DeepseekV3Model
