@@ -22,7 +22,7 @@ from ..engine.types import EngineConfig
 from .batch import ForwardBatch
 from .device import choose_dtype, configure_threads, cpu_has_fast_bf16, free_memory_bytes, select_device
 from .model import LlamaFamilyModel, ParallelSpec, own_path_supports
-from .models import own_architecture
+from .models import load_hf_config, own_architecture
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
 from .quant import fp8_block
@@ -80,7 +80,6 @@ class ModelRunner:
              threads: Optional[int] = None) -> "ModelRunner":
         """The runner for `config`. worldSize > 1 (without `parallel`): a TPModelRunner that starts the worker
         ranks. `parallel`, `device_index`, `threads`: this rank's share, device and CPU threads (tp_runner)."""
-        from transformers import AutoConfig
         from .parallel import total_world_size
         if parallel is None and total_world_size(config) > 1:
             prequantized = quant_checkpoint.detect(config.model_path)
@@ -95,7 +94,7 @@ class ModelRunner:
             threads = configure_threads(threads or config.num_threads)
         model_dir = resolve_model_dir(config.model_path, config.trust_remote_code,
                                       config.extra.get("cache_dir"))
-        cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+        cfg = load_hf_config(model_dir, config.trust_remote_code)
         cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         dtype = choose_dtype(config.dtype, cfg_dtype, device)
         ok, why = own_path_supports(cfg)

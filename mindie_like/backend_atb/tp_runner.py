@@ -39,6 +39,7 @@ from ..engine.types import BackendFailure, EngineConfig
 from .batch import ForwardBatch
 from .device import available_cores, select_device
 from .model import ParallelSpec, check_tensor_parallel, own_path_supports
+from .models import load_hf_config, own_architecture
 from .parallel import (CMD_ALLOCATE, CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_STOP, MODEL_KEY, StepChannel, TPConfigError,
                        WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups, open_store,
                        set_rank_device, wait_for_ranks, world_layout)
@@ -88,17 +89,20 @@ def rank_num_blocks(runner: ModelRunner, kv_cache_gb: float, local_size: int) ->
 
 def check_model(config: EngineConfig, world: int) -> None:
     """Refuses, before any process starts, a model that cannot be split over `world` ranks (TPConfigError)."""
-    from transformers import AutoConfig
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.extra.get("cache_dir"))
-    cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+    cfg = load_hf_config(model_dir, config.trust_remote_code)
     ok, why = own_path_supports(cfg)
+    arch = own_architecture(cfg.model_type)
+    if arch is not None:
+        why = arch.check_supported(cfg) or ""
+        ok = not why
     if config.extra.get("force_generic"):
         ok, why = False, "the generic path is forced"
     if not ok:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {world} needs the own model code (llama, mistral, qwen2, "
-                            f"qwen3), but model_type {cfg.model_type!r} runs on the generic transformers path "
-                            f"({why}): use worldSize 1")
-    why = check_tensor_parallel(cfg, world)
+                            f"qwen3, deepseek_v3, glm, glm4, glm4_moe), but model_type {cfg.model_type!r} runs on "
+                            f"the generic transformers path ({why}): use worldSize 1")
+    why = arch.check_parallel(cfg, world) if arch is not None else check_tensor_parallel(cfg, world)
     if why:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {why}")
 

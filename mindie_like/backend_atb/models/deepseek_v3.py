@@ -250,3 +250,15 @@ class DeepseekV3Model(LlamaFamilyModel):
         logits = ops.linear(x, self.lm_head).float()
         return self._gather_vocab(logits)
 MODEL_CLASS = DeepseekV3Model
+
+
+def check_parallel(cfg, world: int) -> Optional[str]:
+    """Why `cfg` cannot be split over `world` ranks: MLA heads and the dense MLP width must divide."""
+    if cfg.num_attention_heads % world:
+        return f"worldSize {world} does not divide num_attention_heads {cfg.num_attention_heads} (MLA heads split)"
+    if cfg.intermediate_size % world:
+        return f"worldSize {world} does not divide intermediate_size {cfg.intermediate_size}"
+    moe = moe_block()
+    if moe is not None and hasattr(moe, "check_parallel"):
+        return moe.check_parallel(cfg, world)
+    return None

@@ -162,3 +162,15 @@ class GlmModel(LlamaFamilyModel):
             h = self._all_reduce(h)
         return h
 MODEL_CLASS = GlmModel
+
+
+def check_parallel(cfg, world: int) -> Optional[str]:
+    from ..model import check_tensor_parallel
+    why = check_tensor_parallel(cfg, world)
+    if why or cfg.model_type != "glm4_moe":
+        return why
+    from .deepseek_v3 import moe_block
+    moe = moe_block()
+    if moe is not None and hasattr(moe, "check_parallel"):
+        return moe.check_parallel(cfg, world)
+    return None
