@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .batch import ForwardBatch
+from ..engine.types import ForwardBatch
 
 CONTROL_TIMEOUT = datetime.timedelta(days=365)      # workers idle on the control group between requests
 

@@ -1,13 +1,10 @@
-"""Rotary embedding pieces the DeepSeek and GLM families need on top of the half-split (NeoX) layout:
+"""What the DeepSeek and GLM families need from rotary embeddings beyond the half-split layout (rotary.py):
 
-* the interleaved (GPT-J) layout: dims (2i, 2i+1) form pair i, rotated by frequency i (GLM's native weights,
-  DeepSeek's `rope_interleave`);
-* partial rotary: only the first `rotary_dim` dims of a head rotate, the rest pass through (GLM);
+* the interleaved (GPT-J) layout: dims (2i, 2i+1) form pair i, rotated by frequency i (GLM-4's native weights,
+  DeepSeek's `rope_interleave`), on the same cat(cos, sin) cache as the half-split layout;
+* the rotary width of a partial-rotary config (`partial_rotary_factor`, in `rope_parameters` under transformers 5);
 * YaRN's softmax-scale correction (`mscale_all_dim`) that MLA applies to the whole q.k product, not only to the
-  rotary dims.
-
-Frequencies come from transformers' own rope init functions (default, linear, llama3, yarn ...), so a checkpoint's
-`rope_parameters` mean here what they mean there.
+  rotary dims (the cos/sin attention factor comes with the cache, from transformers' rope init functions).
 """
 from __future__ import annotations
 
@@ -17,35 +14,13 @@ import torch
 
 
 def rope_parameters(cfg) -> dict:
-    rp = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    return dict(rp)
+    return dict(getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
 
 
 def rotary_dim_of(cfg, head_dim: int) -> int:
     """Rotating dims of a head: head_dim x partial_rotary_factor (rope_parameters, else the config attribute)."""
-    rp = rope_parameters(cfg)
-    factor = rp.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
+    factor = rope_parameters(cfg).get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None)) or 1.0
     return int(head_dim * float(factor))
-
-
-def rotary_cos_sin(cfg, rotary_dim: int, max_pos: int) -> torch.Tensor:
-    """[max_pos, rotary_dim] float32 = cat(cos, sin) of the rotary_dim/2 frequencies, YaRN's attention factor
-    (the cos/sin scaling) applied. The layout the op table's `rope_tables` reads."""
-    rp = rope_parameters(cfg)
-    rtype = rp.get("rope_type", rp.get("type", "default")) or "default"
-    if rtype == "default":
-        base = rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
-        scaling = 1.0
-    else:
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rtype](cfg, torch.device("cpu"))
-        inv_freq = inv_freq.float()
-        if inv_freq.shape[0] * 2 != rotary_dim:
-            raise ValueError(f"rope init gave {inv_freq.shape[0] * 2} rotary dims, the model rotates {rotary_dim}")
-    t = torch.arange(max_pos, dtype=torch.float32)
-    freqs = t[:, None] * inv_freq[None, :]
-    return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1).contiguous()
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -65,7 +40,7 @@ def mla_softmax_scale(cfg, qk_head_dim: int) -> float:
 
 
 def interleaved_tables(cos_sin: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """Per-step (cos, sin), each [T, 1, rotary_dim/2], from a `rotary_cos_sin` cache."""
+    """Per-step (cos, sin), each [T, 1, rotary_dim/2], from a [max_pos, rotary_dim] cat(cos, sin) cache."""
     cs = cos_sin.index_select(0, positions)
     half = cs.shape[-1] // 2
     return cs[:, None, :half].to(dtype), cs[:, None, half:].to(dtype)
@@ -78,17 +53,6 @@ def apply_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     xr = x[..., :rd].unflatten(-1, (-1, 2))
     x0, x1 = xr[..., 0], xr[..., 1]
     rot = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
-    if rd == x.shape[-1]:
-        return rot
-    return torch.cat((rot, x[..., rd:]), dim=-1)
-
-
-def apply_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """NeoX rotary (dim i pairs with i + rd/2) of the first 2*cos.shape[-1] dims of x [T, N, D], rest passed."""
-    h = cos.shape[-1]
-    rd = 2 * h
-    x0, x1 = x[..., :h], x[..., h:rd]
-    rot = torch.cat((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1)
     if rd == x.shape[-1]:
         return rot
     return torch.cat((rot, x[..., rd:]), dim=-1)

@@ -22,7 +22,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .interleaved_rope import apply_half_split, apply_interleaved, mla_softmax_scale
+from .component import Module, Placement
+from .interleaved_rope import mla_softmax_scale
+from .linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from .norm import RMSNorm
 
 
 class MLAConfig:
@@ -41,7 +44,6 @@ class MLAConfig:
         self.v_dim = int(cfg.v_head_dim)
         self.qk_dim = self.nope + self.rope
         self.bias = bool(getattr(cfg, "attention_bias", False))
-        self.interleaved = bool(getattr(cfg, "rope_interleave", True))
         self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
         self.scale = mla_softmax_scale(cfg, self.qk_dim)
 
@@ -54,91 +56,75 @@ class MLAConfig:
         return self.heads_total * (self.qk_dim + self.v_dim)
 
 
-class MLALayerWeights:
-    """One layer's MLA parameters (this rank's slices), plain tensors filled by the model's loader."""
-    __slots__ = ("q_proj", "q_a", "q_a_bias", "q_a_norm", "q_b", "kv_a", "kv_a_bias", "kv_a_norm", "kv_b", "o",
-                 "o_bias")
+class MLAPagedCache:
+    """The attention-kernel side of one MLA layer: its cache shapes, softmax scale and (no) window, what the
+    model's KV sizing and the step metadata read (`attention_layers()`)."""
+    window = None
 
-    def __init__(self, m: MLAConfig, empty, small):
-        H = m.heads
+    def __init__(self, m: MLAConfig):
+        self.m = m
+        self.scale = m.scale
+
+    def kv_cache_shapes(self, num_blocks: int, block_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (num_blocks, block_size, 1, self.m.kv_lora_rank), (num_blocks, block_size, 1, self.m.rope)
+
+
+class MLAAttention(Module):
+    """q (direct or through q_lora), the latent and rope key from kv_a_proj_with_mqa, rotary on the rope parts,
+    the cache write, attention (expanded on prefill, absorbed on decode), o_proj (row-parallel, all-reduced)."""
+
+    def __init__(self, m: MLAConfig, prefix: str, pl: Placement, rotary):
+        H = m.heads_total
         if m.q_lora_rank is None:
-            self.q_proj = empty(H * m.qk_dim, m.hidden)
-            self.q_a = self.q_a_bias = self.q_a_norm = self.q_b = None
+            self.q_proj = ColumnParallelLinear(prefix + ".q_proj", m.hidden, H * m.qk_dim, False, pl)
+            self.q_a_proj = self.q_a_layernorm = self.q_b_proj = None
         else:
             self.q_proj = None
-            self.q_a = empty(m.q_lora_rank, m.hidden)
-            self.q_a_bias = small(m.q_lora_rank) if m.bias else None
-            self.q_a_norm = small(m.q_lora_rank)
-            self.q_b = empty(H * m.qk_dim, m.q_lora_rank)
-        self.kv_a = empty(m.kv_lora_rank + m.rope, m.hidden)
-        self.kv_a_bias = small(m.kv_lora_rank + m.rope) if m.bias else None
-        self.kv_a_norm = small(m.kv_lora_rank)
-        # kept dense (never weight-only quantized): its halves are the absorbed W_UK / W_UV of decode
-        self.kv_b = empty(H * (m.nope + m.v_dim), m.kv_lora_rank)
-        self.o = empty(m.hidden, H * m.v_dim)
-        self.o_bias = small(m.hidden) if m.bias else None
+            self.q_a_proj = ReplicatedLinear(prefix + ".q_a_proj", m.hidden, m.q_lora_rank, m.bias, pl)
+            self.q_a_layernorm = RMSNorm(prefix + ".q_a_layernorm", m.q_lora_rank, m.eps, pl)
+            self.q_b_proj = ColumnParallelLinear(prefix + ".q_b_proj", m.q_lora_rank, H * m.qk_dim, False, pl)
+        self.kv_a_proj_with_mqa = ReplicatedLinear(prefix + ".kv_a_proj_with_mqa", m.hidden, m.kv_lora_rank + m.rope,
+                                                   m.bias, pl)
+        self.kv_a_layernorm = RMSNorm(prefix + ".kv_a_layernorm", m.kv_lora_rank, m.eps, pl)
+        # by heads (rows); kept dense, never weight-only quantized: its halves are decode's absorbed W_UK / W_UV
+        self.kv_b_proj = ColumnParallelLinear(prefix + ".kv_b_proj", m.kv_lora_rank, H * (m.nope + m.v_dim), False,
+                                              pl)
+        self.kv_b_proj.quantizable = False
+        self.o_proj = RowParallelLinear(prefix + ".o_proj", H * m.v_dim, m.hidden, m.bias, pl)
+        self.m = m
+        self.rotary = rotary
+        self.attn = MLAPagedCache(m)
 
-    # checkpoint leaf (under `self_attn.`) -> attribute
-    LEAVES = {"q_proj.weight": "q_proj", "q_a_proj.weight": "q_a", "q_a_proj.bias": "q_a_bias",
-              "q_a_layernorm.weight": "q_a_norm", "q_b_proj.weight": "q_b", "kv_a_proj_with_mqa.weight": "kv_a",
-              "kv_a_proj_with_mqa.bias": "kv_a_bias", "kv_a_layernorm.weight": "kv_a_norm",
-              "kv_b_proj.weight": "kv_b", "o_proj.weight": "o", "o_proj.bias": "o_bias"}
-
-    def names(self) -> list[str]:
-        return [leaf for leaf, attr in self.LEAVES.items() if getattr(self, attr) is not None]
-
-
-def mla_weight_slice(leaf: str, m: MLAConfig, rank: int) -> Optional[tuple[int, int, int]]:
-    """(dim, start, length) of this rank's part of `self_attn.<leaf>` (None: replicated)."""
-    if leaf in ("q_proj.weight", "q_b_proj.weight"):
-        return 0, rank * m.heads * m.qk_dim, m.heads * m.qk_dim
-    if leaf == "kv_b_proj.weight":
-        per = m.nope + m.v_dim
-        return 0, rank * m.heads * per, m.heads * per
-    if leaf == "o_proj.weight":
-        return 1, rank * m.heads * m.v_dim, m.heads * m.v_dim
-    return None
-
-
-def allocate_mla_cache(m: MLAConfig, num_layers: int, num_blocks: int, block_size: int, dtype, device):
-    return [(torch.zeros(num_blocks, block_size, 1, m.kv_lora_rank, dtype=dtype, device=device),
-             torch.zeros(num_blocks, block_size, 1, m.rope, dtype=dtype, device=device)) for _ in range(num_layers)]
-
-
-def mla_cache_bytes_per_block(m: MLAConfig, num_layers: int, block_size: int, dtype) -> int:
-    el = torch.tensor([], dtype=dtype).element_size()
-    return num_layers * block_size * m.cache_values_per_token() * el
-
-
-def mla_forward(m: MLAConfig, W: MLALayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                meta, cache: tuple[torch.Tensor, torch.Tensor], ops) -> torch.Tensor:
-    """x [T, hidden] (normed) -> o_proj input [T, heads*v_dim]'s projection [T, hidden] (before any all-reduce
-    and before o_proj's bias). cos/sin [T, 1, rope/2] from `interleaved_tables`."""
-    T = x.shape[0]
-    H, r, dn, dr = m.heads, m.kv_lora_rank, m.nope, m.rope
-    if W.q_proj is not None:
-        q = ops.linear(x, W.q_proj)
-    else:
-        q = ops.linear(ops.rms_norm(ops.linear(x, W.q_a, W.q_a_bias), W.q_a_norm, m.eps), W.q_b)
-    q = q.view(T, H, m.qk_dim)
-    ckv = ops.linear(x, W.kv_a, W.kv_a_bias)
-    latent = ops.rms_norm(ckv[:, :r].contiguous(), W.kv_a_norm, m.eps)
-    rot = apply_interleaved if m.interleaved else apply_half_split
-    q_pe = rot(q[..., dn:], cos, sin)
-    k_pe = rot(ckv[:, None, r:], cos, sin)
-    latent = latent.to(cache[0].dtype)
-    k_pe = k_pe.to(cache[1].dtype)
-    ops.mla_write_cache(latent, k_pe, cache[0], cache[1], meta.slot_mapping)
-    if meta.is_decode:
-        kvb = W.kv_b.view(H, dn + m.v_dim, r)
-        w_uk, w_uv = kvb[:, :dn, :], kvb[:, dn:, :]
-        # q_nope [T, H, dn] -> latent space [T, H, r] through each head's W_UK
-        q_lat = torch.bmm(q[..., :dn].transpose(0, 1), w_uk.to(q.dtype)).transpose(0, 1)
-        o_lat = ops.mla_attention_decode(q_lat.contiguous(), q_pe.contiguous(), cache[0], cache[1], meta, m.scale)
-        o = torch.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2).to(o_lat.dtype)).transpose(0, 1)
-    else:
-        o = ops.mla_attention_prefill(q[..., :dn], q_pe, latent, k_pe, cache[0], cache[1], W.kv_b, meta, m)
-    return ops.linear(o.reshape(T, H * m.v_dim), W.o)
+    def forward(self, ctx, x: torch.Tensor, kv_cache) -> torch.Tensor:
+        m, ops = self.m, ctx.ops
+        T = x.shape[0]
+        H, r, dn = m.heads, m.kv_lora_rank, m.nope
+        if self.q_proj is not None:
+            q = self.q_proj.forward(ops, x)
+        else:
+            q = self.q_b_proj.forward(ops, self.q_a_layernorm.forward(ops, self.q_a_proj.forward(ops, x)))
+        q = q.view(T, H, m.qk_dim)
+        ckv = self.kv_a_proj_with_mqa.forward(ops, x)
+        latent = self.kv_a_layernorm.forward(ops, ckv[:, :r].contiguous())
+        tables = ctx.rope_tables(self.rotary)
+        q_pe = self.rotary.apply_heads(ops, q[..., dn:], tables)
+        k_pe = self.rotary.apply_heads(ops, ckv[:, None, r:], tables)
+        latent_cache, rope_cache = kv_cache
+        latent, k_pe = latent.to(latent_cache.dtype), k_pe.to(rope_cache.dtype)
+        ops.mla_write_cache(latent, k_pe, latent_cache, rope_cache, ctx.meta.slot_mapping)
+        kv_b = self.kv_b_proj.weight
+        if ctx.meta.is_decode:
+            kvb = kv_b.view(H, dn + m.v_dim, r)
+            w_uk, w_uv = kvb[:, :dn, :], kvb[:, dn:, :]
+            # q_nope [T, H, dn] -> the latent space [T, H, r] through each head's W_UK
+            q_lat = torch.bmm(q[..., :dn].transpose(0, 1), w_uk.to(q.dtype)).transpose(0, 1)
+            o_lat = ops.mla_attention_decode(q_lat.contiguous(), q_pe.contiguous(), latent_cache, rope_cache,
+                                             ctx.meta, m.scale)
+            o = torch.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2).to(o_lat.dtype)).transpose(0, 1)
+        else:
+            o = ops.mla_attention_prefill(q[..., :dn], q_pe, latent, k_pe, latent_cache, rope_cache, kv_b, ctx.meta,
+                                          m)
+        return self.o_proj.forward(ops, o.reshape(T, H * m.v_dim))
 
 
 # ---- plain-torch implementations of the op-table entries (TorchOps delegates here) ---------------------------

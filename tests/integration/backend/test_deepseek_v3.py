@@ -62,7 +62,7 @@ def test_decode_uses_absorbed_weights_and_matches(ds_path):
 def test_mla_without_q_lora(tiny_model):
     path = tiny_model("deepseek_v3", q_lora_rank=None, **DS)
     runner, hf = load_runner(path, block_size=4), load_hf(path)
-    assert runner.model.layers[0].attn.q_proj is not None
+    assert runner.model.layers[0].self_attn.q_proj is not None
     assert greedy_parity(runner, hf, prompt(2, 30)) >= 16
 
 

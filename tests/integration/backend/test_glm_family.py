@@ -47,11 +47,12 @@ def serve_and_compare(path):
 def test_glm_family_serves_like_transformers(family, tiny_model):
     runner = serve_and_compare(tiny_model(family, vocab_size=VOCAB))
     m = runner.model
-    assert m.rotary_dim == m.head_dim // 2 and m.interleaved == (family != "glm4_moe")
-    assert m.post_norms == (family == "glm4")
+    rotary = m.layers[0].self_attn.rotary
+    assert rotary.rotary_dim == m.head_dim // 2 and rotary.is_neox_style == (family == "glm4_moe")
+    assert hasattr(m.layers[0], "post_mlp_layernorm") == (family == "glm4")
 
 
 def test_glm4_moe_qk_norm(tiny_model):
     path = tiny_model("glm4_moe", use_qk_norm=True, vocab_size=VOCAB)
     runner = serve_and_compare(path)
-    assert runner.model.qk_norm
+    assert runner.model.qk_norm and runner.model.layers[0].self_attn.q_norm is not None

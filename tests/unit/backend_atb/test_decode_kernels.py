@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mindie_like.backend_atb import cpu_kernels
-from mindie_like.backend_atb.model import build_cos_sin_cache
+from mindie_like.backend_atb.layers.rotary import build_cos_sin_cache
 from mindie_like.backend_atb.ops import TorchOps
 
 

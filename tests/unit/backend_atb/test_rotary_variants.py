@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mindie_like.backend_atb.layers.interleaved_rope import (apply_half_split, apply_interleaved,
-                                                             interleaved_tables, mla_softmax_scale, rotary_cos_sin,
-                                                             rotary_dim_of)
+from mindie_like.backend_atb.layers.interleaved_rope import (apply_interleaved, interleaved_tables,
+                                                             mla_softmax_scale, rotary_dim_of)
+from mindie_like.backend_atb.layers.rotary import RotaryEmbedding, build_cos_sin_cache
+from mindie_like.backend_atb.ops import TorchOps
 
 YARN = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 64, "mscale": 1.0,
         "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1, "rope_theta": 10000.0}
@@ -28,7 +29,7 @@ def test_deepseek_cos_sin_and_interleave(rope):
                            v_head_dim=16, kv_lora_rank=32, max_position_embeddings=4096, **kw)
     pos = torch.tensor([0, 1, 5, 63, 64, 500, 3000])
     cos, sin = _hf_tables(m.DeepseekV3RotaryEmbedding, cfg, pos)
-    cache = rotary_cos_sin(cfg, 16, 4096)
+    cache = build_cos_sin_cache(cfg, 16, 4096)
     c, s = interleaved_tables(cache, pos, torch.float32)
     torch.testing.assert_close(c[:, 0], cos[0, :, :8])
     torch.testing.assert_close(s[:, 0], sin[0, :, :8])
@@ -50,18 +51,20 @@ def test_glm_partial_rotary(family):
     if family == "glm":
         from transformers.models.glm import modeling_glm as m
         cfg = transformers.GlmConfig(hidden_size=64, num_attention_heads=4, head_dim=16)
-        emb_cls, ours = m.GlmRotaryEmbedding, apply_interleaved
+        emb_cls, neox = m.GlmRotaryEmbedding, False
     else:
         from transformers.models.glm4_moe import modeling_glm4_moe as m
         cfg = transformers.Glm4MoeConfig(hidden_size=64, num_attention_heads=4, head_dim=16)
-        emb_cls, ours = m.Glm4MoeRotaryEmbedding, apply_half_split
+        emb_cls, neox = m.Glm4MoeRotaryEmbedding, True
     rd = rotary_dim_of(cfg, 16)
     assert rd == 8
     pos = torch.tensor([0, 3, 17, 200])
     cos, sin = _hf_tables(emb_cls, cfg, pos)
-    c, s = interleaved_tables(rotary_cos_sin(cfg, rd, 256), pos, torch.float32)
+    ops = TorchOps()
+    rot = RotaryEmbedding(cfg, 16, 256, torch.device("cpu"), rotary_dim=rd, is_neox_style=neox)
+    tables = rot.tables(ops, pos, torch.float32)
     q, k = torch.randn(4, 4, 16), torch.randn(4, 2, 16)
     hq, hk = m.apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
-    torch.testing.assert_close(ours(q, c, s), hq[0].transpose(0, 1))
-    torch.testing.assert_close(ours(k, c, s), hk[0].transpose(0, 1))
-    assert torch.equal(ours(q, c, s)[..., rd:], q[..., rd:])
+    torch.testing.assert_close(rot.apply_heads(ops, q, tables), hq[0].transpose(0, 1))
+    torch.testing.assert_close(rot.apply_heads(ops, k, tables), hk[0].transpose(0, 1))
+    assert torch.equal(rot.apply_heads(ops, q, tables)[..., rd:], q[..., rd:])
