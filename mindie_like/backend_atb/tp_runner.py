@@ -41,8 +41,8 @@ from .layers import ParallelSpec
 from .local_runner import load_local_runner
 from .models import check_tensor_parallel, load_hf_config, own_path_supports, registered_model_types
 from .parallel import (CMD_ALLOCATE, CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_STOP, MODEL_KEY, StepChannel, TPConfigError,
-                       WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups, open_store,
-                       set_rank_device, wait_for_ranks, world_layout)
+                       WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups,
+                       moe_expert_parallel, open_store, set_rank_device, wait_for_ranks, world_layout)
 from .runner_base import BaseRunner
 from .weights import resolve_model_dir
 
@@ -98,7 +98,7 @@ def check_model(config: EngineConfig, world: int) -> None:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {world} needs the own model code "
                             f"({', '.join(registered_model_types())}), but model_type {cfg.model_type!r} runs on the generic transformers path "
                             f"({why}): use worldSize 1")
-    why = check_tensor_parallel(cfg, world)
+    why = check_tensor_parallel(cfg, world, moe_expert_parallel(config, world))
     if why:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {why}")
 
@@ -297,7 +297,8 @@ class TPModelRunner(BaseRunner):
             wait_for_ranks(store, layout.size, timeout, self._raise_if_failed)
             set_rank_device(device)
             model_group, control = init_groups(store, 0, layout.size, dist_backend(device), timeout)
-            self.local = load_local_runner(config, ParallelSpec(0, layout.size, model_group), device.index, threads)
+            par = ParallelSpec(0, layout.size, model_group, moe_expert_parallel(config, layout.size))
+            self.local = load_local_runner(config, par, device.index, threads)
             self.channel = StepChannel(control)
             st = self.local.load_stats
             per_rank = self.channel.all_gather_ints([st.loaded_bytes, st.checkpoint_bytes])
@@ -506,7 +507,8 @@ def worker_main(heartbeat_fd: int) -> int:
         store = open_store(layout, rank, spec.store_port, spec.collective_timeout)
         announce(store, rank)
         model_group, control = init_groups(store, rank, layout.size, dist_backend(device), spec.collective_timeout)
-        runner = load_local_runner(config, ParallelSpec(rank, layout.size, model_group), device.index, spec.threads)
+        par = ParallelSpec(rank, layout.size, model_group, moe_expert_parallel(config, layout.size))
+        runner = load_local_runner(config, par, device.index, spec.threads)
         channel = StepChannel(control)
         channel.all_gather_ints([runner.load_stats.loaded_bytes, runner.load_stats.checkpoint_bytes])
         while True:

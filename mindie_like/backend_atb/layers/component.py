@@ -11,7 +11,30 @@ from typing import Iterator, Optional
 
 import torch
 
-ShardSpec = Optional[tuple[int, int, int]]       # (dim, start, length) of a checkpoint tensor; None: all of it
+class MultiSlice:
+    """Parts of a checkpoint tensor, each a tuple of slices (one per leading dimension), concatenated along
+    `cat_dim` (a fused expert tensor's gate and up rows of this rank)."""
+
+    def __init__(self, parts: list[tuple], cat_dim: int = 0):
+        self.parts, self.cat_dim = parts, cat_dim
+
+    def take(self, get) -> torch.Tensor:
+        """`get(index)` reads one part (safetensors' get_slice(...)[index], or a tensor's own indexing)."""
+        ts = [get(index) for index in self.parts]
+        return ts[0] if len(ts) == 1 else torch.cat(ts, dim=self.cat_dim)
+
+
+# (dim, start, length) of a checkpoint tensor, a MultiSlice, or None: all of it
+ShardSpec = Optional[object]
+
+
+def apply_shard(t: torch.Tensor, spec: ShardSpec) -> torch.Tensor:
+    """This rank's part of a whole checkpoint tensor."""
+    if spec is None:
+        return t
+    if isinstance(spec, MultiSlice):
+        return spec.take(lambda index: t[index])
+    return t.narrow(*spec)
 
 
 class Component:
@@ -27,10 +50,16 @@ class Component:
         """The leaf names (`weight`, `bias`, ...) this component expects from the checkpoint under its prefix."""
         return []
 
+    def optional_leaves(self) -> list[str]:
+        """Leaves read when the checkpoint has them, never expected (another layout of the same weights)."""
+        return []
+
     def shard_spec(self, leaf: str, shard_id=None) -> ShardSpec:
         return None
 
-    def load(self, leaf: str, tensor: torch.Tensor, shard_id=None) -> None:
+    def load(self, leaf: str, tensor: torch.Tensor, shard_id=None):
+        """Copies this rank's part in. May return the checkpoint names the tensor stands for (a fused layout
+        covering per-part names), which are then not expected any more."""
         raise NotImplementedError(f"{type(self).__name__} {self.prefix}: no weight {leaf!r}")
 
     def tensors(self) -> list:

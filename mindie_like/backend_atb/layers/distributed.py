@@ -14,12 +14,13 @@ import torch
 class ParallelSpec:
     """This process's place in a tensor-parallel group (global rank 0 samples and receives the logits).
 
-    `ep`: the MoE blocks split their experts over the ranks (expert parallelism) instead of splitting each
-    expert's intermediate dimension (expert-TP, the default)."""
+    `moe_ep`: how many expert-parallel slots the MoE blocks split their experts over (1: none, each expert's
+    intermediate dimension is split over all ranks instead — expert-TP, the default); the ranks of a slot split
+    its experts' intermediate dimension (moe_tp = size / moe_ep)."""
     rank: int = 0
     size: int = 1
     group: object = None        # torch.distributed process group of the model's collectives (None: the world)
-    ep: bool = False
+    moe_ep: int = 1
 
 
 def all_reduce(x: torch.Tensor, par: ParallelSpec) -> torch.Tensor:

@@ -53,10 +53,10 @@ def own_path_supports(cfg) -> tuple[bool, str]:
     return cls.supports(cfg)
 
 
-def check_tensor_parallel(cfg, world_size: int) -> Optional[str]:
-    """Why `cfg` cannot be split over `world_size` ranks (None: it can)."""
+def check_tensor_parallel(cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
+    """Why `cfg` cannot be split over `world_size` ranks, its experts over `moe_ep` slots (None: it can)."""
     cls = model_class(cfg)
-    return None if cls is None or world_size == 1 else cls.parallel_refusal(cfg, world_size)
+    return None if cls is None or world_size == 1 else cls.parallel_refusal(cfg, world_size, moe_ep)
 
 
 def build_model(cfg, dtype, device, ops, parallel=None, act_dtype=None):

@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 import torch
 
 from ..layers import ParallelSpec, Placement, walk
-from ..layers.component import Component, ShardSpec
+from ..layers.component import Component, ShardSpec, apply_shard
 from ..layers.rotary import RotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class CausalLM:
         self.act_dtype = act_dtype or dtype
         self.kv_dtype = self.act_dtype
         self.par = parallel or ParallelSpec()
-        why = self.parallel_refusal(cfg, self.par.size)
+        why = self.parallel_refusal(cfg, self.par.size, self.par.moe_ep) if self.par.size > 1 else None
         if why:
             raise ValueError(why)
         self.pl = Placement(dtype, self.act_dtype, device, self.par)
@@ -69,8 +69,8 @@ class CausalLM:
         return True, ""
 
     @classmethod
-    def parallel_refusal(cls, cfg, world_size: int) -> Optional[str]:
-        """Why `cfg` cannot be split over `world_size` ranks (None: it can)."""
+    def parallel_refusal(cls, cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
+        """Why `cfg` cannot be split over `world_size` ranks, the experts over `moe_ep` slots (None: it can)."""
         return None
 
     def build(self) -> None:
@@ -133,15 +133,15 @@ class CausalLM:
             if hit is None:
                 continue
             comp, leaf, shard = hit
-            if leaf not in comp.leaves():
+            if leaf not in comp.leaves() and leaf not in comp.optional_leaves():
                 log.debug("ignoring weight %s", name)
                 continue
             if not presliced:
-                spec = comp.shard_spec(leaf, shard)
-                if spec is not None:
-                    t = t.narrow(*spec)
-            comp.load(leaf, t, shard)
+                t = apply_shard(t, comp.shard_spec(leaf, shard))
+            covered = comp.load(leaf, t, shard)
             seen.add(name)
+            if covered:
+                seen.update(covered)
         missing = [n for n in self.expected_weight_names() if n not in seen and n not in self.external_weights]
         if missing:
             raise ValueError(f"weights missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}")

@@ -143,21 +143,25 @@ class LlamaForCausalLM(CausalLM):
         return True, ""
 
     @classmethod
-    def parallel_refusal(cls, cfg, world_size: int) -> Optional[str]:
+    def parallel_refusal(cls, cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
         """Query heads and the MLP width must divide; kv heads must divide or be divided by the world size (then
         each is replicated on world/kv ranks)."""
         if world_size == 1:
             return None
+        if moe_ep < 1 or world_size % moe_ep:
+            return f"moe_ep {moe_ep} does not divide worldSize {world_size}"
         heads = cfg.num_attention_heads
         kv = getattr(cfg, "num_key_value_heads", None) or heads
         if heads % world_size or (kv % world_size and world_size % kv):
             return (f"worldSize {world_size} does not divide the model's heads (num_attention_heads {heads}, "
                     f"num_key_value_heads {kv}): use a worldSize that divides num_attention_heads and divides or "
                     f"is a multiple of num_key_value_heads")
-        return cls.mlp_parallel_refusal(cfg, world_size)
+        return cls.mlp_parallel_refusal(cfg, world_size, moe_ep)
 
     @classmethod
-    def mlp_parallel_refusal(cls, cfg, world_size: int) -> Optional[str]:
+    def mlp_parallel_refusal(cls, cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
+        if moe_ep != 1:
+            return f"moe_ep {moe_ep}: model_type {cfg.model_type!r} has no experts (use moe_ep 1)"
         if cfg.intermediate_size % world_size:
             return f"worldSize {world_size} does not divide the model's intermediate_size {cfg.intermediate_size}"
         return None

@@ -128,6 +128,6 @@ def test_weight_slices_per_rank(tiny_model):
 def test_generic_path_models_are_refused(tiny_model):
     """worldSize > 1 needs the own model code: a model_type on the generic transformers path is named."""
     from mindie_like.backend_atb.tp_runner import check_model
-    with pytest.raises(TPConfigError, match=r"worldSize: 2 needs the own model code .* model_type 'qwen3_moe'"):
-        check_model(EngineConfig(model_path=str(tiny_model("qwen3_moe")), world_size=2, device_ids=[0, 1]), 2)
+    with pytest.raises(TPConfigError, match=r"worldSize: 2 needs the own model code .* model_type 'olmo2'"):
+        check_model(EngineConfig(model_path=str(tiny_model("olmo2")), world_size=2, device_ids=[0, 1]), 2)
     check_model(EngineConfig(model_path=str(tiny_model("qwen3")), world_size=2, device_ids=[0, 1]), 2)
