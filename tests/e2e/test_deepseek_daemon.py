@@ -11,7 +11,7 @@ import torch
 from arch_parity import NEAR_TIE, STEPS, waves
 
 VOCAB = 3001
-DS = dict(vocab_size=VOCAB, first_k_dense_replace=3)
+DS = dict(vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")

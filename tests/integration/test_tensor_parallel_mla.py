@@ -1,5 +1,7 @@
-"""worldSize 2 on gloo for the MLA model (deepseek_v3): the heads split over the ranks, every rank caching the
-same latents; greedy tokens and logits equal worldSize 1's. (The other architectures: `-m multinode`.)"""
+"""worldSize 2 on gloo for the MLA + MoE model (deepseek_v3): MLA heads split over the ranks (every rank caching
+the same latents) with the experts either split by their intermediate dimension (expert-TP, the default) or
+placed two per rank (expert parallelism, moe_ep 2); greedy tokens under continuous batching and the logits equal
+worldSize 1's. (Every architecture: `-m multinode`, tests/integration/test_tensor_parallel_archs.py.)"""
 from __future__ import annotations
 
 import sys
@@ -16,12 +18,6 @@ from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from test_tensor_parallel import engine_config, first_divergence_is_near_tie, prompts, run_engine  # noqa: E402
 
 VOCAB = 3001
-
-
-def _pair(path, **extra):
-    ref = ModelRunner.load(engine_config(path, 1, **extra))
-    tp = ModelRunner.load(engine_config(path, 2, **extra))
-    return ref, tp
 
 
 def check_pair(path, ref, tp, family):
@@ -42,20 +38,27 @@ def check_pair(path, ref, tp, family):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def mla_pair(tiny_model):
-    path = tiny_model("deepseek_v3", vocab_size=VOCAB, first_k_dense_replace=3)
-    ref, tp = _pair(path)
-    yield path, ref, tp
+@pytest.fixture(scope="module", params=["expert_tp", "expert_parallel"])
+def mla_pair(request, tiny_model):
+    """One split at a time: a process holds one tensor-parallel group, so the workers stop before the next."""
+    path = tiny_model("deepseek_v3", vocab_size=VOCAB)
+    extra = {"moe_ep": 2} if request.param == "expert_parallel" else {}
+    ref = ModelRunner.load(engine_config(path, 1))
+    tp = ModelRunner.load(engine_config(path, 2, **extra))
+    yield path, ref, tp, request.param
     tp.close()
 
 
 def test_mla_ws2_matches_ws1(mla_pair):
-    path, ref, tp = mla_pair
+    path, ref, tp, _ = mla_pair
     check_pair(path, ref, tp, "deepseek_v3")
 
 
-def test_mla_cache_is_replicated_not_split(mla_pair):
-    """Each rank caches the whole latent (it is shared by all heads): the per-block bytes do not halve."""
-    _, ref, tp = mla_pair
+def test_mla_cache_is_replicated_and_experts_are_split(mla_pair):
+    """Each rank caches the whole latent (it is shared by all heads): the per-block bytes do not halve. The
+    experts' bytes do: each rank reads half of every expert (expert-TP) or half of the experts (moe_ep 2)."""
+    _, ref, tp, kind = mla_pair
     assert tp.kv_cache_bytes_per_block() == ref.kv_cache_bytes_per_block()
+    total = tp.checkpoint_bytes
+    for b in tp.loaded_bytes:
+        assert b < 0.75 * total, (kind, b, total)

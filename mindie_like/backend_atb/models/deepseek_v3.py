@@ -14,18 +14,51 @@ import torch
 
 from ..layers import ParallelLMHead, RMSNorm, RotaryEmbedding, VocabParallelEmbedding
 from ..layers.mla import MLAAttention, MLAConfig
+from ..layers.moe import FusedMoE, SparseMoeBlock, TopKRouter
+from ..ops.torch_moe import RoutingSpec
 from . import register
 from .base import CausalLM
 from .llama import MLP, DecoderLayer
 
 
-def moe_block():
-    """The shared fused MoE block (layers/moe.py), None where this build has none."""
-    try:
-        from ..layers import moe
-    except ImportError:
-        return None
-    return moe
+def first_dense(cfg) -> int:
+    """Layers [0, first_k_dense_replace) have a dense MLP, the rest routed experts."""
+    return min(int(getattr(cfg, "first_k_dense_replace", 0) or 0), cfg.num_hidden_layers)
+
+
+def sigmoid_moe_block(model, prefix: str) -> SparseMoeBlock:
+    """DeepSeek V3's MoE (GLM-4.5's too): sigmoid scores, `e_score_correction_bias` for the choice, group-limited
+    top-k, `norm_topk_prob` (+1e-20), `routed_scaling_factor`, `n_shared_experts` shared experts as one MLP."""
+    cfg, pl = model.cfg, model.pl
+    spec = RoutingSpec(num_experts=cfg.n_routed_experts, top_k=cfg.num_experts_per_tok, scoring="sigmoid",
+                       norm_topk_prob=bool(cfg.norm_topk_prob), n_group=int(cfg.n_group or 1),
+                       topk_group=int(cfg.topk_group or 1), routed_scaling_factor=float(cfg.routed_scaling_factor),
+                       renorm_eps=1e-20)
+    router = TopKRouter(prefix + ".gate", cfg.hidden_size, spec, pl, correction_bias=True)
+    experts = FusedMoE(prefix + ".experts", cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size, pl)
+    n_shared = int(getattr(cfg, "n_shared_experts", 0) or 0)
+    shared = MLP(model, prefix + ".shared_experts", cfg.moe_intermediate_size * n_shared, reduce=False) \
+        if n_shared else None
+    return SparseMoeBlock(router, experts, pl, shared)
+
+
+def sigmoid_moe_parallel_refusal(cfg, world_size: int, moe_ep: int) -> Optional[str]:
+    """The experts over moe_ep slots, each expert's intermediate dimension over moe_tp = world / moe_ep ranks,
+    the shared experts' and the dense layers' over every rank."""
+    if moe_ep < 1 or world_size % moe_ep:
+        return f"moe_ep {moe_ep} does not divide worldSize {world_size}"
+    moe_tp = world_size // moe_ep
+    if cfg.n_routed_experts % moe_ep:
+        return f"moe_ep {moe_ep} does not divide the model's n_routed_experts {cfg.n_routed_experts}"
+    if cfg.moe_intermediate_size % moe_tp:
+        return (f"moe_tp {moe_tp} (worldSize {world_size} / moe_ep {moe_ep}) does not divide the model's "
+                f"moe_intermediate_size {cfg.moe_intermediate_size}")
+    shared = cfg.moe_intermediate_size * int(getattr(cfg, "n_shared_experts", 0) or 0)
+    if shared % world_size:
+        return f"worldSize {world_size} does not divide the shared experts' intermediate size {shared}"
+    if first_dense(cfg) and cfg.intermediate_size % world_size:
+        return f"worldSize {world_size} does not divide the model's intermediate_size {cfg.intermediate_size}"
+    return None
 
 
 class MLADecoderLayer(DecoderLayer):
@@ -45,32 +78,19 @@ class DeepseekV3ForCausalLM(CausalLM):
     def supports(cls, cfg) -> tuple[bool, str]:
         if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
             return False, f"activation {cfg.hidden_act!r} not in the own implementation"
-        if cls.first_dense(cfg) < cfg.num_hidden_layers and moe_block() is None:
-            return False, "routed-expert layers need the fused MoE block (layers/moe.py), not in this build"
         return True, ""
 
     @classmethod
-    def parallel_refusal(cls, cfg, world_size: int) -> Optional[str]:
-        if world_size == 1:
-            return None
+    def parallel_refusal(cls, cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
         if cfg.num_attention_heads % world_size:
             return (f"worldSize {world_size} does not divide num_attention_heads {cfg.num_attention_heads} "
                     f"(MLA splits the heads)")
-        if cls.first_dense(cfg) and cfg.intermediate_size % world_size:
-            return f"worldSize {world_size} does not divide intermediate_size {cfg.intermediate_size}"
-        moe = moe_block()
-        if moe is not None and cls.first_dense(cfg) < cfg.num_hidden_layers and hasattr(moe, "parallel_refusal"):
-            return moe.parallel_refusal(cfg, world_size)
-        return None
-
-    @staticmethod
-    def first_dense(cfg) -> int:
-        return min(int(getattr(cfg, "first_k_dense_replace", 0) or 0), cfg.num_hidden_layers)
+        return sigmoid_moe_parallel_refusal(cfg, world_size, moe_ep)
 
     def build_mlp(self, i: int, prefix: str):
-        if i < self.first_dense(self.cfg):
+        if i < first_dense(self.cfg):
             return MLP(self, prefix, self.cfg.intermediate_size)
-        return moe_block().build_moe(self, prefix)
+        return sigmoid_moe_block(self, prefix)
 
     def build(self) -> None:
         cfg, pl = self.cfg, self.pl

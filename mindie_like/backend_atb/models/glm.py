@@ -18,7 +18,7 @@ from ..layers.component import copy_into
 from ..layers.interleaved_rope import rotary_dim_of
 from ..layers.rotary import SUPPORTED_ROPE, rope_type_of
 from . import register
-from .deepseek_v3 import moe_block
+from .deepseek_v3 import first_dense, sigmoid_moe_block, sigmoid_moe_parallel_refusal
 from .llama import MLP, DecoderLayer, LlamaForCausalLM
 
 
@@ -105,30 +105,14 @@ class Glm4MoeForCausalLM(GlmForCausalLM):
     interleaved = False
 
     @classmethod
-    def supports(cls, cfg) -> tuple[bool, str]:
-        ok, why = super().supports(cfg)
-        if ok and cls.first_dense(cfg) < cfg.num_hidden_layers and moe_block() is None:
-            return False, "routed-expert layers need the fused MoE block (layers/moe.py), not in this build"
-        return ok, why
-
-    @classmethod
-    def mlp_parallel_refusal(cls, cfg, world_size: int) -> Optional[str]:
-        if cls.first_dense(cfg) and cfg.intermediate_size % world_size:
-            return f"worldSize {world_size} does not divide intermediate_size {cfg.intermediate_size}"
-        moe = moe_block()
-        if moe is not None and cls.first_dense(cfg) < cfg.num_hidden_layers and hasattr(moe, "parallel_refusal"):
-            return moe.parallel_refusal(cfg, world_size)
-        return None
-
-    @staticmethod
-    def first_dense(cfg) -> int:
-        return min(int(getattr(cfg, "first_k_dense_replace", 0) or 0), cfg.num_hidden_layers)
+    def mlp_parallel_refusal(cls, cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
+        return sigmoid_moe_parallel_refusal(cfg, world_size, moe_ep)
 
     @property
     def qk_norm(self) -> bool:
         return bool(getattr(self.cfg, "use_qk_norm", False))
 
     def build_mlp(self, i: int, prefix: str):
-        if i < self.first_dense(self.cfg):
+        if i < first_dense(self.cfg):
             return MLP(self, prefix, self.cfg.intermediate_size)
-        return moe_block().build_moe(self, prefix)
+        return sigmoid_moe_block(self, prefix)

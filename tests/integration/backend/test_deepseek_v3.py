@@ -15,7 +15,7 @@ from fp8_writer import write_fp8_pair
 from helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
 
 VOCAB = 3001
-DS = dict(vocab_size=VOCAB, first_k_dense_replace=3)
+DS = dict(vocab_size=VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def test_mla_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
     _npu_reshape_and_cache, FIA's query_rope / key_rope form for prefill and decode) gives the reference logits."""
     from helpers import load_runner
     from driver import Driver
-    path = tiny_model("deepseek_v3", vocab_size=3001, first_k_dense_replace=3)
+    path = tiny_model("deepseek_v3", vocab_size=3001, first_k_dense_replace=3)     # MLA only: dense MLPs
     ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     npu_runner.ops = npu_runner.model.ops = npu_ops
     outs = []
