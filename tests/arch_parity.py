@@ -1,6 +1,7 @@
 """Served greedy output against transformers, for the architecture parity tests (in-process engine and daemon).
 
-Prompts: 8 per wave; wave 2 repeats wave 1's first 40 tokens with new tails, so its prefills hit the prefix cache.
+Prompts: 8 served at once, then 3 that repeat the first 40 tokens of three of them with new tails, so their
+prefills hit the prefix cache.
 Check: teacher-forced transformers logprobs on prompt + generated tokens; every step's returned top logprobs must
 be close to the reference's, and the greedy token must be the reference's argmax until the first reference
 near-tie (top-two gap under NEAR_TIE), after which the sequences may legitimately part.
@@ -17,12 +18,15 @@ STEPS = 24
 SHARED = 40
 
 
+REUSED = 3          # second-wave prompts, each reusing SHARED tokens of a first-wave prompt
+
+
 def waves(vocab: int = 2000, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
     rng = random.Random(seed)
     lens = [45, 17, 60, 52, 9, 73, 41, 30]
     first = [[rng.randrange(3, vocab) for _ in range(n)] for n in lens]
-    second = [p[:SHARED] + [rng.randrange(3, vocab) for _ in range(5 + i)] if len(p) >= SHARED else
-              [rng.randrange(3, vocab) for _ in range(20)] for i, p in enumerate(first)]
+    second = [p[:SHARED] + [rng.randrange(3, vocab) for _ in range(5 + i)]
+              for i, p in enumerate([q for q in first if len(q) >= SHARED][:REUSED])]
     return first, second
 
 

@@ -34,7 +34,7 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {
                                               "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                               "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 2,
                                               "topk_group": 1, "routed_scaling_factor": 1.5, "attention_bias": True,
-                                              "use_qk_norm": False}),
+                                              "use_qk_norm": True}),
     # MLA + MoE: yarn rope with mscale (past original_max_position_embeddings within the tests' prompts),
     # 4 routed experts in 2 groups (top-1 group), top-2, one shared expert, a dense first layer
     "deepseek_v3": ("DeepseekV3Config", "qwen2.5", {

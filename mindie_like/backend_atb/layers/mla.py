@@ -17,8 +17,6 @@ columns; q_a_proj, kv_a_proj_with_mqa and their norms are replicated, so every r
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 

@@ -1,11 +1,11 @@
 """GLM-4 family on the own path, in-process: 8 prompts served concurrently by the engine with chunked prefill,
-then 8 more that reuse their prefixes from the prefix cache, each equal to transformers (tokens and logprobs)."""
+then 3 more that reuse prefixes from the prefix cache, each equal to transformers (tokens and logprobs)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from arch_parity import STEPS, check_request, waves
+from arch_parity import REUSED, SHARED, STEPS, check_request, waves
 from helpers import load_hf, load_runner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
@@ -37,9 +37,9 @@ def serve_and_compare(path):
     core, toks, tops, _ = serve(runner, path, first)
     checked = sum(check_request(hf, p, toks[f"r{i}"], tops[f"r{i}"]) for i, p in enumerate(first))
     _, toks2, tops2, cached = serve(runner, path, second, core)
-    assert sum(cached.values()) >= 5 * 40      # five prompts reuse 40 shared tokens (whole blocks of 8)
+    assert sum(cached.values()) >= REUSED * SHARED      # the shared 40 tokens are 5 whole blocks of 8
     checked += sum(check_request(hf, p, toks2[f"r{i}"], tops2[f"r{i}"]) for i, p in enumerate(second))
-    assert checked >= 0.75 * 16 * STEPS
+    assert checked >= 0.75 * (len(first) + len(second)) * STEPS
     return runner
 
 
@@ -50,9 +50,4 @@ def test_glm_family_serves_like_transformers(family, tiny_model):
     rotary = m.layers[0].self_attn.rotary
     assert rotary.rotary_dim == m.head_dim // 2 and rotary.is_neox_style == (family == "glm4_moe")
     assert hasattr(m.layers[0], "post_mlp_layernorm") == (family == "glm4")
-
-
-def test_glm4_moe_qk_norm(tiny_model):
-    path = tiny_model("glm4_moe", use_qk_norm=True, vocab_size=VOCAB)
-    runner = serve_and_compare(path)
-    assert runner.model.qk_norm and runner.model.layers[0].self_attn.q_norm is not None
+    assert (m.layers[0].self_attn.q_norm is not None) == (family == "glm4_moe")     # GLM-4.5's use_qk_norm
