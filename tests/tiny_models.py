@@ -67,11 +67,11 @@ def build_tiny_model(dest: Path, family: str, *, seed: int = 0, dtype: str = "fl
     kwargs = {**BASE, **switches, **overrides}
     kwargs.setdefault("vocab_size", len(tok))
     eos = tok.convert_tokens_to_ids("<|im_end|>") if tok_name == "qwen2.5" else tok.eos_token_id
-    # a vocabulary cut below the tokenizer's (tests that need a cheap lm_head) drops the special ids past its end
-    special = {k: (v if v is None or v < kwargs["vocab_size"] else None)
-               for k, v in (("bos_token_id", tok.bos_token_id), ("eos_token_id", eos),
-                            ("pad_token_id", tok.pad_token_id))}
-    cfg = getattr(transformers, cls_name)(**special, **kwargs)
+    # a vocabulary cut below the tokenizer's (tests that need a cheap lm_head) drops the special ids past its end;
+    # ids given as overrides win
+    ids = {k: (v if v is None or v < kwargs["vocab_size"] else None)
+           for k, v in (("bos_token_id", tok.bos_token_id), ("eos_token_id", eos), ("pad_token_id", tok.pad_token_id))}
+    cfg = getattr(transformers, cls_name)(**{**ids, **kwargs})
     cfg.dtype = dtype
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
