@@ -174,6 +174,7 @@ async def start_listener(ls, backlog: int) -> None:
     """Sets up `ls.runner` and starts listening (raises OSError when the port cannot be bound)."""
     from aiohttp import web
 
+    from .server.connections import TLS_HANDSHAKE_TIMEOUT_S, ConnectionGate, GatedTLSSite, gate_limit
     from .server.context import CTX_KEY
     # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
     # keepalive_timeout bounds the wait for a request's headers (from the connection or the previous answer) as well
@@ -182,8 +183,10 @@ async def start_listener(ls, backlog: int) -> None:
                               handler_cancellation=True,   # a client gone away aborts its request
                               keepalive_timeout=ls.app[CTX_KEY].config.ServerConfig.requestReadTimeout)
     await ls.runner.setup()
-    site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
-                       reuse_address=True)
+    server_config = ls.app[CTX_KEY].config.ServerConfig
+    gate = ConnectionGate("+".join(ls.planes), gate_limit(ls.planes, server_config.maxLinkNum))
+    site = GatedTLSSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog, gate=gate,
+                        handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT_S, float(server_config.requestReadTimeout)))
     await site.start()
 
 
@@ -340,6 +343,14 @@ def _main(args) -> int:
             return serve_worker_node(engine_config)
     if not loaded.config.ServerConfig.httpsEnabled:
         log.warning("ServerConfig.httpsEnabled is false: the planes serve plain HTTP without client authentication")
+    s = loaded.config.ServerConfig
+    from .server.connections import unbindable
+    busy = unbindable({"port": (s.ipAddress, s.port), "managementPort": (s.managementIpAddress, s.managementPort),
+                       "metricsPort": (s.managementIpAddress, s.metricsPort)})
+    if busy:                    # before the model loads: a port in use is reported at once
+        for line in busy:
+            print(line, file=sys.stderr, flush=True)
+        return EXIT_RUNTIME
     try:
         backend, engine_config = build_backend(loaded)
     except BackendLoadError as e:
