@@ -113,9 +113,14 @@ class GatedTLSSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
-def unbindable(addresses: dict[str, tuple[str, int]]) -> list[str]:
-    """`{config key: (host, port)}` -> one line per address that cannot be bound now (checked before the model
-    loads, so a port in use is reported in a second, not after minutes of loading)."""
+def unbindable(server_config) -> list[str]:
+    """One line per plane address (ServerConfig) that cannot be bound now: checked before the model loads, so a
+    port in use is reported in a second, not after minutes of loading."""
+    from .lifecycle import PLANE_PORT_KEYS
+    s = server_config
+    addresses = {PLANE_PORT_KEYS["business"]: (s.ipAddress, s.port),
+                 PLANE_PORT_KEYS["management"]: (s.managementIpAddress, s.managementPort),
+                 PLANE_PORT_KEYS["metrics"]: (s.managementIpAddress, s.metricsPort)}
     lines, seen = [], set()
     for key, (host, port) in addresses.items():
         if (host, port) in seen:
