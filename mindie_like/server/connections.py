@@ -21,6 +21,7 @@ from asyncio import sslproto
 from typing import Callable, Optional
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from .errors import error_response
 
@@ -58,9 +59,11 @@ class ConnectionGate:
 
 
 def gate_limit(planes: list[str], max_link_num: int) -> int:
-    """The business listener keeps room for maxLinkNum clients plus as many being answered 503 or shaking
-    hands; a listener of only management / metrics gets SIDE_PLANE_CONNECTIONS."""
-    return 2 * max_link_num if "business" in planes else SIDE_PLANE_CONNECTIONS
+    """The business listener keeps room for maxLinkNum clients plus as many (at least 64) being answered 503 or
+    shaking hands; a listener of only management / metrics gets SIDE_PLANE_CONNECTIONS."""
+    if "business" in planes:
+        return max_link_num + max(SIDE_PLANE_CONNECTIONS, max_link_num)
+    return SIDE_PLANE_CONNECTIONS
 
 
 class _GatedTLSProtocol(sslproto.SSLProtocol):
@@ -172,9 +175,11 @@ class _ParseErrorLog:
 PARSE_ERROR_LOG = _ParseErrorLog()
 
 
-def answer_parse_errors(handler):
-    """`handler` (an aiohttp RequestHandler) with its error answer replaced: the error body, no client bytes."""
-    def handle_error(request, status: int = 500, exc: Optional[BaseException] = None, message=None):
+class _ErrorBodyRequestHandler(RequestHandler):
+    """aiohttp's RequestHandler whose error answer is the API's error body, naming only the kind of fault."""
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: Optional[BaseException] = None, message=None):
         kind = _PARSE_FAULTS.get(type(exc).__name__, "malformed HTTP request" if status < 500 else "internal error")
         PARSE_ERROR_LOG.note(kind, status, getattr(request, "remote", None))
         if request.writer.output_size > 0:
@@ -183,5 +188,9 @@ def answer_parse_errors(handler):
         resp.force_close()
         return resp
 
-    handler.handle_error = handle_error
+
+def answer_parse_errors(handler: RequestHandler) -> RequestHandler:
+    """`handler` (made by aiohttp's Server, with its settings) answering errors in the API's shape. The class is
+    swapped rather than the handler rebuilt: RequestHandler has __slots__, and the subclass adds none."""
+    handler.__class__ = _ErrorBodyRequestHandler
     return handler
