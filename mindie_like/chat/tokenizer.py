@@ -44,6 +44,19 @@ class Tokenizer:
         return bool(ids) and ids[0] == self.bos_token_id
 
     @property
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters one token stands for: the longest vocabulary entry (byte-level entries
+        spell one byte per character, so a token's text is never longer)."""
+        n = self.__dict__.get("_max_token_chars")
+        if n is None:
+            try:
+                n = max(map(len, self.hf.get_vocab()), default=0) or None
+            except Exception:  # noqa: BLE001 - a tokenizer without a vocabulary listing: no bound
+                n = None
+            self.__dict__["_max_token_chars"] = n = n or 0
+        return n
+
+    @property
     def chat_template(self):
         return getattr(self.hf, "chat_template", None)
 

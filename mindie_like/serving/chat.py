@@ -16,8 +16,8 @@ from ..chat.user_text import Fences, control_pattern, control_tokens
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
 from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
-                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
-                     strip_end_of_turn, usage_dict)
+                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id,
+                     refuse_untokenizable_length, sse, strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -336,6 +336,7 @@ class ChatServing(ObservedServing):
         prompt = self.template.render(fences.wrap(messages), tools=fences.wrap(tools),
                                       add_generation_prompt=req.add_generation_prompt,
                                       template_kwargs=fences.wrap(req.chat_template_kwargs))
+        refuse_untokenizable_length(len(prompt), self.options, self.tokenizer)
         return self.tokenizer.encode_prompt(prompt, fences)
 
     @staticmethod
