@@ -87,6 +87,8 @@ def _stop_during_start(signum, frame):
 
 
 def main(argv=None) -> int:
+    from .server.memory import configure_allocator
+    configure_allocator()     # before the model and the first requests allocate: freed memory goes back
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(None, stream=sys.stderr if args.check_config else None)
     # SIGTERM/SIGINT while the model loads: nothing is in flight yet, so stop at once and exit 0

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .app import Listener, RouteTable, build_listeners
 from .connections import TLS_HANDSHAKE_TIMEOUT_S, ConnectionGate, GatedTLSSite, gate_limit
+from .memory import TRIMMER
 from .context import ServingContext
 
 log = logging.getLogger("mindie_like.server")
@@ -45,6 +46,7 @@ class Server:
         """Builds the listeners (the TLS contexts are made here: a bad certificate raises ConfigError) and binds
         each; `stop()` is still needed when this raises."""
         self.listeners = build_listeners(self.ctx, self.routes, self.ssl_factory)
+        self._trimmer = asyncio.get_running_loop().create_task(TRIMMER.trim_when_grown())   # server/memory.py
         backlog = max(128, self.ctx.config.ServerConfig.maxLinkNum)
         for ls in self.listeners:
             try:
@@ -108,6 +110,9 @@ class Server:
 
     async def stop(self) -> None:
         """Closes the listeners, then the engine and the model runner (each at most once)."""
+        trimmer = getattr(self, "_trimmer", None)
+        if trimmer is not None:
+            trimmer.cancel()
         await asyncio.gather(*(ls.runner.cleanup() for ls in self.listeners if ls.runner is not None),
                              return_exceptions=True)
         await self._shutdown_engine()
