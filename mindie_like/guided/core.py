@@ -15,17 +15,14 @@ from typing import Any, Callable, Optional
 
 import llguidance
 
-from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter, arguments_json_call_rule,
-                      check_name, think_prefix)
+from .formats import (END_OF_TURN, FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter,
+                      arguments_json_call_rule, check_name, think_prefix)
 from .mask import GuidedLogitsMask
 from .tokenizer import ll_tokenizer_for
 from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
 
 logger = logging.getLogger(__name__)
 
-# End-of-turn tokens of the supported families; those present in the tokenizer (as one token) join its EOS.
-_END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
-                "<｜end▁of▁sentence｜>", "</s>", "<|end|>", "<|user|>", "<|observation|>", "<|return|>")
 
 
 @dataclass
@@ -180,7 +177,7 @@ class GuidedDecoding:
             added = tokenizer.get_added_vocab()
         except Exception:  # noqa: BLE001
             added = {}
-        for t in _END_OF_TURN:
+        for t in END_OF_TURN:
             if t in added:
                 ids.append(added[t])
         return sorted(set(ids))

@@ -81,8 +81,20 @@ def test_missing_or_null_arguments_become_empty_object(args):
     assert calls_of(res) == [("get_time", "{}")]
 
 
-def test_string_arguments_that_are_not_json_are_not_a_call():
-    text = '<tool_call>{"name": "get_time", "arguments": "tomorrow"}</tool_call>'
+@pytest.mark.parametrize("raw, sent", [('"tomorrow"', '"tomorrow"'), ('"[1, 2]"', '"[1, 2]"'),
+                                       ('" 42 "', '" 42 "'), ('"say \\"hi\\"\\n"', '"say \\"hi\\"\\n"')])
+def test_string_arguments_not_holding_an_object_are_sent_as_a_json_string(raw, sent):
+    """OpenAI's `arguments` must be JSON: a string that is not an object is sent as json.dumps(string)."""
+    text = '<tool_call>{"name": "get_time", "arguments": ' + raw + '}</tool_call>'
+    res = proc("qwen2_5").decode(text)
+    assert calls_of(res) == [("get_time", sent)]
+    assert json.loads(res["tool_calls"][0]["function"]["arguments"]) == json.loads(raw)
+    assert res["content"] == ""
+    check_split_invariance(proc("qwen2_5"), text, n=100)
+
+
+def test_string_arguments_that_look_like_an_object_but_are_not_one_are_not_a_call():
+    text = '<tool_call>{"name": "get_time", "arguments": "{tomorrow"}</tool_call>'
     assert proc("qwen2_5").decode(text)["tool_calls"] == []
 
 
