@@ -304,10 +304,11 @@ class ChatServing(ObservedServing):
         args_function = getattr(plan, "function_name", None) if args_mode else None
         parse_tools = tools is not None and not args_mode
         keep = set()
-        if parse_tools and self.tool_processor is not None:
+        channels = self._channels()
+        if (parse_tools or channels) and self.tool_processor is not None:
             keep |= set(getattr(self.tool_processor, "special_markers", ()) or ())
         if reasoning:
-            keep |= REASONING_MARKERS
+            keep |= set(getattr(self.tool_processor, "reasoning_markers", ()) or ()) or REASONING_MARKERS
 
         jobs = []
         n = req.num_choices
@@ -341,10 +342,15 @@ class ChatServing(ObservedServing):
         return ValidationFailure(500, f"{what}: constrained decoding failed ({type(e).__name__})",
                                  INCOMPLETE_GENERATION)
 
+    def _channels(self) -> bool:
+        """The family's grammar sorts reasoning / content / calls itself (gpt-oss): it always parses the output."""
+        return bool(getattr(getattr(self.tool_processor, "spec", None), "channels", False))
+
     def _make_parser(self, prep: _Prepared):
-        if not (prep.parse_tools or prep.reasoning):
+        channels = self._channels() and not prep.args_mode
+        if not (prep.parse_tools or prep.reasoning or channels):
             return None
-        return self._parser_cls(processor=self.tool_processor if prep.parse_tools else None,
+        return self._parser_cls(processor=self.tool_processor if (prep.parse_tools or channels) else None,
                                 tools=prep.tools if prep.parse_tools else None, reasoning=prep.reasoning,
                                 lenient=self.options.lenient_recovery, request_id=prep.request_id)
 
@@ -356,8 +362,9 @@ class ChatServing(ObservedServing):
         if st.parser is not None and streaming:
             st.stream = st.parser.new_stream()
         elif prep.reasoning:  # non-streaming: a reasoning-only stream just to count reasoning tokens
-            st.stream = self._parser_cls(processor=None, tools=None, reasoning=True, lenient=False,
-                                         request_id=prep.request_id).new_stream()
+            counter = self._channels() and not prep.args_mode
+            st.stream = self._parser_cls(processor=self.tool_processor if counter else None, tools=None,
+                                         reasoning=True, lenient=False, request_id=prep.request_id).new_stream()
         return st
 
     # ============================================================================================ per output

@@ -5,8 +5,6 @@ import asyncio
 from contextlib import aclosing
 import logging
 import os
-import random
-import string
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Container, Optional
@@ -30,7 +28,6 @@ log = logging.getLogger("mindie_like.serving")
 
 BENCHMARK_ENV = "MINDIE_LLM_BENCHMARK_ENABLE"
 DONE = b"data: [DONE]\n\n"
-_ALNUM = string.ascii_letters + string.digits
 
 
 @dataclass
@@ -81,9 +78,9 @@ def benchmark_enabled(options: ServingOptions) -> bool:
 
 
 def new_call_id(family: Optional[str] = None) -> str:
-    if family == "mistral":
-        return "".join(random.choices(_ALNUM, k=9))
-    return "call_" + "".join(random.choices(_ALNUM, k=8))
+    """An id for a call the server makes up, in the style of the family (its own definition says which)."""
+    from ..tool_call import call_id_for
+    return call_id_for(family)
 
 
 def sse(obj) -> bytes:

@@ -48,6 +48,7 @@ class ToolCallStream(Primitives, Recovery):
         self.spec = spec
         self.request_id = request_id
         self.report_calls = report_calls   # False: calls are parsed but dropped (harmony without tools)
+        self.in_reasoning = False          # inside a reasoning channel (families with channels)
         self.tool_names, self._schemas = _tool_index(tools)
         self._name_prefixes = (frozenset(n[:k] for n in self.tool_names for k in range(len(n) + 1))
                                if self.tool_names else frozenset())

@@ -39,11 +39,13 @@ class ToolsCallProcessor:
         """An id for a call the server makes up for this family (guided arguments-only output)."""
         return make_call_id(self.spec.id_style)
 
-    def decode(self, text: str, tools=None, *, lenient: bool = True, request_id=None) -> dict:
-        """Non-streaming parse: {"content": str, "tool_calls": [...]}. Never raises."""
+    def decode(self, text: str, tools=None, *, lenient: bool = True, request_id=None,
+               report_calls: bool = True) -> dict:
+        """Non-streaming parse: {"content": str, "tool_calls": [...]} (and "reasoning_content" for a family that
+        sorts channels). Never raises."""
         text = text or ""
         try:
-            stream = self.new_stream(tools, lenient=lenient, request_id=request_id)
+            stream = self.new_stream(tools, lenient=lenient, request_id=request_id, report_calls=report_calls)
             stream.feed(text)
             stream.finish()
             if stream.dead:
@@ -52,7 +54,8 @@ class ToolsCallProcessor:
             return stream.result()
         except Exception:  # pragma: no cover - the stream already guards itself
             logger.exception("tool-call decode failed (request %s); text returned as content", request_id)
-            return {"content": text, "tool_calls": []}
+            return {"content": text, "tool_calls": []} if not self.spec.channels else \
+                {"content": "", "tool_calls": [], "reasoning_content": ""}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r})"

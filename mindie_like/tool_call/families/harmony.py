@@ -59,6 +59,7 @@ def harmony_message(s, lit):
 def _body(s, kind: int):
     """Message text, streamed as `kind`, up to its end marker (consumed) or the next header (left)."""
     src = s._src
+    s.in_reasoning = kind == REASONING
     while True:
         buf, pos = src.buf, src.pos
         m = _STOP_RE.search(buf, pos)
@@ -71,6 +72,7 @@ def _body(s, kind: int):
             continue
         src.pos = m.start()
         s._cut(kind)
+        s.in_reasoning = False
         if m.group() in ENDS:
             src.pos = m.end()
             s._cut(DROP)
