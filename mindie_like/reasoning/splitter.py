@@ -96,9 +96,11 @@ class ChatOutputParser:
     """
 
     def __init__(self, processor=None, tools=None, reasoning: bool = False, lenient: bool = True,
-                 request_id=None):
+                 request_id=None, parse_tools=None):
         self.processor = processor
         self.tools = tools or None
+        # parse_tools=True with no tools: every call is parsed, whatever its name (a parser built without tools)
+        self._parse_tools = self.tools is not None if parse_tools is None else bool(parse_tools)
         self.reasoning = bool(reasoning)
         self.lenient = lenient
         self.request_id = request_id
@@ -109,11 +111,11 @@ class ChatOutputParser:
 
     @property
     def parses_tools(self) -> bool:
-        return self.processor is not None and self.tools is not None
+        return self.processor is not None and self._parse_tools
 
     def _channels_parse(self, text: str) -> dict:
         res = self.processor.decode(text, self.tools, lenient=self.lenient, request_id=self.request_id,
-                                    report_calls=self.tools is not None)
+                                    report_calls=self._parse_tools)
         return {"reasoning_content": res.get("reasoning_content", "") if self.reasoning else None,
                 "content": res["content"], "tool_calls": res["tool_calls"]}
 
@@ -143,7 +145,7 @@ class ChatOutputStream:
     def __init__(self, parser: ChatOutputParser):
         self._r = ReasoningStream(*parser.tags) if parser.reasoning and not parser.channels else None
         self._t = (parser.processor.new_stream(parser.tools, lenient=parser.lenient, request_id=parser.request_id,
-                                               report_calls=parser.tools is not None)
+                                               report_calls=parser.parses_tools)
                    if parser.parses_tools or parser.channels else None)
         self._channels = parser.channels
         self._keep_reasoning = parser.reasoning

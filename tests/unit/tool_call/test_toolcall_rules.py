@@ -11,7 +11,7 @@ import pytest
 
 from mindie_like.tool_call import ToolsCallProcessorManager, resolve_tool_call_processor
 from mindie_like.tool_call.families import DS_CALL_BEGIN, DS_CALLS_BEGIN, DS_SEP
-from tc_helpers import ALL_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream
+from tc_helpers import ALL_FAMILIES, NEW_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream
 
 REPO = Path(__file__).resolve().parents[3]
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
@@ -200,7 +200,8 @@ FENCED = 'I will call the tool.\n```json\n{"name": "get_weather", "arguments": {
 BARE = 'Calling: {"name": "get_weather", "parameters": {"city": "Paris"}}'
 
 
-@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in ("passthrough", "chatglm2")])
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES + NEW_FAMILIES
+                                    if f not in ("passthrough", "chatglm2", "gpt_oss")])
 def test_lenient_recovery_fenced_and_bare(family):
     p = proc(family)
     for text in (FENCED, BARE):
