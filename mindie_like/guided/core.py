@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 import llguidance
 
-from .formats import (END_OF_TURN, FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWriter,
-                      arguments_json_call_rule, check_name, think_prefix)
+from .formats import (END_OF_TURN, FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_REASONING, FAMILY_VARIANTS,
+                      GrammarWriter, arguments_json_call_rule, check_name, free_text_rule, think_prefix)
 from .mask import GuidedLogitsMask
 from .tokenizer import ll_tokenizer_for
 from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
@@ -34,7 +34,7 @@ class GuidancePlan:
     function_name: Optional[str] = None    # the named tool_choice, or the single function of arguments_json
     prompt_hint: Optional[str] = None      # text for the serving layer to append to the prompt
     tool_names: tuple = ()                 # the tools the grammar allows
-    mode: str = "required"                 # "required" | "named" | "json" | "auto_json"
+    mode: str = "required"                 # "required" | "named" | "json" | "auto_json" | "auto_strict"
     parallel_tool_calls: bool = True       # as enforced (False also where the format holds only one call)
     _build: Optional[Callable[[Callable[[Any], Any]], str]] = field(default=None, repr=False, compare=False)
 
@@ -81,7 +81,7 @@ def _normalize_tools(tools: Any) -> list[dict]:
             raise GuidedDecodingError(f"tools[{i}].function.name: duplicate function name {json.dumps(name)}")
         seen.add(name)
         params = tool_parameters(fn.get("parameters"), f"tools[{i}].function.parameters")
-        out.append({"name": name, "parameters": params})
+        out.append({"name": name, "parameters": params, "strict": fn.get("strict")})
     return out
 
 
@@ -231,13 +231,17 @@ class GuidedDecoding:
 
     # ---- planning ----
     def plan(self, family: str, tools: Optional[list], tool_choice: Any, parallel_tool_calls: bool = True,
-             response_format: Optional[dict] = None, *, reasoning: bool = False) -> Optional[GuidancePlan]:
+             response_format: Optional[dict] = None, *, reasoning: bool = False,
+             strict: bool = False) -> Optional[GuidancePlan]:
         """What the request must generate, or None when nothing is enforced.
 
         Raises GuidedDecodingError (a ValueError; HTTP 422) for invalid schemas, a named function that is not
         among the tools, "required"/named without tools, an unknown tool_choice or response_format.
-        `reasoning=True` (an extension): the grammar first allows a `<think>...</think>` block, for requests
-        where the model reasons before answering.
+        `reasoning=True` (an extension): the grammar first allows a `<think>...</think>` block (the family's
+        own tags), for requests where the model reasons before answering.
+        `strict`: the default of `function.strict` for tools that do not say. In tool_choice "auto", when any
+        tool is strict, the model writes free text until the family's call marker and from the marker on the
+        grammar forces well-formed calls of the declared tools (a strict tool's arguments valid for its schema).
         """
         fam = FAMILY_ALIASES.get(family, family)
         fmt = FAMILY_FORMATS.get(fam)
@@ -254,7 +258,12 @@ class GuidedDecoding:
 
         if tool_choice is None or tool_choice in ("auto", "none"):
             if json_schema is None:
-                return None
+                if tool_choice == "none" or not tools:
+                    return None
+                ntools = _normalize_tools(tools)
+                if not any(t["strict"] is True or (t["strict"] is None and strict) for t in ntools):
+                    return None
+                return self._strict_plan(fam, fmt, ntools, strict, parallel_tool_calls, reasoning)
             ntools = _normalize_tools(tools) if tool_choice != "none" else []   # None with tools means auto
             if ntools and fmt.expressible:
                 # Either the family's tool calls or the JSON reply: the processor tells them apart.
@@ -293,22 +302,17 @@ class GuidedDecoding:
         # a named choice is one call of that function (OpenAI's semantics), whatever parallel_tool_calls says
         parallel = bool(parallel) and fmt.multi and named is None
 
+        tags = FAMILY_REASONING.get(fam, ("<think>", "</think>"))
+
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)
-            calls = [w.rule(f"call_{i}", w.render(fmt.call, t, fmt)) for i, t in enumerate(tools)]
-            w.rule("call", " | ".join(calls))
-            if parallel:
-                sep = w.render(fmt.sep)
-                seq = f"call ({sep} call)*" if sep else "call+"
-            else:
-                seq = "call"
             prefix = fmt.json_union_prefix if (json_schema is not None and fmt.json_union_prefix) else fmt.prefix
-            w.rule("tool_calls", " ".join(x for x in (w.render(prefix), seq, w.render(fmt.suffix)) if x))
+            self._calls_rule(w, fmt, tools, parallel, prefix)
             body = "tool_calls"
             if json_schema is not None:
                 j = w.json_rule("json_reply", json_schema)
                 body = f"(tool_calls | {j})"
-            start = f"{think_prefix(w)} {body}" if reasoning else body
+            start = f"{think_prefix(w, tags)} {body}" if reasoning else body
             w.rules.insert(0, f"start: {start}")
             w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
@@ -318,6 +322,45 @@ class GuidedDecoding:
                                  tool_names=tuple(t["name"] for t in tools),
                                  mode="auto_json" if json_schema is not None else ("named" if named else "required"),
                                  parallel_tool_calls=parallel)
+
+    def _calls_rule(self, w: GrammarWriter, fmt, tools, parallel: bool, prefix) -> str:
+        calls = [w.rule(f"call_{i}", w.render(fmt.call, t, fmt)) for i, t in enumerate(tools)]
+        w.rule("call", " | ".join(calls))
+        if parallel:
+            sep = w.render(fmt.sep)
+            seq = f"call ({sep} call)*" if sep else "call+"
+        else:
+            seq = "call"
+        return w.rule("tool_calls", " ".join(x for x in (w.render(prefix), seq, w.render(fmt.suffix)) if x))
+
+    def _strict_plan(self, fam, fmt, tools, strict_default, parallel, reasoning) -> Optional[GuidancePlan]:
+        """tool_choice auto with strict tools: free text, or free text then calls from the family's marker on."""
+        trigger = fmt.trigger_text() if fmt.expressible else None
+        if trigger is None:
+            logger.warning("guided decoding: strict tools are not enforced for the %s format (no call marker "
+                           "to start the grammar at)", fam)
+            return None
+        # a tool that is not strict: its calls are well-formed, its arguments any JSON object
+        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])
+                  if (t["strict"] is True or (t["strict"] is None and strict_default)) else {"type": "object"}}
+                 for t in tools]
+        parallel = bool(parallel) and fmt.multi
+        prefix = fmt.json_union_prefix or fmt.prefix
+        tags = FAMILY_REASONING.get(fam, ("<think>", "</think>"))
+
+        def build(resolve):
+            w = GrammarWriter(self.split_specials, resolve, self.separators)
+            self._calls_rule(w, fmt, tools, parallel, prefix)
+            free = free_text_rule(w, trigger)
+            body = f"{free} (tool_calls {free})?"
+            start = f"{think_prefix(w, tags)} {body}" if reasoning else body
+            w.rules.insert(0, f"start: {start}")
+            w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
+            w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
+            return w.text()
+
+        return self._finish_plan(build, output_kind="family", family=fam, tool_names=tuple(t["name"] for t in tools),
+                                 mode="auto_strict", parallel_tool_calls=parallel)
 
     def _arguments_plan(self, fam, tools, named, reasoning) -> GuidancePlan:
         tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
@@ -330,7 +373,8 @@ class GuidedDecoding:
             else:
                 body = " | ".join(arguments_json_call_rule(w, t) for t in tools)
                 body = f"({body})"
-            start = f"{think_prefix(w)} {body}" if reasoning else body
+            start = f"{think_prefix(w, FAMILY_REASONING.get(fam, ('<think>', '</think>')))} {body}" if reasoning \
+                else body
             w.rules.insert(0, f"start: {start}")
             w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
@@ -351,7 +395,7 @@ class GuidedDecoding:
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)
             j = w.json_rule("json_reply", schema)
-            start = f"{think_prefix(w)} {j}" if reasoning else j
+            start = f"{think_prefix(w, FAMILY_REASONING.get(fam, ('<think>', '</think>')))} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")
             return w.text()
         return self._finish_plan(build, output_kind="json", family=fam, mode="json", parallel_tool_calls=False)

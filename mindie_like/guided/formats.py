@@ -25,6 +25,8 @@ FAMILY_FORMATS: dict[str, CallFormat] = {f.family: f.guided for f in FAMILIES}
 FAMILY_ALIASES: dict[str, str] = {a: f.family for f in FAMILIES for a in f.aliases if a != f.family}
 FAMILY_VARIANTS: dict[str, list[tuple[str, CallFormat]]] = {f.family: list(f.guided_variants) for f in FAMILIES
                                                            if f.guided_variants}
+FAMILY_REASONING: dict[str, tuple[str, str]] = {f.family: tuple(f.reasoning or ("<think>", "</think>"))
+                                               for f in FAMILIES}
 # End-of-turn tokens of every family; those present in a tokenizer (as one token) join its EOS.
 END_OF_TURN: tuple[str, ...] = tuple(dict.fromkeys(t for f in FAMILIES for t in f.end_of_turn))
 
@@ -211,15 +213,29 @@ def arguments_json_call_rule(w: GrammarWriter, tool: dict) -> str:
     return w.rule(w.fresh("call"), w.render(json_call("arguments"), tool))
 
 
-def think_prefix(w: GrammarWriter) -> str:
-    """An optional `<think>`, free reasoning text, `</think>`, up to two newlines."""
-    open_p, close_p = w.split("<think>"), w.split("</think>")
+def think_prefix(w: GrammarWriter, tags: tuple[str, str] = ("<think>", "</think>")) -> str:
+    """An optional open tag (`<think>`, or the family's own), free reasoning text, the close tag, up to two
+    newlines."""
+    open_t, close_t = tags
+    open_p, close_p = w.split(open_t), w.split(close_t)
     if any(isinstance(x, int) for x in close_p):
         w.rules.append("THINK_TEXT: /(?s:.*)/")
-        opt = f"({w.lit('<think>')})? " if any(isinstance(x, int) for x in open_p) else ""
-        body = f"{opt}THINK_TEXT {w.lit('</think>')}"
+        opt = f"({w.lit(open_t)})? " if any(isinstance(x, int) for x in open_p) else ""
+        body = f"{opt}THINK_TEXT {w.lit(close_t)}"
     else:
         name = w.fresh("think_text")
-        w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal('</think>')}/")
+        w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal(close_t)}/")
         body = name
     return w.rule("reasoning", f"{body} /\\n{{0,2}}/")
+
+
+def free_text_rule(w: GrammarWriter, trigger: str) -> str:
+    """A terminal for free text that cannot start a call: any text without `trigger` (text never holds a
+    special token, so a trigger that is one needs no exclusion)."""
+    name = w.fresh("FREE").upper()
+    pieces = w.split(trigger)
+    if pieces and isinstance(pieces[0], int):
+        w.rules.append(f"{name}: /(?s:.*)/")
+    else:
+        w.rules.append(f"{name}: /(?s:.*)/ & ~/(?s:.*){regex_literal(trigger)}(?s:.*)/")
+    return name

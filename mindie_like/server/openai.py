@@ -34,8 +34,8 @@ def build_serving(ctx: ServingContext) -> tuple[ChatServing, CompletionServing]:
         backend.engine, backend.tokenizer, ctx.model_name, model_type=backend.model_type,
         hf_config=backend.hf_config, tool_call_parser=opts.tool_call_options.tool_call_parser or None,
         chat_template_path=template_path, enable_reasoning=opts.enable_reasoning,
-        lenient_recovery=opts.tool_call_options.lenient_recovery, model_dir=model_dir, metrics=ctx.metrics,
-        **limits)
+        lenient_recovery=opts.tool_call_options.lenient_recovery, strict_tools=opts.tool_call_options.strict,
+        model_dir=model_dir, metrics=ctx.metrics, **limits)
     log.info("tool-call parser: %s; constrained decoding: %s", chat.family,
              "llguidance" if chat.guided is not None else "off")
     completion = CompletionServing(backend.engine, backend.tokenizer, ctx.model_name, options=chat.options,

@@ -190,9 +190,9 @@ class ChatServing(ObservedServing):
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
-    async def _prepare_checked(self, request_dict, request_id: str):
+    async def _prepare_checked(self, request_dict, request_id: str, strict_tools: Optional[bool] = None):
         try:
-            return await self._prepare(request_dict, request_id)
+            return await self._prepare(request_dict, request_id, strict_tools)
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
@@ -200,9 +200,12 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
 
 
-    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
-        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
-        prep = await self._prepare_checked(request_dict, request_id)
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> dict:
+        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503).
+        `strict_tools`: this request's default for tools without a "strict" of their own (None: the model's
+        option; the Responses API, where strict defaults to true, passes True)."""
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
             async with aclosing(self._pump(prep)) as events:
@@ -226,7 +229,8 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
         return self._response(prep, choices)
 
-    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> AsyncIterator[bytes]:
         """SSE bytes: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`.
 
         Validation, prompt rendering and the engine's refusal (overloaded, failed first step) raise
@@ -234,7 +238,7 @@ class ChatServing(ObservedServing):
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
-        prep = await self._prepare_checked(request_dict, request_id)
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         async with aclosing(self._pump(prep)) as events:
             async for idx, out in events:
@@ -265,7 +269,7 @@ class ChatServing(ObservedServing):
             return True
         return bool(self.options.enable_reasoning)
 
-    async def _prepare(self, request_dict: dict, request_id: str) -> _Prepared:
+    async def _prepare(self, request_dict: dict, request_id: str, strict_tools: Optional[bool] = None) -> _Prepared:
         req = parse_chat_request(request_dict, max_n=self.options.max_n)
         if req.model != self.model_name:
             raise invalid(f"model: Model not found: {json.dumps(req.model, ensure_ascii=False)}")
@@ -279,6 +283,9 @@ class ChatServing(ObservedServing):
         plan = None
         if self.guided is not None and (tools is not None or response_format is not None):
             extra = {"reasoning": True} if reasoning else {}
+            strict = self.options.strict_tools if strict_tools is None else strict_tools
+            if strict:
+                extra["strict"] = True
             try:
                 plan = self.guided.plan(family=self.family, tools=all_tools if tools else None,
                                         tool_choice=tool_choice, parallel_tool_calls=req.parallel_tool_calls,

@@ -44,6 +44,8 @@ class ServingOptions:
     token_timeout_s: Optional[float] = None   # ServerConfig.tokenTimeout
     e2e_timeout_s: Optional[float] = None     # ServerConfig.e2eTimeout
     benchmark: Optional[bool] = None          # None: env MINDIE_LLM_BENCHMARK_ENABLE in ("1", "2") per request
+    strict_tools: bool = False                # models.<type>.tool_call_options.strict: tools without a "strict"
+                                              # of their own are strict (grammar from the call marker on in auto)
 
 
 GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -384,11 +386,12 @@ class ObservedServing:
         return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
                     e2e_timeout=self.options.e2e_timeout_s)
 
-    async def create(self, request_dict: dict, request_id: str) -> dict:
-        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+    async def create(self, request_dict: dict, request_id: str, **options) -> dict:
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503). `options`: per-request serving
+        options of the subclass (ChatServing: `strict_tools`)."""
         obs = Observer(self.metrics)
         try:
-            body = await self._create(request_dict, request_id, obs)
+            body = await self._create(request_dict, request_id, obs, **options)
         except BaseException:
             obs.finish(False)
             raise
@@ -401,13 +404,13 @@ class ObservedServing:
         """What a stream sends for an error after its first byte: one SSE error event, then `[DONE]`."""
         return [sse_error(failure), DONE]
 
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+    async def stream(self, request_dict: dict, request_id: str, **options) -> AsyncIterator[bytes]:
         """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
         byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
         obs = Observer(self.metrics)
         ok = sent = False
         try:
-            agen = self._stream(request_dict, request_id, obs)
+            agen = self._stream(request_dict, request_id, obs, **options)
             async with aclosing(agen):
                 try:
                     async for chunk in agen:

@@ -65,12 +65,12 @@ class CallFormat:
     # format whose calls start with `{` must then start with a marker.
     json_union_prefix: Optional[tuple] = None
     # The text that starts a call in free text (`strict` tools in tool_choice auto): from it on the grammar
-    # forces a call. None: the first marker of `prefix`, else of `call`.
+    # forces a call. None: the first literal of `prefix`, else of `call`; "": the format has none.
     trigger: Optional[str] = None
 
     def trigger_text(self) -> Optional[str]:
         if self.trigger is not None:
-            return self.trigger
+            return self.trigger or None
         for part in self.prefix + self.call:
             if part[0] in ("m", "s"):
                 return part[1]

@@ -103,5 +103,6 @@ GPT_OSS = Family(
     end_of_turn=("<|return|>", "<|call|>"),
     guided=CallFormat(call=(M(CHANNEL), S("commentary to=functions."), NAME, S(" "), M(CONSTRAIN), S("json"),
                             M(MESSAGE), ARGS),
-                      multi=False, trigger=CHANNEL),
+                      # every harmony message starts with <|channel|>: no marker tells a call from text early
+                      multi=False, trigger=""),
     detect=lambda mt, cfg, tpl: mt == "gpt_oss" or CHANNEL in tpl, priority=10)

@@ -29,5 +29,5 @@ LLAMA3 = Family("llama3", "ToolsCallProcessorLlama", ("llama", "llama3", "llama3
                 triggers=(("<|python_tag|>", python_tag),), bare_json=True, call_separator=";",
                 end_of_turn=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
                 guided=CallFormat(prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),),
-                                  json_union_prefix=(M("<|python_tag|>"),)),
+                                  json_union_prefix=(M("<|python_tag|>"),), trigger="<|python_tag|>"),
                 detect=lambda mt, cfg, tpl: mt in ("llama", "llama3", "llama4"))

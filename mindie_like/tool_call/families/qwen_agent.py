@@ -48,5 +48,6 @@ QWEN1_5_OR_2 = Family("qwen1_5_or_2", "ToolsCallProcessorQwen1_5_or_2",
                       ("qwen1_5", "qwen_1_5", "qwen2", "qwen_2", "qwen1_5_or_2", "qwen_1_5_or_2"),
                       triggers=(("✿FUNCTION✿", qwen_agent),), extra_markers=("✿ARGS✿", "✿RESULT✿", "✿RETURN✿"),
                       end_of_turn=("<|im_end|>", "<|endoftext|>"),
-                      guided=CallFormat(call=(S("✿FUNCTION✿: "), NAME, S("\n✿ARGS✿: "), ARGS), sep=(S("\n"),)),
+                      guided=CallFormat(call=(S("✿FUNCTION✿: "), NAME, S("\n✿ARGS✿: "), ARGS), sep=(S("\n"),),
+                                        trigger="✿FUNCTION✿"),
                       detect=_detect)
