@@ -34,6 +34,7 @@ from functools import partial
 from .family import Family
 from .primitives import (CONTENT, PENDING, REASONING, _NAME_FULL, _NAME_RUN, Fail, Primitives, _Call, _Src, _alt,
                          _hold_point, _prefixes, _tool_index, make_call_id)
+from .call_object import CallObject
 from .recovery import Recovery
 
 logger = logging.getLogger("mindie_like.tool_call")
@@ -41,7 +42,7 @@ logger = logging.getLogger("mindie_like.tool_call")
 FamilySpec = Family   # the name this type had before families became objects
 
 
-class ToolCallStream(Primitives, Recovery):
+class ToolCallStream(Primitives, CallObject, Recovery):
     """Per-request incremental tool-call parser. feed(delta) / finish() return OpenAI delta dicts."""
 
     def __init__(self, spec: Family, tools=None, *, lenient: bool = True, request_id=None, report_calls: bool = True):
