@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from guided_helpers import SCHEMAS, TOKENIZERS, TOOLS, named, sample
+from guided_helpers import SCHEMAS, TOOLS, named, sample
 from mindie_like.tool_call import ToolsCallProcessorManager
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -14,14 +14,6 @@ jsonschema = pytest.importorskip("jsonschema")
 NEW_FAMILIES = ("kimi_k2", "glm45", "glm47", "minimax_m2", "gpt_oss", "seed_oss", "pythonic", "llama4_pythonic")
 NAMES = [t["function"]["name"] for t in TOOLS]
 SEEDS = 100
-
-
-@pytest.fixture(scope="module")
-def g2026():
-    from transformers import AutoTokenizer
-    from mindie_like.guided import GuidedDecoding
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "toolcall2026"))
-    return GuidedDecoding(tok), tok
 
 
 def _calls(family: str, text: str) -> list[tuple[str, dict]]:
