@@ -1,4 +1,4 @@
-"""The daemon: load config → build backend (tokenizer, HF config, engine) → start planes → "Daemon start success!".
+"""The daemon: load config → mindie_like.assembly (backend, serving objects) → start the planes → "Daemon start success!".
 
     bin/serviced_daemon [--config-file PATH] [--check-config] [--strict-permissions]
 
@@ -16,266 +16,54 @@ import argparse
 import asyncio
 import json
 import logging
-import logging.handlers
-import os
 import signal
 import sys
-import time
-from pathlib import Path
-from typing import Optional
 
-from .config import ConfigError, LoadedConfig, effective_config, gguf_file_in, load_config, to_engine_config
+from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory
+from .config import ConfigError, effective_config, load_config, to_engine_config
+from .config.logging_setup import setup_logging
 
 log = logging.getLogger("mindie_like.daemon")
 
 START_LINE = "Daemon start success!"
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
-FAILURE_LINGER_S = 2.0    # after a tensor-parallel rank fails: /health answers 503 this long before the exit
 
 
-# -- logging -----------------------------------------------------------------------------------------------
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "WARNING": logging.WARNING,
-           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-
-
-def _env_bool(env, name: str, default: bool) -> bool:
-    v = env.get(name)
-    if v is None or v.strip() == "":
-        return default
-    return v.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _parse_level(value: Optional[str]) -> Optional[int]:
-    """MINDIE_LOG_LEVEL: a level name, or MindIE's `component:LEVEL;...` form (the first level found wins)."""
-    if not value:
-        return None
-    for part in value.replace(",", ";").split(";"):
-        name = part.split(":")[-1].strip().upper()
-        if name in _LEVELS:
-            return _LEVELS[name]
-    return None
-
-
-def setup_logging(loaded: Optional[LoadedConfig] = None, env=None, stream=None) -> None:
-    """Logging per MINDIE_LOG_LEVEL / MINDIE_LOG_TO_STDOUT / MINDIE_LOG_TO_FILE / MINDIE_LOG_PATH, falling back
-    on LogConfig. Prompts and outputs are logged only at DEBUG (by the routes)."""
-    env = os.environ if env is None else env
-    level = _parse_level(env.get("MINDIE_LOG_LEVEL"))
-    if level is None:
-        level = _LEVELS.get(loaded.config.LogConfig.logLevel.upper(), logging.INFO) if loaded else logging.INFO
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s")
-    if _env_bool(env, "MINDIE_LOG_TO_STDOUT", True):
-        h = logging.StreamHandler(stream or sys.stdout)
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    if _env_bool(env, "MINDIE_LOG_TO_FILE", False) and loaded is not None:
-        lc = loaded.config.LogConfig
-        p = env.get("MINDIE_LOG_PATH")
-        if p:
-            path = loaded.resolve(p if p.endswith(".log") else os.path.join(p, "mindie-server.log"), "MINDIE_LOG_PATH")
-        else:
-            path = loaded.resolve(lc.logPath, "LogConfig.logPath")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(path, maxBytes=lc.logFileSize * 1024 * 1024,
-                                                  backupCount=lc.logFileNum)
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-    if not root.handlers:
-        root.addHandler(logging.NullHandler())
-    root.setLevel(level)
-    for noisy in ("aiohttp.access", "asyncio", "urllib3", "filelock", "torch", "transformers"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-
-
-# -- backend -----------------------------------------------------------------------------------------------
-class BackendLoadError(Exception):
-    pass
-
-
-def cache_dir(loaded: LoadedConfig) -> Path:
-    """Where derived files go (a GGUF model imported as safetensors with its tokenizer): env
-    MINDIE_LIKE_CACHE_DIR, else <home>/cache."""
-    env = os.environ.get("MINDIE_LIKE_CACHE_DIR")
-    return Path(env).expanduser().resolve() if env else loaded.home / "cache"
-
-
-def build_backend(loaded: LoadedConfig):
-    """Loads the model (mindie_like.backend_atb imports a GGUF file once into a safetensors cache), its tokenizer
-    and config from the loaded folder, and starts the engine on it."""
-    from transformers import AutoTokenizer
-
-    from .backend_atb import ModelRunner
-    from .backend_atb.parallel import TPConfigError
-    from .backend_atb.quant.checkpoint import CheckpointRefused
-    from .engine import AsyncEngine
-    from .server.context import Backend
-    engine_config = to_engine_config(loaded)
-    engine_config.extra["cache_dir"] = str(cache_dir(loaded))   # where a GGUF model is imported once
-    model_path = Path(engine_config.model_path)
-    t0 = time.monotonic()
-    log.info("loading the model in %s", model_path)
-    runner = None
-    try:
-        runner = ModelRunner.load(engine_config)
-        tokenizer = AutoTokenizer.from_pretrained(runner.tokenizer_path,
-                                                  trust_remote_code=engine_config.trust_remote_code)
-    except TPConfigError as e:       # worldSize vs the model's heads, devices, multi-node environment
-        raise ConfigError(str(e)) from e
-    except CheckpointRefused as e:   # a pre-quantized checkpoint that cannot be served
-        raise ConfigError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].{e.key}: {e}") from e
-    except Exception as e:  # transformers and safetensors raise many kinds
-        if runner is not None:
-            runner.close()
-        raise BackendLoadError(f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: {model_path}: "
-                               f"cannot load the model ({type(e).__name__}: {e})") from e
-    engine = AsyncEngine(engine_config, runner, tokenizer)
-    backend = Backend(tokenizer=tokenizer, hf_config=runner.hf_config, model_type=runner.model_type,
-                      model_path=model_path, gguf_file=gguf_file_in(model_path), engine=engine,
-                      tokenizer_dir=runner.tokenizer_path)
-    stats = engine.stats()
-    log.info("model %s (model_type %s) ready in %.1fs on %s, %s; KV cache %d blocks of %d tokens",
-             loaded.config.model.modelName, runner.model_type, time.monotonic() - t0, runner.device,
-             str(runner.dtype).replace("torch.", ""), stats.total_blocks, stats.block_size)
-    return backend, engine_config
-
-
-def register_routes() -> None:
-    """Business routes beyond /v1/models, registered before the planes are built."""
-    from .server import register_business_routes
-    from .server.compat import add_compat_routes
-    from .server.openai import add_openai_routes
-    register_business_routes(add_openai_routes)
-    register_business_routes(add_compat_routes)
-
-
-def build_context(loaded: LoadedConfig, backend, engine_config):
-    """The ServingContext the planes serve, with the OpenAI routes registered: what the daemon runs, and what
-    in-process tests build around a test backend (tests/e2e/test_parser_wiring_http.py)."""
-    from .server.context import ServingContext
-    from .server.metrics import Metrics
-    register_routes()
-    return ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
-                          metrics=Metrics(loaded.config.model.modelName))
-
-
-# -- serving -----------------------------------------------------------------------------------------------
-def ssl_factory(loaded: LoadedConfig):
-    """plane -> the server SSLContext of that plane (mutual TLS), for build_listeners."""
-    from .server.tls import server_ssl_context
-    return lambda plane: server_ssl_context(loaded, plane)
-
-
-async def start_listener(ls, backlog: int) -> None:
-    """Sets up `ls.runner` and starts listening (raises OSError when the port cannot be bound)."""
-    from aiohttp import web
-
-    from .server.context import CTX_KEY
-    # shutdown_timeout: what requests still running after the grace period get to wind down once cancelled
-    # keepalive_timeout bounds the wait for a request's headers (from the connection or the previous answer) as well
-    # as idle keep-alive connections: a client sending its headers a byte at a time is dropped after it
-    ls.runner = web.AppRunner(ls.app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
-                              handler_cancellation=True,   # a client gone away aborts its request
-                              keepalive_timeout=ls.app[CTX_KEY].config.ServerConfig.requestReadTimeout)
-    await ls.runner.setup()
-    site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
-                       reuse_address=True)
-    await site.start()
-
-
-async def drain(ctx, listeners, grace: float) -> None:
-    """Stop accepting (listening sockets closed, new requests on open connections get 503), then give in-flight
-    requests up to `grace` seconds. aiohttp's own shutdown would stop reading request bodies at once, so the
-    waiting is done here. Requests still generating when it ends are aborted in the engine (each gets a 503) and
-    aiohttp's cleanup only cancels what is left (e.g. a request whose body never arrived)."""
-    ctx.stopping = True
-    log.info("stopping: no new connections; %d in-flight request(s) get up to %.0fs", ctx.inflight, grace)
-    for ls in listeners:
-        if ls.runner is not None:
-            for site in list(ls.runner.sites):
-                await site.stop()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while ctx.inflight > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    if ctx.inflight:
-        log.warning("grace period over: cancelling %d request(s)", ctx.inflight)
-        # stop the engine first: its requests end with "abort", which the handlers turn into a 503 (an error event
-        # then [DONE] on a started stream) within aiohttp's shutdown_timeout, instead of a connection cut mid-answer
-        engine = ctx.engine
-        if engine is not None and hasattr(engine, "shutdown"):
-            try:
-                await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
-            except Exception:
-                log.exception("engine shutdown failed")
-
-
-async def serve(ctx, ssl_factory) -> int:
-    from .server.app import build_listeners
+async def serve(ctx, ssl) -> int:
+    """Serves until SIGTERM/SIGINT (drain, exit 0) or a tensor-parallel failure (fail, drain, exit 1)."""
+    from .server.lifecycle import ListenError, Server
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    engine = ctx.engine
-    runner = getattr(engine, "runner", None)
     failure: list[str] = []
+    runner = getattr(ctx.engine, "runner", None)
     if hasattr(runner, "add_failure_listener"):      # tensor parallelism: a rank died or hung
         def on_failure(reason: str) -> None:
             failure.append(reason)
             loop.call_soon_threadsafe(stop.set)
         runner.add_failure_listener(on_failure)
-    grace = float(ctx.config.ServerConfig.shutdownGracePeriod)
-    listeners = build_listeners(ctx, ssl_factory)
-    backlog = max(128, ctx.config.ServerConfig.maxLinkNum)
+    server = Server(ctx, ROUTES, ssl)
     try:
-        for ls in listeners:
-            try:
-                await start_listener(ls, backlog)
-            except OSError as e:
-                key = {"business": "port", "management": "managementPort", "metrics": "metricsPort"}[ls.planes[0]]
-                print(f"ServerConfig.{key}: cannot listen on {ls.host}:{ls.port} ({e.strerror or e})",
-                      file=sys.stderr, flush=True)
-                return EXIT_RUNTIME
-            log.info("%s plane%s listening on %s://%s:%d", "+".join(ls.planes), "s" if len(ls.planes) > 1 else "",
-                     ls.scheme, ls.host, ls.port)
+        try:
+            await server.start()
+        except ListenError as e:
+            print(str(e), file=sys.stderr, flush=True)
+            return EXIT_RUNTIME
         print(START_LINE, flush=True)
         await stop.wait()
         if failure:
-            await fail_serving(ctx, failure[0], grace)
-        await drain(ctx, listeners, grace)
+            await server.fail(failure[0])
+        await server.drain()
     finally:
-        await asyncio.gather(*(ls.runner.cleanup() for ls in listeners if ls.runner is not None),
-                             return_exceptions=True)
-        if engine is not None and hasattr(engine, "shutdown"):
-            try:
-                await asyncio.to_thread(engine.shutdown, max(grace, 1.0))
-            except Exception:
-                log.exception("engine shutdown failed")
-        if runner is not None:
-            runner.close()
+        await server.stop()
     if failure:
         log.error("exiting after a tensor-parallel failure: %s", failure[0])
         return EXIT_RUNTIME
     log.info("stopped")
     return 0
-
-
-async def fail_serving(ctx, reason: str, grace: float) -> None:
-    """A rank is gone: /health and new requests answer 503 at once; the engine fails the requests in flight
-    (HTTP 500 / an error event); once they are answered (at most `grace` seconds) and FAILURE_LINGER_S more, the
-    listeners close."""
-    ctx.stopping = True
-    log.error("unhealthy: %s; failing in-flight requests and exiting", reason)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while ctx.inflight > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(FAILURE_LINGER_S)
 
 
 def parse_args(argv):
@@ -351,8 +139,7 @@ def _main(args) -> int:
         return EXIT_CONFIG
     ctx = build_context(loaded, backend, engine_config)
     try:
-        factory = ssl_factory(loaded) if loaded.config.ServerConfig.httpsEnabled else None
-        return asyncio.run(serve(ctx, factory))
+        return asyncio.run(serve(ctx, ssl_factory(loaded)))
     except ConfigError as e:
         for line in e.lines:
             print(line, file=sys.stderr, flush=True)

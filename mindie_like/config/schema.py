@@ -137,6 +137,8 @@ class ServerSection(_Section):
     # ours: seconds a client gets to send a request's headers (counted from the connection or the previous answer;
     # also how long an idle keep-alive connection stays open) and, separately, its whole body: slowloris bound
     requestReadTimeout: Annotated[StrictInt, in_range(1, 3600)] = 60
+    # ours: how many /v1/responses answers are kept in memory for GET/DELETE and previous_response_id (0: none)
+    responsesStoreSize: Annotated[StrictInt, in_range(0, 1000000)] = 1000
 
     @model_validator(mode="after")
     def _ips(self):

@@ -1,9 +1,7 @@
 """The aiohttp applications of the three planes, grouped into listeners by (address, port).
 
-Business routes are added through hooks, each `hook(app, ctx)`; the chat route module registers its own:
-
-    from mindie_like.server import register_business_routes
-    register_business_routes(add_chat_routes)        # before the daemon builds its apps
+Routes come from a table `{plane: (hook, ...)}`, each `hook(app, ctx)` adding one module's routes; the daemon's
+table is `mindie_like.assembly.ROUTES` (the one place a route module is added).
 
 Every business POST/PUT/PATCH passes the request guard first (body cap, JSON depth, JSON parse); routes read the
 body with `await get_json(request)`. Errors anywhere become MindIE's `{"error", "error_type"}` body.
@@ -13,33 +11,20 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 from aiohttp import web
 
 from .context import CTX_KEY, ServingContext
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response_for
 from .guard import make_guard_middleware
-from .routes import add_management_routes, add_metrics_routes, add_model_routes
 
 log = logging.getLogger("mindie_like.server")
 
 RouteHook = Callable[[web.Application, ServingContext], None]
+RouteTable = Mapping[str, Sequence[RouteHook]]      # plane -> the hooks that add its routes
 
 PLANES = ("business", "management", "metrics")
-
-# Business route hooks: /v1/models is always there; later modules add theirs with register_business_routes().
-_business_hooks: list[RouteHook] = [add_model_routes]
-
-
-def register_business_routes(hook: RouteHook) -> None:
-    """Adds a `hook(app, ctx)` that registers business-plane routes (chat, completions, compat routes...)."""
-    if hook not in _business_hooks:
-        _business_hooks.append(hook)
-
-
-def business_route_hooks() -> list[RouteHook]:
-    return list(_business_hooks)
 
 
 # -- middlewares -------------------------------------------------------------------------------------------
@@ -48,19 +33,19 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as e:
-        return e.response()
+        return error_response_for(request.path, e.status, e.message, e.error_type, headers=e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         msg = {404: "Not Found: no such route", 405: "Method Not Allowed"}.get(e.status, e.reason)
-        return error_response(e.status, msg, headers={k: v for k, v in e.headers.items()
-                                                      if k.lower() in ("allow", "connection")})
+        return error_response_for(request.path, e.status, msg, headers={k: v for k, v in e.headers.items()
+                                                                        if k.lower() in ("allow", "connection")})
     except (ConnectionResetError, OSError) as e:   # the client went away
         log.debug("client connection error on %s: %s", request.path, e)
         raise
     except Exception:   # never a traceback in the body
         log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(500, "Internal error")
+        return error_response_for(request.path, 500, "Internal error")
 
 
 class ConnectionCap:
@@ -145,7 +130,8 @@ def group_planes(ctx: ServingContext) -> list[tuple[str, int, list[str]]]:
     return [(h, p, planes) for (h, p), planes in groups.items()]
 
 
-def build_app(ctx: ServingContext, planes: list[str]) -> tuple[web.Application, Optional[ConnectionCap]]:
+def build_app(ctx: ServingContext, planes: list[str], routes: RouteTable
+              ) -> tuple[web.Application, Optional[ConnectionCap]]:
     s = ctx.config.ServerConfig
     max_bytes = s.maxRequestLength * 1024 * 1024
     middlewares = [_inflight_middleware(ctx), error_middleware]
@@ -156,23 +142,20 @@ def build_app(ctx: ServingContext, planes: list[str]) -> tuple[web.Application, 
         middlewares += [cap.middleware(), _stopping_middleware(ctx), guard]
     app = web.Application(middlewares=middlewares, client_max_size=max_bytes + 1)
     app[CTX_KEY] = ctx
-    if "business" in planes:
-        for hook in business_route_hooks():
-            hook(app, ctx)
-    if "management" in planes:
-        add_management_routes(app, ctx)
-    if "metrics" in planes:
-        add_metrics_routes(app, ctx)
+    for plane in PLANES:
+        if plane in planes:
+            for hook in routes.get(plane, ()):
+                hook(app, ctx)
     return app, cap
 
 
-def build_listeners(ctx: ServingContext, ssl_factory: Optional[Callable[[str], ssl.SSLContext]] = None
-                    ) -> list[Listener]:
+def build_listeners(ctx: ServingContext, routes: RouteTable,
+                    ssl_factory: Optional[Callable[[str], ssl.SSLContext]] = None) -> list[Listener]:
     """One listener per distinct (address, port); a listener serving several planes uses the TLS set of the first
     of business, management, metrics it serves."""
     out = []
     for host, port, planes in group_planes(ctx):
-        app, cap = build_app(ctx, planes)
+        app, cap = build_app(ctx, planes, routes)
         ssl_ctx = ssl_factory(planes[0]) if ssl_factory else None
         out.append(Listener(host, port, planes, app, ssl_ctx, cap))
     return out

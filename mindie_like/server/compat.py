@@ -18,7 +18,6 @@ POST /v2/models/{m}/stopInfer. Field by field in docs/api.md.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -30,11 +29,11 @@ from ..protocol.errors import ValidationFailure, invalid
 from ..serving.chat import ensure_tokenizer
 from ..serving.common import dumps, sse
 from ..serving.generate import GenerateServing, GenerationResult, InflightRegistry, TokenEvent
-from .context import ServingContext, get_context
-from .errors import SERVICE_UNAVAILABLE, ApiError, error_response
+from .context import Backend, ServingContext
+from .errors import ApiError, error_response
 from .guard import get_json
+from .handler import SSE_TYPE, no_engine_routes, serve_request
 
-SSE_TYPE = "text/event-stream; charset=utf-8"
 NUL_JSON_TYPE = "text/plain; charset=utf-8"
 GENERATE_NEEDS = ("`inputs` or `prompt` must be necessary and data type must be string. Additionally, the request "
                   "body must be valid json")
@@ -226,19 +225,20 @@ class CompatServings:
     triton_stream: GenerateServing
 
 
-def build_compat_servings(ctx: ServingContext, options) -> CompatServings:
-    backend, registry = ctx.backend, InflightRegistry()
+def build_compat_servings(backend: Backend, model_name: str, options, metrics) -> CompatServings:
+    """One GenerateServing per compat route over the loaded model, with the OpenAI routes' ServingOptions."""
+    registry = InflightRegistry()
 
     def make(renderer) -> GenerateServing:
-        return GenerateServing(backend.engine, backend.tokenizer, ctx.model_name, renderer, options=options,
-                               metrics=ctx.metrics, registry=registry)
+        return GenerateServing(backend.engine, backend.tokenizer, model_name, renderer, options=options,
+                               metrics=metrics, registry=registry)
 
     tok = ensure_tokenizer(backend.tokenizer)
     return CompatServings(tgi=make(TgiRenderer("generate", tok)), tgi_stream=make(TgiRenderer("stream", tok)),
-                          tgi_root=make(TgiRenderer("root", tok)), vllm=make(VllmRenderer(ctx.model_name)),
+                          tgi_root=make(TgiRenderer("root", tok)), vllm=make(VllmRenderer(model_name)),
                           infer=make(InferRenderer()),
-                          triton=make(TritonRenderer(ctx.model_name, False)),
-                          triton_stream=make(TritonRenderer(ctx.model_name, True)))
+                          triton=make(TritonRenderer(model_name, False)),
+                          triton_stream=make(TritonRenderer(model_name, True)))
 
 
 def _watermark_requested(body: Any) -> bool:
@@ -247,35 +247,9 @@ def _watermark_requested(body: Any) -> bool:
 
 
 async def _serve(request: web.Request, serving: GenerateServing, body: Any) -> web.StreamResponse:
-    """Like the OpenAI routes' handler: validation and engine refusal answer with the error body before any byte;
-    a stream closed by the client aborts its engine request."""
-    ctx = get_context(request)
-    if ctx.stopping:
-        raise ApiError(503, "Service is stopping", SERVICE_UNAVAILABLE)
-    request_id = uuid.uuid4().hex[:16]
-    headers = {"X-Request-Id": request_id}
-    if _watermark_requested(body):
-        headers["Warning"] = WATERMARK_WARNING
-    ctx.metrics.request_received()
-    try:
-        if not serving.wants_stream(body):
-            answer = await serving.create(body, request_id)
-            return web.json_response(answer, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
-        chunks = serving.stream(body, request_id)
-        first = await chunks.__anext__()     # validation and engine refusal raise here, before any byte is sent
-    except ValidationFailure as e:
-        return error_response(e.status, e.message, e.error_type, headers=headers)
-    response = web.StreamResponse(headers={"Content-Type": serving.renderer.stream_content_type,
-                                           "Cache-Control": "no-cache", **headers})
-    try:
-        await response.prepare(request)
-        await response.write(first)
-        async for chunk in chunks:
-            await response.write(chunk)
-    finally:
-        await chunks.aclose()
-    await response.write_eof()
-    return response
+    headers = {"Warning": WATERMARK_WARNING} if _watermark_requested(body) else None
+    return await serve_request(request, serving, body, content_type=serving.renderer.stream_content_type,
+                               headers=headers)
 
 
 def _check_model(ctx: ServingContext, request: web.Request) -> None:
@@ -322,24 +296,16 @@ def _add_triton_model_routes(app: web.Application, ctx: ServingContext) -> None:
     app.router.add_get("/v2/models/{model}/ready", model_ready)
 
 
+GENERATING_PATHS = ("/generate", "/generate_stream", "/", "/infer", "/v1/tokenizer", "/v2/models/{model}/generate",
+                    "/v2/models/{model}/generate_stream", "/v2/models/{model}/stopInfer")
+
+
 def add_compat_routes(app: web.Application, ctx: ServingContext) -> None:
-    """Business-plane hook (server.register_business_routes)."""
     _add_triton_model_routes(app, ctx)
-    if ctx.engine is None:
-        async def no_engine(request: web.Request) -> web.Response:
-            raise ApiError(503, "No inference engine is loaded", SERVICE_UNAVAILABLE)
-        for path in ("/generate", "/generate_stream", "/", "/infer", "/v1/tokenizer",
-                     "/v2/models/{model}/generate", "/v2/models/{model}/generate_stream",
-                     "/v2/models/{model}/stopInfer"):
-            app.router.add_post(path, no_engine)
+    if ctx.servings is None:
+        no_engine_routes(app, GENERATING_PATHS)
         return
-    if "compat_serving" not in ctx.extra:     # one set per daemon, shared by every listener
-        from .openai import build_serving
-        if "openai_serving" not in ctx.extra:
-            ctx.extra["openai_serving"] = build_serving(ctx)
-        chat, _ = ctx.extra["openai_serving"]
-        ctx.extra["compat_serving"] = build_compat_servings(ctx, chat.options)
-    s: CompatServings = ctx.extra["compat_serving"]
+    s: CompatServings = ctx.servings.compat
 
     async def generate(request: web.Request) -> web.StreamResponse:
         body = await get_json(request)

@@ -1,15 +1,16 @@
-"""The serving context every route reads: config, model, backend (tokenizer, HF config, engine), metrics.
+"""The serving context every route reads: config, model, backend (tokenizer, HF config, engine), the serving
+objects built once for the loaded model, metrics. `mindie_like.assembly.build_context` makes it.
 
     from mindie_like.server.context import get_context
     ctx = get_context(request)        # or get_context(app)
-    ctx.model_name, ctx.backend.tokenizer, ctx.engine, ctx.metrics, ctx.model_options, ctx.config
+    ctx.model_name, ctx.backend.tokenizer, ctx.engine, ctx.servings.chat, ctx.metrics, ctx.model_options, ctx.config
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from aiohttp import web
 
@@ -18,11 +19,17 @@ from ..config.schema import MindIEConfig, ModelTypeOptions
 from ..engine.types import Engine, EngineConfig, EngineStats
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from ..serving import ChatServing, CompletionServing
+    from ..serving.anthropic import MessagesServing
+    from ..serving.responses import ResponsesServing
+    from .compat import CompatServings
+
 
 @dataclass
 class Backend:
-    """What the daemon loaded for the model. `engine` is None until the engine is plugged in (daemon.build_engine);
-    routes that generate must answer 503 while it is None and never fake output."""
+    """What the daemon loaded for the model (mindie_like.assembly.build_backend). With `engine` None (tests of the
+    planes without a model) the routes that generate answer 503 and never fake output."""
     tokenizer: Any
     hf_config: Any
     model_type: str
@@ -33,15 +40,28 @@ class Backend:
 
 
 @dataclass
+class Servings:
+    """The serving objects of the loaded model, built once (mindie_like.assembly.build_servings) and shared by
+    every listener: the OpenAI routes use `chat` / `completion`, the compat routes `compat` (built with the chat
+    serving's options, so limits, timeouts and sampling defaults are the same on every route), /v1/responses
+    `responses` (with its store) and /v1/messages `messages` (with its thinking-signature key), both over `chat`."""
+    chat: "ChatServing"
+    completion: "CompletionServing"
+    compat: "CompatServings"
+    responses: Optional["ResponsesServing"] = None
+    messages: Optional["MessagesServing"] = None
+
+
+@dataclass
 class ServingContext:
     loaded: LoadedConfig
     backend: Backend
     engine_config: EngineConfig
     metrics: Metrics
+    servings: Optional[Servings] = None            # None without an engine: the generating routes answer 503
     started_at: float = field(default_factory=time.time)
     stopping: bool = False
     inflight: int = 0                                # requests being handled now, all planes
-    extra: dict = field(default_factory=dict)      # free room for later modules (e.g. a chat renderer cache)
 
     @property
     def config(self) -> MindIEConfig:

@@ -2,8 +2,7 @@
 
 The daemon's own assembly runs in-process around a test backend: the repo's conf/config.json (loaded by
 mindie_like.config, with `models.<model_type>.tool_call_options.tool_call_parser` set per family) →
-`daemon.build_context` → `server.build_listeners` with the daemon's TLS factory → `daemon.start_listener` on a
-free port. The backend is the real Qwen2.5 tokenizer with the families' special tokens added, an hf_config with
+`assembly.build_context` → `server.Server` with the daemon's route table and TLS factory, on free ports. The backend is the real Qwen2.5 tokenizer with the families' special tokens added, an hf_config with
 the family's model_type, and a FakeEngine (tests/serving_fakes.py) that replays what a model of that family writes,
 one token per step, detokenizing as the request's skip_special_tokens / the serving layer's keep list say.
 Requests go through the official `openai` client (raw bodies read as well, so the wire format is checked exactly).
@@ -24,9 +23,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
 
 from mindie_like import guided as guided_pkg  # noqa: E402
 from mindie_like.config import load_config, to_engine_config  # noqa: E402
-from mindie_like.daemon import build_context, ssl_factory, start_listener  # noqa: E402
-from mindie_like.server import Backend, build_listeners  # noqa: E402
-from mindie_like.server import app as server_app  # noqa: E402
+from mindie_like.assembly import ROUTES, build_context, ssl_factory  # noqa: E402
+from mindie_like.server import Backend, Server  # noqa: E402
 from mindie_like.server.tls import client_ssl_context  # noqa: E402
 from serving_fakes import QWEN_TOKENIZER, FakeEngine, load_test_tokenizer  # noqa: E402
 
@@ -172,8 +170,9 @@ class LoopThread:
 
 
 class FamilyServer:
-    def __init__(self, name: str, ctx, listener, engine: FakeEngine, ca: Path, certs: dict):
-        self.name, self.ctx, self.listener, self.engine = name, ctx, listener, engine
+    def __init__(self, name: str, server: Server, engine: FakeEngine, ca: Path, certs: dict):
+        self.name, self.server, self.ctx, self.engine = name, server, server.ctx, engine
+        listener = next(ls for ls in server.listeners if "business" in ls.planes)
         self.model_type, self.parser, self.reasoning, self.eos, self.script, self.content = FAMILIES[name]
         self.ssl = client_ssl_context(ca, certs["client_cert"], certs["client_key"])
         self.client = openai.OpenAI(base_url=f"https://{listener.host}:{listener.port}/v1", api_key="unused",
@@ -181,7 +180,7 @@ class FamilyServer:
 
     @property
     def family(self) -> str:
-        return self.ctx.extra["openai_serving"][0].family
+        return self.ctx.servings.chat.family
 
     def say(self, text: str) -> "FamilyServer":
         self.engine.script = text
@@ -238,7 +237,6 @@ def wiring(tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(guided_pkg, "GuidedDecoding", one_guided_per_tokenizer)
-    mp.setattr(server_app, "_business_hooks", list(server_app._business_hooks))  # build_context registers routes
     lt = LoopThread()
     servers: dict[str, FamilyServer] = {}
 
@@ -262,16 +260,15 @@ def wiring(tmp_path_factory):
         engine = FakeEngine(tok, script, eos=eos)
         backend = Backend(tokenizer=tok, hf_config=hf_config, model_type=model_type, model_path=model_dir,
                           tokenizer_dir=str(QWEN_TOKENIZER), engine=engine)
-        ctx = build_context(loaded, backend, to_engine_config(loaded))
-        listener = next(ls for ls in build_listeners(ctx, ssl_factory(loaded)) if "business" in ls.planes)
-        lt.run(start_listener(listener, 16))
-        servers[name] = FamilyServer(name, ctx, listener, engine, certs["ca"], certs)
+        server = Server(build_context(loaded, backend, to_engine_config(loaded)), ROUTES, ssl_factory(loaded))
+        lt.run(server.start())
+        servers[name] = FamilyServer(name, server, engine, certs["ca"], certs)
         return servers[name]
 
     yield get
     for s in servers.values():
         s.client.close()
-        lt.run(s.listener.runner.cleanup())
+        lt.run(s.server.stop())
     lt.close()
     mp.undo()
 

@@ -1,4 +1,4 @@
-"""The planes in-process (plain HTTP, no model): listener grouping, route hooks, guard, error body, logging env."""
+"""The planes in-process (plain HTTP, no model): listener grouping, route tables, guard, error body, logging env."""
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +9,10 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from mindie_like.assembly import ROUTES, build_context
 from mindie_like.config import LoadedConfig, to_engine_config, validate_config
-from mindie_like.daemon import _parse_level, setup_logging
-from mindie_like.server import (Backend, Metrics, ServingContext, get_context, get_json, register_business_routes)
-from mindie_like.server.app import build_listeners, business_route_hooks, _business_hooks
+from mindie_like.config.logging_setup import parse_level, setup_logging
+from mindie_like.server import Backend, ServingContext, build_listeners, get_context, get_json
 
 
 def make_ctx(tmp_path: Path, **server) -> ServingContext:
@@ -20,9 +20,8 @@ def make_ctx(tmp_path: Path, **server) -> ServingContext:
          "BackendConfig": {"ModelDeployConfig": {"ModelConfig": [{"modelName": "tiny", "modelWeightPath": "w"}]}}}
     cfg, _, _ = validate_config(d, env={})
     loaded = LoadedConfig(config=cfg, path=tmp_path / "conf/config.json", home=tmp_path)
-    return ServingContext(loaded=loaded, backend=Backend(tokenizer=None, hf_config=None, model_type="qwen2",
-                                                         model_path=tmp_path / "w"),
-                          engine_config=to_engine_config(loaded), metrics=Metrics("tiny"))
+    return build_context(loaded, Backend(tokenizer=None, hf_config=None, model_type="qwen2",
+                                         model_path=tmp_path / "w"), to_engine_config(loaded))
 
 
 def run(app: web.Application, fn):
@@ -34,7 +33,7 @@ def run(app: web.Application, fn):
 
 def test_one_listener_when_all_ports_coincide(tmp_path):
     ctx = make_ctx(tmp_path, port=2000, managementPort=2000, metricsPort=2000)
-    (ls,) = build_listeners(ctx)
+    (ls,) = build_listeners(ctx, ROUTES)
     assert ls.planes == ["business", "management", "metrics"] and ls.ssl_context is None
 
     async def check(client):
@@ -48,7 +47,7 @@ def test_one_listener_when_all_ports_coincide(tmp_path):
 
 def test_model_routes(tmp_path):
     ctx = make_ctx(tmp_path)
-    business = next(ls for ls in build_listeners(ctx) if "business" in ls.planes)
+    business = next(ls for ls in build_listeners(ctx, ROUTES) if "business" in ls.planes)
 
     async def check(client):
         a = await client.get("/v1/models/tiny")
@@ -73,12 +72,12 @@ def test_chat_template_path_resolves_against_home(tmp_path):
 
 def test_three_listeners_by_default(tmp_path):
     ctx = make_ctx(tmp_path)
-    planes = {tuple(ls.planes): (ls.host, ls.port) for ls in build_listeners(ctx)}
+    planes = {tuple(ls.planes): (ls.host, ls.port) for ls in build_listeners(ctx, ROUTES)}
     assert planes == {("business",): ("127.0.0.1", 1025), ("management",): ("127.0.0.1", 1026),
                       ("metrics",): ("127.0.0.1", 1027)}
 
 
-def test_business_route_hook_gets_the_guarded_body_and_errors(tmp_path):
+def test_a_route_module_added_to_the_table_gets_the_guarded_body_and_errors(tmp_path):
     seen = {}
 
     def add_echo(app, ctx):
@@ -89,36 +88,32 @@ def test_business_route_hook_gets_the_guarded_body_and_errors(tmp_path):
             return web.json_response(body)
         app.router.add_post("/echo", echo)
 
-    register_business_routes(add_echo)
-    try:
-        ctx = make_ctx(tmp_path, maxRequestLength=1)
-        business = next(ls for ls in build_listeners(ctx) if "business" in ls.planes)
+    routes = {**ROUTES, "business": (*ROUTES["business"], add_echo)}
+    ctx = make_ctx(tmp_path, maxRequestLength=1)
+    business = next(ls for ls in build_listeners(ctx, routes) if "business" in ls.planes)
 
-        async def check(client):
-            ok = await client.post("/echo", data=b'{"a": [1]}')
-            deep = await client.post("/echo", data=b"[" * 100000)
-            bad = await client.post("/echo", data=b"{")
-            big = await client.post("/echo", data=b"x" * (1024 * 1024 + 1))
-            empty = await client.post("/echo", data=b"")
-            missing = await client.get("/nope")
-            method = await client.get("/echo")
-            return [(r.status, await r.read()) for r in (ok, deep, bad, big, empty, missing, method)]
+    async def check(client):
+        ok = await client.post("/echo", data=b'{"a": [1]}')
+        deep = await client.post("/echo", data=b"[" * 100000)
+        bad = await client.post("/echo", data=b"{")
+        big = await client.post("/echo", data=b"x" * (1024 * 1024 + 1))
+        empty = await client.post("/echo", data=b"")
+        missing = await client.get("/nope")
+        method = await client.get("/echo")
+        return [(r.status, await r.read()) for r in (ok, deep, bad, big, empty, missing, method)]
 
-        res = run(business.app, check)
-        assert res[0] == (200, b'{"a": [1]}')
-        for status, body in res[1:]:
-            assert set(json.loads(body)) == {"error", "error_type"}
-        assert [s for s, _ in res[1:]] == [422, 422, 413, 422, 404, 405]
-        assert seen["ctx"] is ctx and ctx.model_name == "tiny" and ctx.model_options.enable_reasoning is False
-        assert ctx.inflight == 0
-    finally:
-        _business_hooks.remove(add_echo)
-    assert add_echo not in business_route_hooks()
+    res = run(business.app, check)
+    assert res[0] == (200, b'{"a": [1]}')
+    for status, body in res[1:]:
+        assert set(json.loads(body)) == {"error", "error_type"}
+    assert [s for s, _ in res[1:]] == [422, 422, 413, 422, 404, 405]
+    assert seen["ctx"] is ctx and ctx.model_name == "tiny" and ctx.model_options.enable_reasoning is False
+    assert ctx.inflight == 0
 
 
 def test_stopping_answers_503_and_health_follows(tmp_path):
     ctx = make_ctx(tmp_path, port=2000, managementPort=2000, metricsPort=2000)
-    (ls,) = build_listeners(ctx)
+    (ls,) = build_listeners(ctx, ROUTES)
     ctx.stopping = True
 
     async def check(client):
@@ -131,8 +126,8 @@ def test_stopping_answers_503_and_health_follows(tmp_path):
 
 
 def test_log_level_parsing_and_setup(tmp_path):
-    assert _parse_level("debug") == logging.DEBUG and _parse_level("WARN") == logging.WARNING
-    assert _parse_level("llm:ERROR;server:INFO") == logging.ERROR and _parse_level("loud") is None
+    assert parse_level("debug") == logging.DEBUG and parse_level("WARN") == logging.WARNING
+    assert parse_level("llm:ERROR;server:INFO") == logging.ERROR and parse_level("loud") is None
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     try:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mindie_like.assembly import ROUTES, build_context
 from mindie_like.config import LoadedConfig, to_engine_config, validate_config
-from mindie_like.daemon import register_routes
-from mindie_like.server import Backend, Metrics, ServingContext
-from mindie_like.server.app import PLANES, build_app
+from mindie_like.server import PLANES, Backend
+from mindie_like.server.app import build_app
 from serving_fakes import FakeEngine, load_test_tokenizer  # tests/ is on sys.path (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[3]
@@ -54,12 +54,10 @@ def _registered(tmp_path, with_engine: bool) -> dict[tuple[str, str], str]:
     tokenizer = load_test_tokenizer() if with_engine else None
     backend = Backend(tokenizer=tokenizer, hf_config=None, model_type="qwen2", model_path=tmp_path / "w",
                       engine=FakeEngine(tokenizer) if with_engine else None)
-    ctx = ServingContext(loaded=loaded, backend=backend, engine_config=to_engine_config(loaded),
-                         metrics=Metrics("tiny"))
-    register_routes()
+    ctx = build_context(loaded, backend, to_engine_config(loaded))
     out = {}
     for plane in PLANES:
-        app, _ = build_app(ctx, [plane])
+        app, _ = build_app(ctx, [plane], ROUTES)
         for route in app.router.routes():
             if route.method != "HEAD":     # aiohttp adds HEAD to every GET
                 out[(route.method, route.resource.canonical)] = plane
