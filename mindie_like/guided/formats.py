@@ -25,8 +25,8 @@ FAMILY_FORMATS: dict[str, CallFormat] = {f.family: f.guided for f in FAMILIES}
 FAMILY_ALIASES: dict[str, str] = {a: f.family for f in FAMILIES for a in f.aliases if a != f.family}
 FAMILY_VARIANTS: dict[str, list[tuple[str, CallFormat]]] = {f.family: list(f.guided_variants) for f in FAMILIES
                                                            if f.guided_variants}
-FAMILY_REASONING: dict[str, tuple[str, str]] = {f.family: tuple(f.reasoning or ("<think>", "</think>"))
-                                               for f in FAMILIES}
+FAMILY_REASONING: dict[str, tuple[str, str]] = {
+    f.family: tuple(f.guided.reasoning or f.reasoning or ("<think>", "</think>")) for f in FAMILIES}
 # End-of-turn tokens of every family; those present in a tokenizer (as one token) join its EOS.
 END_OF_TURN: tuple[str, ...] = tuple(dict.fromkeys(t for f in FAMILIES for t in f.end_of_turn))
 

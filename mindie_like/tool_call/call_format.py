@@ -67,6 +67,9 @@ class CallFormat:
     # The text that starts a call in free text (`strict` tools in tool_choice auto): from it on the grammar
     # forces a call. None: the first literal of `prefix`, else of `call`; "": the format has none.
     trigger: Optional[str] = None
+    # The reasoning block a grammar allows before the calls when the request reasons: (open, close) text. None:
+    # the family's reasoning tags (`<think>` / `</think>` unless it has its own).
+    reasoning: Optional[tuple[str, str]] = None
 
     def trigger_text(self) -> Optional[str]:
         if self.trigger is not None:

@@ -104,5 +104,6 @@ GPT_OSS = Family(
     guided=CallFormat(call=(M(CHANNEL), S("commentary to=functions."), NAME, S(" "), M(CONSTRAIN), S("json"),
                             M(MESSAGE), ARGS),
                       # every harmony message starts with <|channel|>: no marker tells a call from text early
-                      multi=False, trigger=""),
+                      multi=False, trigger="",
+                      reasoning=(CHANNEL + "analysis" + MESSAGE, "<|end|>" + START + "assistant")),
     detect=lambda mt, cfg, tpl: mt == "gpt_oss" or CHANNEL in tpl, priority=10)

@@ -111,3 +111,22 @@ def test_strict_tools_in_auto(g2026, family):
             texts += 1
             assert res == {"content": text, "tool_calls": []}, (seed, text)
     assert called >= 30 and texts >= 20, (called, texts)
+
+
+@pytest.mark.parametrize("family, text", [
+    ("gpt_oss", "<|channel|>analysis<|message|>I should look it up.<|end|><|start|>assistant<|channel|>commentary "
+                'to=functions.search <|constrain|>json<|message|>{"query": "llm"}'),
+    ("seed_oss", "<seed:think>Look it up.</seed:think>\n<seed:tool_call>\n<function=search>\n<parameter=query>llm"
+                 "</parameter>\n</function>\n</seed:tool_call>"),
+    ("kimi_k2", "<think>Look it up.</think><|tool_calls_section_begin|><|tool_call_begin|>functions.search:0"
+                '<|tool_call_argument_begin|>{"query": "llm"}<|tool_call_end|><|tool_calls_section_end|>'),
+])
+def test_reasoning_before_the_call_in_the_familys_own_spelling(g2026, family, text):
+    """With reasoning on, the grammar's reasoning block is the family's (harmony's analysis channel, Seed's
+    <seed:think>): what the model writes is accepted token by token and parses to reasoning + the call."""
+    from guided_helpers import feed
+    g, tok = g2026
+    ok, mask, _ = feed(g, text, tok, g.plan(family, TOOLS, "required", reasoning=True))
+    assert ok and mask.is_accepting(), mask.error
+    ok, _, _ = feed(g, text, tok, g.plan(family, TOOLS, "required"))
+    assert not ok                      # without reasoning the call must come first
