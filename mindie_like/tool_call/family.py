@@ -50,7 +50,3 @@ class Family:
     def reasoning_markers(self) -> frozenset[str]:
         return frozenset(self.reasoning or ())
 
-
-def new_call_id(style: str = "call") -> str:
-    from .primitives import make_call_id
-    return make_call_id("call" if style == "native" else style)

@@ -115,13 +115,11 @@ def detect_family(model_type: str | None, hf_config: dict | None = None, chat_te
     return None
 
 
-_default_family = detect_family
-
 
 def resolve_tool_call_processor(tool_call_parser: str | None, *, model_type: str | None,
                                 hf_config: dict | None = None, chat_template: str | None = None,
                                 tokenizer=None) -> ToolsCallProcessor:
-    """The processor for a model: the configured name when valid, else the model's default (spec §6),
+    """The processor for a model: the configured name when valid, else the model's default (its family's detector),
     else passthrough. An empty or unknown configured name logs a warning listing the valid names."""
     if tool_call_parser is not None:
         try:
@@ -132,7 +130,7 @@ def resolve_tool_call_processor(tool_call_parser: str | None, *, model_type: str
             logger.warning("tool_call_parser %r is %s; valid names: %s. Using the default for model_type %r.",
                            tool_call_parser, "empty" if not str(tool_call_parser).strip() else "unknown",
                            ", ".join(ToolsCallProcessorManager.names()), model_type)
-    family = _default_family(model_type, hf_config, chat_template)
+    family = detect_family(model_type, hf_config, chat_template)
     if family is None:
         logger.info("no tool-call format known for model_type %r: tool calls are not parsed (passthrough); "
                     "set models.<model_type>.tool_call_options.tool_call_parser to one of: %s",
