@@ -19,6 +19,7 @@ HEADER_LIMIT = 512
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
 _CHANNEL = re.compile(re.escape(CHANNEL) + r"\s*([A-Za-z_]+)")
 _TO_AT_START = re.compile(r"[ \t\r\n]*to=")
+_LEADING_WS = re.compile(r"[ \t\r\n]*")
 _STOPS = ENDS + (START, CHANNEL)
 _STOP_RE, _STOP_PREFIXES, _STOP_MAX = _alt(_STOPS), _prefixes(_STOPS), max(map(len, _STOPS))
 
@@ -26,7 +27,11 @@ _STOP_RE, _STOP_PREFIXES, _STOP_MAX = _alt(_STOPS), _prefixes(_STOPS), max(map(l
 def harmony_start(s, lit):
     """The output may begin inside a header (the prompt ends with `<|start|>assistant`): ` to=functions.f<|channel|>`."""
     src = s._src
-    while len(src.buf) - src.pos < 4 and not src.final:
+    while not src.final:    # wait until the start is known to be, or not to be, ` to=`
+        j = _LEADING_WS.match(src.buf, src.pos).end()
+        head = src.buf[j:j + 3]
+        if len(head) == 3 or (head and not "to=".startswith(head)) or j - src.pos > HEADER_LIMIT:
+            break
         yield
     if _TO_AT_START.match(src.buf, src.pos):
         yield from harmony_message(s, "")

@@ -154,3 +154,9 @@ def test_qwen_agent_one_line(text):
 ])
 def test_default_family_detection(model_type, cfg, tpl, family):
     assert resolve_tool_call_processor(None, model_type=model_type, hf_config=cfg, chat_template=tpl).family == family
+
+
+def test_harmony_recipient_at_the_very_start_after_whitespace():
+    text = '   \n to=functions.f<|channel|>commentary<|message|>{"a": 1}'
+    res = check_split_invariance(proc("gpt_oss"), text, n=50)
+    assert calls_of(res) == [("f", '{"a": 1}')] and res["content"] == ""
