@@ -27,6 +27,8 @@ FAMILY_VARIANTS: dict[str, list[tuple[str, CallFormat]]] = {f.family: list(f.gui
                                                            if f.guided_variants}
 FAMILY_REASONING: dict[str, tuple[str, str]] = {
     f.family: tuple(f.guided.reasoning or f.reasoning or ("<think>", "</think>")) for f in FAMILIES}
+# families whose reasoning is a message of its own (optional, opened explicitly)
+EXPLICIT_REASONING = frozenset(f.family for f in FAMILIES if f.guided.reasoning)
 # End-of-turn tokens of every family; those present in a tokenizer (as one token) join its EOS.
 END_OF_TURN: tuple[str, ...] = tuple(dict.fromkeys(t for f in FAMILIES for t in f.end_of_turn))
 
@@ -213,19 +215,25 @@ def arguments_json_call_rule(w: GrammarWriter, tool: dict) -> str:
     return w.rule(w.fresh("call"), w.render(json_call("arguments"), tool))
 
 
-def think_prefix(w: GrammarWriter, tags: tuple[str, str] = ("<think>", "</think>")) -> str:
-    """An optional open tag (`<think>`, or the family's own), free reasoning text, the close tag, up to two
-    newlines."""
+def think_prefix(w: GrammarWriter, tags: tuple[str, str] = ("<think>", "</think>"), explicit: bool = False) -> str:
+    """The reasoning block: an optional open tag (`<think>`, or the family's own; the template may have opened it),
+    free reasoning text, the close tag, up to two newlines. explicit: the whole block is optional and starts with
+    its open tag (a format whose reasoning is a message of its own, gpt-oss's analysis channel)."""
     open_t, close_t = tags
     open_p, close_p = w.split(open_t), w.split(close_t)
     if any(isinstance(x, int) for x in close_p):
         w.rules.append("THINK_TEXT: /(?s:.*)/")
-        opt = f"({w.lit(open_t)})? " if any(isinstance(x, int) for x in open_p) else ""
+        if explicit:
+            opt = f"{w.lit(open_t)} "
+        else:
+            opt = f"({w.lit(open_t)})? " if any(isinstance(x, int) for x in open_p) else ""
         body = f"{opt}THINK_TEXT {w.lit(close_t)}"
     else:
         name = w.fresh("think_text")
         w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal(close_t)}/")
-        body = name
+        body = f"{w.lit(open_t)} {name}" if explicit else name
+    if explicit:
+        return w.rule("reasoning", f"({body} /\\n{{0,2}}/)?")
     return w.rule("reasoning", f"{body} /\\n{{0,2}}/")
 
 

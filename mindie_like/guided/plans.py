@@ -7,7 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_REASONING, FAMILY_VARIANTS, GrammarWriter,
+from .formats import (EXPLICIT_REASONING, FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_REASONING, FAMILY_VARIANTS,
+                      GrammarWriter,
                       arguments_json_call_rule, check_name, free_text_rule, think_prefix)
 from .schema import GuidedDecodingError, check_schema, strictify, tool_parameters
 
@@ -115,6 +116,10 @@ def _response_schema(response_format: Any) -> Optional[Any]:
                               f"got {json.dumps(kind)}")
 
 
+def _reasoning(w: GrammarWriter, fam: str) -> str:
+    return think_prefix(w, FAMILY_REASONING.get(fam, ("<think>", "</think>")), explicit=fam in EXPLICIT_REASONING)
+
+
 class Planner:
     """Mixin of GuidedDecoding (uses its split_specials, special_token_id, separators, strict)."""
 
@@ -191,7 +196,6 @@ class Planner:
         # a named choice is one call of that function (OpenAI's semantics), whatever parallel_tool_calls says
         parallel = bool(parallel) and fmt.multi and named is None
 
-        tags = FAMILY_REASONING.get(fam, ("<think>", "</think>"))
 
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)
@@ -201,7 +205,7 @@ class Planner:
             if json_schema is not None:
                 j = w.json_rule("json_reply", json_schema)
                 body = f"(tool_calls | {j})"
-            start = f"{think_prefix(w, tags)} {body}" if reasoning else body
+            start = f"{_reasoning(w, fam)} {body}" if reasoning else body
             w.rules.insert(0, f"start: {start}")
             w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
@@ -235,14 +239,13 @@ class Planner:
                  for t in tools]
         parallel = bool(parallel) and fmt.multi
         prefix = fmt.json_union_prefix or fmt.prefix
-        tags = FAMILY_REASONING.get(fam, ("<think>", "</think>"))
 
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)
             self._calls_rule(w, fmt, tools, parallel, prefix)
             free = free_text_rule(w, trigger)
             body = f"{free} (tool_calls {free})?"
-            start = f"{think_prefix(w, tags)} {body}" if reasoning else body
+            start = f"{_reasoning(w, fam)} {body}" if reasoning else body
             w.rules.insert(0, f"start: {start}")
             w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
@@ -262,8 +265,7 @@ class Planner:
             else:
                 body = " | ".join(arguments_json_call_rule(w, t) for t in tools)
                 body = f"({body})"
-            start = f"{think_prefix(w, FAMILY_REASONING.get(fam, ('<think>', '</think>')))} {body}" if reasoning \
-                else body
+            start = f"{_reasoning(w, fam)} {body}" if reasoning else body
             w.rules.insert(0, f"start: {start}")
             w.rules.append(f"KEY_SEP: /{self.separators[1]}/")
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
@@ -284,7 +286,7 @@ class Planner:
         def build(resolve):
             w = GrammarWriter(self.split_specials, resolve, self.separators)
             j = w.json_rule("json_reply", schema)
-            start = f"{think_prefix(w, FAMILY_REASONING.get(fam, ('<think>', '</think>')))} {j}" if reasoning else j
+            start = f"{_reasoning(w, fam)} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")
             return w.text()
         return self._finish_plan(build, output_kind="json", family=fam, mode="json", parallel_tool_calls=False)
