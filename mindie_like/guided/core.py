@@ -18,9 +18,15 @@ from .formats import END_OF_TURN
 from .mask import GuidedLogitsMask
 from .plans import GuidancePlan, Planner
 from .tokenizer import ll_tokenizer_for
-from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, with_format
+from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, oversized_repeat, with_format
 
 logger = logging.getLogger(__name__)
+
+
+def _first_line(err: str) -> str:
+    """An llguidance error without its state dump."""
+    line = next((x.strip() for x in err.splitlines() if x.strip()), err)
+    return line[:300]
 
 
 class GuidedDecoding(Planner):
@@ -127,39 +133,70 @@ class GuidedDecoding(Planner):
         return tid
 
     # ---- compiling ----
-    def _resolve_schema(self, schema: Any) -> Any:
-        """The schema itself when llguidance compiles it; else the same in lenient mode (unsupported keywords
-        ignored); else any JSON object. Logged at WARNING; never raises."""
+    def _resolve_schema(self, schema: Any, where: Optional[str] = None) -> Any:
+        """The schema itself when llguidance compiles and runs it. Otherwise, for a schema the client asked to
+        have enforced (`where` names it), a GuidedDecodingError (HTTP 422) naming it; for the others (tools
+        without `strict`), the same schema in lenient mode (unsupported keywords ignored), else any JSON object,
+        logged at WARNING."""
         key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
         with self._lock:
-            if key in self._schema_ok:
+            verdict = self._schema_ok.get(key)
+            if verdict is not None:
                 self._schema_ok.move_to_end(key)
-                return self._schema_ok[key]
-        out = schema
-        err = self._schema_error(with_format(schema, self.separators))
+        if verdict is None:
+            verdict = self._judge_schema(schema)
+            with self._lock:
+                self._schema_ok[key] = verdict
+                while len(self._schema_ok) > 4 * self._cache_size:
+                    self._schema_ok.popitem(last=False)
+        out, err = verdict
+        if err and where is not None:
+            raise GuidedDecodingError(f"{where}: cannot be enforced: {_first_line(err)}")
         if err:
-            err2 = self._schema_error(with_format(schema, self.separators, lenient=True))
-            if not err2:
-                logger.warning("guided decoding: schema not fully supported, unsupported keywords ignored: %s",
-                               err[:300])
-                out = dict(schema) if isinstance(schema, dict) else {}
-                out["x-guidance"] = {"lenient": True}      # kept by with_format()
-            else:
-                logger.warning("guided decoding: schema cannot be compiled, any JSON object allowed instead: %s",
-                               err[:300])
-                out = {"type": "object"}
-        with self._lock:
-            self._schema_ok[key] = out
-            while len(self._schema_ok) > 4 * self._cache_size:
-                self._schema_ok.popitem(last=False)
+            logger.warning("guided decoding: a tool schema cannot be enforced as given (%s); %s", _first_line(err),
+                           "unsupported keywords ignored" if out.get("x-guidance") else "any JSON object allowed")
         return out
+
+    def _judge_schema(self, schema: Any) -> tuple[Any, str]:
+        """(what to embed, why the schema itself cannot be: "" when it can)."""
+        err = oversized_repeat(schema) or self._schema_error(with_format(schema, self.separators))
+        if not err:
+            return schema, ""
+        if not oversized_repeat(schema) and not self._schema_error(with_format(schema, self.separators, lenient=True)):
+            out = dict(schema) if isinstance(schema, dict) else {}
+            out["x-guidance"] = {"lenient": True}      # kept by with_format()
+            return out, err
+        return {"type": "object"}, err
 
     def _schema_error(self, schema: Any) -> str:
         try:
             g = llguidance.LLMatcher.grammar_from_json_schema(schema)
         except ValueError as e:
             return str(e)
-        return llguidance.LLMatcher.validate_grammar(g, self.ll_tokenizer)
+        err = llguidance.LLMatcher.validate_grammar(g, self.ll_tokenizer)
+        if err:
+            return err
+        m, err = self._new_matcher(g)
+        return err or self._probe(m)
+
+    def _probe(self, matcher: Any, steps: int = 4) -> str:
+        """Why a compiled grammar fails in its first steps ("" when it does not). llguidance builds its lexer
+        lazily, so some grammars that compile (a string `pattern` of `a{100000}`) fail only when the first
+        token is consumed; walking a few steps on a copy finds them before a request is answered with them."""
+        m = matcher.deep_copy()
+        mask = GuidedLogitsMask(m, self.vocab_size, self.eos_token_ids)
+        eos = set(self.eos_token_ids)
+        for _ in range(steps):
+            if m.is_error():
+                return m.get_error()
+            if m.is_stopped():
+                return ""
+            allowed = [int(t) for t in mask.allowed_token_ids()[:64] if int(t) not in eos]
+            if not allowed:
+                return "" if m.is_accepting() else "the grammar allows no token"
+            if not m.consume_token(allowed[0]):
+                return m.get_error() or "the grammar refused a token it allowed"
+        return m.get_error() if m.is_error() else ""
 
     def _new_matcher(self, grammar: str):
         m = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
@@ -192,10 +229,17 @@ class GuidedDecoding(Planner):
     def _compile(self, plan: GuidancePlan):
         key = plan.grammar
         t0 = time.perf_counter()
-        m, err = self._new_matcher(key)
+        if plan._recheck:
+            m, err = None, "a tool schema's pattern repeats more than the lexer can follow"
+        else:
+            m, err = self._new_matcher(key)
+            err = err or self._probe(m)
         if err and plan._build is not None:
-            logger.info("guided decoding: grammar did not compile (%s); checking its schemas one by one", err[:300])
-            m, err = self._new_matcher(plan._build(self._resolve_schema))
+            logger.info("guided decoding: grammar did not compile (%s); checking its schemas one by one",
+                        _first_line(err))
+            m, err = self._new_matcher(plan._build(lambda schema: self._resolve_schema(
+                schema, plan._enforce.get(id(schema)))))
+            err = err or self._probe(m)
         if err:
             raise GuidedDecodingError(f"cannot build the constraint for this request: {err[:500]}")
         self.compile_ms.append((time.perf_counter() - t0) * 1000)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from .formats import (EXPLICIT_REASONING, FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_REASONING, FAMILY_VARIANTS,
                       GrammarWriter,
                       arguments_json_call_rule, check_name, free_text_rule, think_prefix)
-from .schema import GuidedDecodingError, check_schema, strictify, tool_parameters
+from .schema import GuidedDecodingError, check_schema, oversized_repeat, strictify, tool_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ class GuidancePlan:
     mode: str = "required"                 # "required" | "named" | "json" | "auto_json" | "auto_strict"
     parallel_tool_calls: bool = True       # as enforced (False also where the format holds only one call)
     _build: Optional[Callable[[Callable[[Any], Any]], str]] = field(default=None, repr=False, compare=False)
+    # id(schema object in the grammar) -> the request's name for it, for the schemas the client asked to have
+    # enforced (response_format's, strict tools'): one that cannot be compiled is refused, never loosened
+    _enforce: dict = field(default_factory=dict, repr=False, compare=False)
+    _recheck: bool = field(default=False, repr=False, compare=False)   # a tool schema known to need its fallback
 
     def extract_calls(self, text: str) -> Optional[list[tuple[str, str]]]:
         """For output_kind "arguments_json": the (name, arguments JSON string) calls in a generated text, or None
@@ -71,7 +75,9 @@ def _normalize_tools(tools: Any) -> list[dict]:
             raise GuidedDecodingError(f"tools[{i}].function.name: duplicate function name {json.dumps(name)}")
         seen.add(name)
         params = tool_parameters(fn.get("parameters"), f"tools[{i}].function.parameters")
-        out.append({"name": name, "parameters": params, "strict": fn.get("strict")})
+        # strict: the tool's own say (None: not said, the request's default decides)
+        out.append({"name": name, "parameters": params, "strict": fn.get("strict"),
+                    "where": f"tools[{i}].function.parameters"})
     return out
 
 
@@ -188,11 +194,27 @@ class Planner:
     def _prep(self, schema: Any) -> Any:
         return strictify(schema) if self.strict else schema
 
-    def _finish_plan(self, build: Callable[[Callable[[Any], Any]], str], **kw) -> GuidancePlan:
-        return GuidancePlan(grammar=build(lambda s: s), _build=build, **kw)
+    def _finish_plan(self, build: Callable[[Callable[[Any], Any]], str], tools=(), json_schema=None,
+                     **kw) -> GuidancePlan:
+        enforce = {id(t["parameters"]): t["where"] for t in tools if t.get("strict") is True}
+        if json_schema is not None:
+            enforce[id(json_schema)] = "response_format.json_schema.schema"
+            found = oversized_repeat(json_schema)
+            if found:
+                raise GuidedDecodingError(f"response_format.json_schema.schema: cannot be enforced: {found}")
+        recheck = False
+        for t in tools:
+            found = oversized_repeat(t["parameters"])
+            if found and t.get("strict") is True:
+                raise GuidedDecodingError(f"{t['where']}: cannot be enforced: {found}")
+            recheck = recheck or bool(found)
+        return GuidancePlan(grammar=build(lambda s: s), _build=build, _enforce=enforce, _recheck=recheck, **kw)
+
+    def _prepped(self, tools) -> list[dict]:
+        return [dict(t, parameters=self._prep(t["parameters"])) for t in tools]
 
     def _tool_plan(self, fam, fmt, tools, named, parallel, json_schema, reasoning) -> GuidancePlan:
-        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
+        tools = self._prepped(tools)
         # a named choice is one call of that function (OpenAI's semantics), whatever parallel_tool_calls says
         parallel = bool(parallel) and fmt.multi and named is None
 
@@ -211,7 +233,7 @@ class Planner:
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
             return w.text()
 
-        return self._finish_plan(build, output_kind="family", family=fam, function_name=named,
+        return self._finish_plan(build, tools, json_schema, output_kind="family", family=fam, function_name=named,
                                  tool_names=tuple(t["name"] for t in tools),
                                  mode="auto_json" if json_schema is not None else ("named" if named else "required"),
                                  parallel_tool_calls=parallel)
@@ -234,9 +256,9 @@ class Planner:
                            "to start the grammar at)", fam)
             return None
         # a tool that is not strict: its calls are well-formed, its arguments any JSON object
-        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])
-                  if (t["strict"] is True or (t["strict"] is None and strict_default)) else {"type": "object"}}
-                 for t in tools]
+        tools = [dict(t, parameters=self._prep(t["parameters"]), strict=True)
+                 if (t["strict"] is True or (t["strict"] is None and strict_default))
+                 else dict(t, parameters={"type": "object"}, strict=False) for t in tools]
         parallel = bool(parallel) and fmt.multi
         prefix = fmt.json_union_prefix or fmt.prefix
 
@@ -251,11 +273,12 @@ class Planner:
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
             return w.text()
 
-        return self._finish_plan(build, output_kind="family", family=fam, tool_names=tuple(t["name"] for t in tools),
-                                 mode="auto_strict", parallel_tool_calls=parallel)
+        return self._finish_plan(build, tools, None, output_kind="family", family=fam,
+                                 tool_names=tuple(t["name"] for t in tools), mode="auto_strict",
+                                 parallel_tool_calls=parallel)
 
     def _arguments_plan(self, fam, tools, named, reasoning) -> GuidancePlan:
-        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
+        tools = self._prepped(tools)
         single = named if named is not None else (tools[0]["name"] if len(tools) == 1 else None)
 
         def build(resolve):
@@ -278,7 +301,7 @@ class Planner:
             names = ", ".join(t["name"] for t in tools)
             hint = (f"Call one of the functions ({names}). Reply with only one JSON object "
                     f"{{\"name\": <function name>, \"arguments\": <its arguments as a JSON object>}} and nothing else.")
-        return self._finish_plan(build, output_kind="arguments_json", family=fam, function_name=single,
+        return self._finish_plan(build, tools, None, output_kind="arguments_json", family=fam, function_name=single,
                                  prompt_hint=hint, tool_names=tuple(t["name"] for t in tools),
                                  mode="named" if named else "required", parallel_tool_calls=False)
 
@@ -289,4 +312,5 @@ class Planner:
             start = f"{_reasoning(w, fam)} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")
             return w.text()
-        return self._finish_plan(build, output_kind="json", family=fam, mode="json", parallel_tool_calls=False)
+        return self._finish_plan(build, (), schema, output_kind="json", family=fam, mode="json",
+                                 parallel_tool_calls=False)

@@ -24,6 +24,13 @@ DSML_PARAM_END = "</｜DSML｜parameter>"
 DSML_PARAMS = ParamSyntax(open=DSML_PARAM, key_end=">", close=DSML_PARAM_END, end=DSML_INVOKE_END,
                           terms=(DSML_PARAM_END,), attrs=True, json_first=True)
 _EOT = ("<｜end▁of▁sentence｜>",)
+_DS_TYPES = ("deepseek_v2", "deepseek_v3", "deepseekv2", "deepseekv3")
+
+
+def _v31_template(tpl: str) -> bool:
+    """V3 / R1 templates write a call as `function<｜tool▁sep｜>NAME` then a ```json block; V3.1's writes
+    `NAME<｜tool▁sep｜>ARGS` with no fence. Without a template: V3's format."""
+    return DS_SEP in tpl and "```json" not in tpl
 
 
 def ds_block(s, lit, v31: bool):
@@ -119,12 +126,13 @@ DEEPSEEK_V3 = Family(
                       call=(M(DS_CALL_BEGIN), S("function"), M(DS_SEP), NAME, S("\n```json\n"), ARGS, S("\n```"),
                             M(DS_CALL_END)),
                       sep=(OPT(S("\n")),), suffix=(M(DS_CALLS_END),)),
-    detect=lambda mt, cfg, tpl: mt in ("deepseek_v2", "deepseek_v3", "deepseekv2", "deepseekv3"))
+    detect=lambda mt, cfg, tpl: mt in _DS_TYPES and not _v31_template(tpl))
 DEEPSEEK_V31 = Family(
     "deepseek_v31", "ToolsCallProcessorDeepseekv31", ("deepseek_v31", "deepseekv31"),
     triggers=((DS_CALLS_BEGIN, ds_v31), (DS_CALL_BEGIN, ds_v31)), extra_markers=_DS_MARKERS, end_of_turn=_EOT,
     guided=CallFormat(prefix=(M(DS_CALLS_BEGIN),), call=(M(DS_CALL_BEGIN), NAME, M(DS_SEP), ARGS, M(DS_CALL_END)),
-                      suffix=(M(DS_CALLS_END),)))
+                      suffix=(M(DS_CALLS_END),)),
+    detect=lambda mt, cfg, tpl: mt in _DS_TYPES and _v31_template(tpl))
 DEEPSEEK_V32 = Family(
     "deepseek_v32", "ToolsCallProcessorDeepseekv32", ("deepseek_v32", "deepseekv32"),
     triggers=((DSML_CALLS_BEGIN, dsml),),
