@@ -203,7 +203,7 @@ def _hostile_batch(d) -> list[int]:
     return statuses
 
 
-@pytest.mark.parametrize("rounds", [pytest.param(3, id="3-rounds"), pytest.param(20, id="20-rounds",
+@pytest.mark.parametrize("rounds", [pytest.param(2, id="2-rounds"), pytest.param(20, id="20-rounds",
                                                                                 marks=pytest.mark.soak)])
 def test_rss_returns_after_a_hostile_soak(d, rounds):
     pid = d.proc.pid
@@ -241,6 +241,7 @@ def _raw(d, data: bytes) -> bytes:
 def test_malformed_http_gets_the_error_body_and_one_log_line(d):
     marker = b"zq" * 50_000                     # client bytes that must not come back nor reach the log
     lines_before = len(d.lines)
+    t0 = time.monotonic()
     cases = [b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + marker + b"\r\n\r\n",
              b"G\x01T /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
              b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header" + marker[:200] + b"\r\n\r\n"]
@@ -257,7 +258,8 @@ def test_malformed_http_gets_the_error_body_and_one_log_line(d):
     malformed = [x for x in log.splitlines() if "malformed HTTP request" in x]
     print(f"MEASURE 60 malformed requests: {len(malformed)} log lines, {len(log)} bytes of log")
     assert "zq" not in log and "Traceback" not in log
-    assert 1 <= len(malformed) <= len(cases)          # rate-limited: one line per kind of fault here
+    periods = 1 + int((time.monotonic() - t0) // 10)       # PARSE_LOG_INTERVAL_S
+    assert 1 <= len(malformed) <= len(cases) * periods     # rate-limited: one line per kind of fault and period
     still_serving(d)
 
 
