@@ -7,6 +7,7 @@
 #include "norm.cpp"
 #include "quant_gemm.cpp"
 #include "decode_attn.cpp"
+#include "decode_step.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_linear", &bf16_linear, "small-batch bf16-weight GEMV (AVX2+FMA)");
@@ -16,5 +17,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm_f32", &add_rms_norm_f32, "(RMSNorm(x + residual), x + residual) of float32 rows");
   m.def("rope_attention_decode_f32", &rope_attention_decode_f32,
         "decode step: rope, KV cache write and paged attention of one query row per sequence (float32)");
+  register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
 }
