@@ -9,8 +9,9 @@ daemon's dtype and thread count, a prompt as long as the chat prompt), then for 
 (mutual TLS, serve_bench's set-up) serving `--requests` streaming chat requests one at a time (greedy,
 `ignore_eos`), then the runner again (so the runner's figure brackets the daemon's). Variants set the daemon's
 environment before it starts:
-    default   what the daemon does by itself
-    active    OMP_WAIT_POLICY=active (OpenMP workers spin between parallel regions)
+    default   what the daemon does by itself (mindie_like/cpu_threads.py: OMP_WAIT_POLICY=PASSIVE)
+    libgomp   GOMP_SPINCOUNT=300000, libgomp's own default (what the daemon did before): workers spin a while
+    active    OMP_WAIT_POLICY=active (workers spin between parallel regions)
     passive   OMP_WAIT_POLICY=passive (workers sleep at once)
     spin0     GOMP_SPINCOUNT=0
 ITL: the gaps between streamed chunks (loadgen), p50; step: the runner's median decode step. The ratio is the
@@ -40,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "smollm2-135m-instruct" / "smollm2-135m-instruct.gguf"
 VARIANTS = {
     "default": {},
+    "libgomp": {"GOMP_SPINCOUNT": "300000"},
     "active": {"OMP_WAIT_POLICY": "active"},
     "passive": {"OMP_WAIT_POLICY": "passive"},
     "spin0": {"GOMP_SPINCOUNT": "0"},
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--requests", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--variants", default="default,passive")
+    ap.add_argument("--variants", default="libgomp,default")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
