@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
+    os.environ.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))     # the daemon's GGUF import, reused
     from transformers import AutoTokenizer
     from mindie_like.backend_atb.weights import resolve_model_dir
     model = Path(args.model).resolve()

@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
+    os.environ.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))     # the daemon's GGUF import, reused
     model = Path(args.model).resolve()
     out = {"model": str(model), "threads": args.threads, "load_avg_start": os.getloadavg(), "daemon": {}}
     # the runner in this process is measured with the default OpenMP settings of this process
