@@ -37,6 +37,9 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         tp_collective_timeout=float(m.tpCollectiveTimeout),
         tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
     )
+    for key in ("moe_ep", "moe_tp"):
+        if getattr(m, key) is not None:
+            extra[key] = getattr(m, key)
     prefix = s.enablePrefixCache is not False
     if isinstance(m.plugin_params, dict) and m.plugin_params.get("plugin_type") == "prefix_cache":
         prefix = True

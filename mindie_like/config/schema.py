@@ -238,6 +238,10 @@ class ModelEntry(_Section):
     numThreads: Annotated[StrictInt, in_range(0, 1024)] = 0
     tpCollectiveTimeout: Annotated[Number, in_range(5, 3600)] = 120   # seconds a tensor-parallel collective waits
     tpHeartbeatTimeout: Annotated[Number, in_range(1, 600)] = 10      # seconds of silence that mark a rank hung
+    # MindIE's MoE parallel split: experts over moe_ep slots, each expert's intermediate dimension over moe_tp
+    # ranks; moe_ep x moe_tp = the world (checked at start, where the node count is known)
+    moe_ep: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
+    moe_tp: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
 
     @field_validator("models", mode="before")
     @classmethod

@@ -19,7 +19,8 @@ from .formats import (FAMILY_ALIASES, FAMILY_FORMATS, FAMILY_VARIANTS, GrammarWr
                       check_name, think_prefix)
 from .mask import GuidedLogitsMask
 from .tokenizer import ll_tokenizer_for
-from .schema import DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, strictify, tool_parameters, with_format
+from .schema import (DEFAULT_SEPARATORS, GuidedDecodingError, check_schema, oversized_repeat, strictify,
+                     tool_parameters, with_format)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class GuidancePlan:
     mode: str = "required"                 # "required" | "named" | "json" | "auto_json"
     parallel_tool_calls: bool = True       # as enforced (False also where the format holds only one call)
     _build: Optional[Callable[[Callable[[Any], Any]], str]] = field(default=None, repr=False, compare=False)
+    # id(schema object in the grammar) -> the request's name for it, for the schemas the client asked to have
+    # enforced (response_format's, strict tools'): one that cannot be compiled is refused, never loosened
+    _enforce: dict = field(default_factory=dict, repr=False, compare=False)
+    _recheck: bool = field(default=False, repr=False, compare=False)   # a tool schema known to need its fallback
 
     def extract_calls(self, text: str) -> Optional[list[tuple[str, str]]]:
         """For output_kind "arguments_json": the (name, arguments JSON string) calls in a generated text, or None
@@ -84,7 +89,8 @@ def _normalize_tools(tools: Any) -> list[dict]:
             raise GuidedDecodingError(f"tools[{i}].function.name: duplicate function name {json.dumps(name)}")
         seen.add(name)
         params = tool_parameters(fn.get("parameters"), f"tools[{i}].function.parameters")
-        out.append({"name": name, "parameters": params})
+        out.append({"name": name, "parameters": params, "strict": fn.get("strict") is True,
+                    "where": f"tools[{i}].function.parameters"})
     return out
 
 
@@ -127,6 +133,12 @@ def _response_schema(response_format: Any) -> Optional[Any]:
         return strictify(schema)
     raise GuidedDecodingError(f"response_format.type: expected text, json_object or json_schema, "
                               f"got {json.dumps(kind)}")
+
+
+def _first_line(err: str) -> str:
+    """An llguidance error without its state dump."""
+    line = next((x.strip() for x in err.splitlines() if x.strip()), err)
+    return line[:300]
 
 
 class GuidedDecoding:
@@ -288,11 +300,27 @@ class GuidedDecoding:
     def _prep(self, schema: Any) -> Any:
         return strictify(schema) if self.strict else schema
 
-    def _finish_plan(self, build: Callable[[Callable[[Any], Any]], str], **kw) -> GuidancePlan:
-        return GuidancePlan(grammar=build(lambda s: s), _build=build, **kw)
+    def _finish_plan(self, build: Callable[[Callable[[Any], Any]], str], tools=(), json_schema=None,
+                     **kw) -> GuidancePlan:
+        enforce = {id(t["parameters"]): t["where"] for t in tools if t.get("strict")}
+        if json_schema is not None:
+            enforce[id(json_schema)] = "response_format.json_schema.schema"
+            found = oversized_repeat(json_schema)
+            if found:
+                raise GuidedDecodingError(f"response_format.json_schema.schema: cannot be enforced: {found}")
+        recheck = False
+        for t in tools:
+            found = oversized_repeat(t["parameters"])
+            if found and t.get("strict"):
+                raise GuidedDecodingError(f"{t['where']}: cannot be enforced: {found}")
+            recheck = recheck or bool(found)
+        return GuidancePlan(grammar=build(lambda s: s), _build=build, _enforce=enforce, _recheck=recheck, **kw)
+
+    def _prepped(self, tools) -> list[dict]:
+        return [dict(t, parameters=self._prep(t["parameters"])) for t in tools]
 
     def _tool_plan(self, fam, fmt, tools, named, parallel, json_schema, reasoning) -> GuidancePlan:
-        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
+        tools = self._prepped(tools)
         # a named choice is one call of that function (OpenAI's semantics), whatever parallel_tool_calls says
         parallel = bool(parallel) and fmt.multi and named is None
 
@@ -317,13 +345,13 @@ class GuidedDecoding:
             w.rules.append(f"ITEM_SEP: /{self.separators[0]}/")
             return w.text()
 
-        return self._finish_plan(build, output_kind="family", family=fam, function_name=named,
+        return self._finish_plan(build, tools, json_schema, output_kind="family", family=fam, function_name=named,
                                  tool_names=tuple(t["name"] for t in tools),
                                  mode="auto_json" if json_schema is not None else ("named" if named else "required"),
                                  parallel_tool_calls=parallel)
 
     def _arguments_plan(self, fam, tools, named, reasoning) -> GuidancePlan:
-        tools = [{"name": t["name"], "parameters": self._prep(t["parameters"])} for t in tools]
+        tools = self._prepped(tools)
         single = named if named is not None else (tools[0]["name"] if len(tools) == 1 else None)
 
         def build(resolve):
@@ -346,7 +374,7 @@ class GuidedDecoding:
             names = ", ".join(t["name"] for t in tools)
             hint = (f"Call one of the functions ({names}). Reply with only one JSON object "
                     f"{{\"name\": <function name>, \"arguments\": <its arguments as a JSON object>}} and nothing else.")
-        return self._finish_plan(build, output_kind="arguments_json", family=fam, function_name=single,
+        return self._finish_plan(build, tools, None, output_kind="arguments_json", family=fam, function_name=single,
                                  prompt_hint=hint, tool_names=tuple(t["name"] for t in tools),
                                  mode="named" if named else "required", parallel_tool_calls=False)
 
@@ -357,42 +385,74 @@ class GuidedDecoding:
             start = f"{think_prefix(w)} {j}" if reasoning else j
             w.rules.insert(0, f"start: {start}")
             return w.text()
-        return self._finish_plan(build, output_kind="json", family=fam, mode="json", parallel_tool_calls=False)
+        return self._finish_plan(build, (), schema, output_kind="json", family=fam, mode="json",
+                                 parallel_tool_calls=False)
 
     # ---- compiling ----
-    def _resolve_schema(self, schema: Any) -> Any:
-        """The schema itself when llguidance compiles it; else the same in lenient mode (unsupported keywords
-        ignored); else any JSON object. Logged at WARNING; never raises."""
+    def _resolve_schema(self, schema: Any, where: Optional[str] = None) -> Any:
+        """The schema itself when llguidance compiles and runs it. Otherwise, for a schema the client asked to
+        have enforced (`where` names it), a GuidedDecodingError (HTTP 422) naming it; for the others (tools
+        without `strict`), the same schema in lenient mode (unsupported keywords ignored), else any JSON object,
+        logged at WARNING."""
         key = json.dumps(schema, sort_keys=True, ensure_ascii=False)
         with self._lock:
-            if key in self._schema_ok:
+            verdict = self._schema_ok.get(key)
+            if verdict is not None:
                 self._schema_ok.move_to_end(key)
-                return self._schema_ok[key]
-        out = schema
-        err = self._schema_error(with_format(schema, self.separators))
+        if verdict is None:
+            verdict = self._judge_schema(schema)
+            with self._lock:
+                self._schema_ok[key] = verdict
+                while len(self._schema_ok) > 4 * self._cache_size:
+                    self._schema_ok.popitem(last=False)
+        out, err = verdict
+        if err and where is not None:
+            raise GuidedDecodingError(f"{where}: cannot be enforced: {_first_line(err)}")
         if err:
-            err2 = self._schema_error(with_format(schema, self.separators, lenient=True))
-            if not err2:
-                logger.warning("guided decoding: schema not fully supported, unsupported keywords ignored: %s",
-                               err[:300])
-                out = dict(schema) if isinstance(schema, dict) else {}
-                out["x-guidance"] = {"lenient": True}      # kept by with_format()
-            else:
-                logger.warning("guided decoding: schema cannot be compiled, any JSON object allowed instead: %s",
-                               err[:300])
-                out = {"type": "object"}
-        with self._lock:
-            self._schema_ok[key] = out
-            while len(self._schema_ok) > 4 * self._cache_size:
-                self._schema_ok.popitem(last=False)
+            logger.warning("guided decoding: a tool schema cannot be enforced as given (%s); %s", _first_line(err),
+                           "unsupported keywords ignored" if out.get("x-guidance") else "any JSON object allowed")
         return out
+
+    def _judge_schema(self, schema: Any) -> tuple[Any, str]:
+        """(what to embed, why the schema itself cannot be: "" when it can)."""
+        err = oversized_repeat(schema) or self._schema_error(with_format(schema, self.separators))
+        if not err:
+            return schema, ""
+        if not oversized_repeat(schema) and not self._schema_error(with_format(schema, self.separators, lenient=True)):
+            out = dict(schema) if isinstance(schema, dict) else {}
+            out["x-guidance"] = {"lenient": True}      # kept by with_format()
+            return out, err
+        return {"type": "object"}, err
 
     def _schema_error(self, schema: Any) -> str:
         try:
             g = llguidance.LLMatcher.grammar_from_json_schema(schema)
         except ValueError as e:
             return str(e)
-        return llguidance.LLMatcher.validate_grammar(g, self.ll_tokenizer)
+        err = llguidance.LLMatcher.validate_grammar(g, self.ll_tokenizer)
+        if err:
+            return err
+        m, err = self._new_matcher(g)
+        return err or self._probe(m)
+
+    def _probe(self, matcher: Any, steps: int = 4) -> str:
+        """Why a compiled grammar fails in its first steps ("" when it does not). llguidance builds its lexer
+        lazily, so some grammars that compile (a string `pattern` of `a{100000}`) fail only when the first
+        token is consumed; walking a few steps on a copy finds them before a request is answered with them."""
+        m = matcher.deep_copy()
+        mask = GuidedLogitsMask(m, self.vocab_size, self.eos_token_ids)
+        eos = set(self.eos_token_ids)
+        for _ in range(steps):
+            if m.is_error():
+                return m.get_error()
+            if m.is_stopped():
+                return ""
+            allowed = [int(t) for t in mask.allowed_token_ids()[:64] if int(t) not in eos]
+            if not allowed:
+                return "" if m.is_accepting() else "the grammar allows no token"
+            if not m.consume_token(allowed[0]):
+                return m.get_error() or "the grammar refused a token it allowed"
+        return m.get_error() if m.is_error() else ""
 
     def _new_matcher(self, grammar: str):
         m = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
@@ -425,10 +485,17 @@ class GuidedDecoding:
     def _compile(self, plan: GuidancePlan):
         key = plan.grammar
         t0 = time.perf_counter()
-        m, err = self._new_matcher(key)
+        if plan._recheck:
+            m, err = None, "a tool schema's pattern repeats more than the lexer can follow"
+        else:
+            m, err = self._new_matcher(key)
+            err = err or self._probe(m)
         if err and plan._build is not None:
-            logger.info("guided decoding: grammar did not compile (%s); checking its schemas one by one", err[:300])
-            m, err = self._new_matcher(plan._build(self._resolve_schema))
+            logger.info("guided decoding: grammar did not compile (%s); checking its schemas one by one",
+                        _first_line(err))
+            m, err = self._new_matcher(plan._build(lambda schema: self._resolve_schema(
+                schema, plan._enforce.get(id(schema)))))
+            err = err or self._probe(m)
         if err:
             raise GuidedDecodingError(f"cannot build the constraint for this request: {err[:500]}")
         self.compile_ms.append((time.perf_counter() - t0) * 1000)

@@ -12,11 +12,12 @@ from typing import Any, AsyncIterator, Optional
 
 from ..chat.template import ChatTemplate, messages_for_template, tools_for_template
 from ..chat.tokenizer import Tokenizer
+from ..chat.user_text import Fences, control_pattern, control_tokens
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
 from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
-                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
-                     strip_end_of_turn, usage_dict)
+                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id,
+                     refuse_untokenizable_length, sse, strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -145,6 +146,8 @@ class ChatServing(ObservedServing):
             self.template = chat_template
         else:
             self.template = ChatTemplate.from_tokenizer(self.tokenizer, override=chat_template)
+        self.control_pattern = control_pattern(control_tokens(
+            self.tokenizer.hf, (t.source for t in (self.template, self.template.tool_template) if t is not None)))
         self.tool_processor = tool_processor
         self.family = getattr(tool_processor, "family", None)
         self.guided = guided
@@ -308,11 +311,10 @@ class ChatServing(ObservedServing):
             else:
                 messages.insert(0, {"role": "system", "content": hint})
 
-        # off the event loop: a hostile template may run up to its render budget (chat/template.py) meanwhile
-        prompt = await asyncio.to_thread(self.template.render, messages, tools=tools,
-                                         add_generation_prompt=req.add_generation_prompt,
-                                         template_kwargs=req.chat_template_kwargs)
-        ids, max_tokens = fit_prompt(self.tokenizer.encode_prompt(prompt), self.options, req.effective_max_tokens)
+        # off the event loop: a hostile template may run up to its render budget (chat/template.py), and a long
+        # prompt takes seconds to tokenize
+        ids = await asyncio.to_thread(self._render_and_encode, messages, tools, req)
+        ids, max_tokens = fit_prompt(ids, self.options, req.effective_max_tokens)
 
         args_mode = plan is not None and getattr(plan, "output_kind", "family") == "arguments_json"
         args_function = getattr(plan, "function_name", None) if args_mode else None
@@ -340,6 +342,16 @@ class ChatServing(ObservedServing):
                          created=int(time.time()), prompt_ids=ids, jobs=jobs, tools=tools, parse_tools=parse_tools,
                          reasoning=reasoning, args_mode=args_mode, args_function=args_function, plan=plan,
                          family=self.family)
+
+    def _render_and_encode(self, messages: list[dict], tools: Optional[list[dict]],
+                           req: ChatCompletionRequest) -> list[int]:
+        """The prompt's token ids; control tokens inside what the client sent are encoded as text."""
+        fences = Fences(self.control_pattern)
+        prompt = self.template.render(fences.wrap(messages), tools=fences.wrap(tools),
+                                      add_generation_prompt=req.add_generation_prompt,
+                                      template_kwargs=fences.wrap(req.chat_template_kwargs))
+        refuse_untokenizable_length(len(prompt), self.options, self.tokenizer)
+        return self.tokenizer.encode_prompt(prompt, fences)
 
     @staticmethod
     def _guided_failure(e: Exception, about_response_format: bool) -> ValidationFailure:

@@ -96,11 +96,28 @@ def sse_error(exc: ValidationFailure) -> bytes:
 
 # ----------------------------------------------------------------------------------------------- prompt
 
-def fit_prompt(ids: list[int], options: ServingOptions, max_tokens: Optional[int]) -> tuple[list[int], Optional[int]]:
-    """Apply maxInputTokenLen / truncation / maxSeqLen; return (prompt ids, max_tokens capped to what fits)."""
+def input_token_limit(options: ServingOptions) -> Optional[int]:
+    """The most prompt tokens a request may have (maxInputTokenLen, and maxSeqLen less one), or None."""
     limit = options.max_input_len
     if options.max_seq_len:
         limit = min(limit, options.max_seq_len - 1) if limit else options.max_seq_len - 1
+    return limit or None
+
+
+def refuse_untokenizable_length(n_chars: int, options: ServingOptions, tokenizer) -> None:
+    """Before tokenizing: a prompt of more characters than the token limit could hold even if every token were
+    the vocabulary's longest is refused at once (a 5 MB prompt costs seconds of tokenizing otherwise). Only when
+    too-long prompts are refused anyway (truncation 0)."""
+    limit = input_token_limit(options)
+    per_token = getattr(tokenizer, "max_token_chars", None)
+    if options.truncation == 0 and limit and per_token and n_chars > limit * per_token:
+        raise invalid(f"prompt: {n_chars} characters is more than the limit of {limit} tokens can hold "
+                      f"(maxInputTokenLen)")
+
+
+def fit_prompt(ids: list[int], options: ServingOptions, max_tokens: Optional[int]) -> tuple[list[int], Optional[int]]:
+    """Apply maxInputTokenLen / truncation / maxSeqLen; return (prompt ids, max_tokens capped to what fits)."""
+    limit = input_token_limit(options)
     if limit and len(ids) > limit:
         if options.truncation == -1:
             ids = ids[-limit:]

@@ -119,11 +119,33 @@ def _default_family(model_type: str | None, hf_config: dict | None, chat_templat
         return "chatglm3"
     if mt in ("glm4", "glm"):
         return "glm4"
+    if mt == "glm4_moe":        # GLM-4.5 / 4.6 / 4.7
+        return _registered_or("glm45", "glm4", mt)
+    if mt == "kimi_k2":         # the DeepSeek V3 architecture with Kimi's own call format
+        return _registered_or("kimi_k2", _deepseek_by_template(tpl), mt)
     if mt in ("deepseek_v2", "deepseek_v3", "deepseekv2", "deepseekv3"):
-        return "deepseek_v3"
+        return _deepseek_by_template(tpl)
     if mt in ("deepseek_v32", "deepseekv32"):
         return "deepseek_v32"
     return None
+
+
+def _deepseek_by_template(tpl: str) -> str:
+    """V3 / R1 templates write a call as `function<｜tool▁sep｜>NAME` then a ```json block; V3.1's writes
+    `NAME<｜tool▁sep｜>ARGS` with no fence. Without a template: V3's format."""
+    if "<｜tool▁sep｜>" in tpl and "```json" not in tpl:
+        return "deepseek_v31"
+    return "deepseek_v3"
+
+
+def _registered_or(alias: str, fallback: str, model_type: str) -> str:
+    """The family registered under `alias` when this build knows it, else `fallback` (said once in the log)."""
+    key = alias.lower()
+    if key in ToolsCallProcessorManager._registry:
+        return ToolsCallProcessorManager._registry[key].spec.family
+    logger.info("model_type %r: no %r tool-call family in this build; using the closest one, %r",
+                model_type, alias, fallback)
+    return fallback
 
 
 # (hidden_size, intermediate_size) of the Qwen1.5 dense checkpoints (0.5B ... 110B). Qwen2 and Qwen2.5 share

@@ -1,8 +1,9 @@
 """The llama-shaped decode step as one C++ call (csrc/decode_step.cpp): building the stack from the model's layers
 and running it with the step's attention inputs.
 
-What it covers: one rank, CPU, the op table's own torch path, full rotary, a dense SwiGLU MLP (llama, mistral, qwen2,
-qwen3). Any other case returns a reason and the model runs its layers from Python."""
+What it covers: one rank, CPU, the op table's own torch path, llama's decoder layer with full half-split rotary and
+a dense SwiGLU MLP (llama, mistral, qwen2, qwen3; not GLM's layers, MoE or MLA). Any other case returns a reason
+and the model runs its layers from Python."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,7 +13,7 @@ import torch
 
 def build(model, kv_caches) -> tuple[Optional[object], str]:
     """(stack, "") or (None, why not)."""
-    from .llama import MLP
+    from .llama import MLP, Attention, DecoderLayer
     if len(kv_caches) != len(model.layers):
         return None, "no KV cache allocated"
     if model.par.size > 1:
@@ -25,8 +26,10 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
         return None, f"op table {model.ops.name} has no C++ decode step here"
     mod, own_f32, gemv = found
     for layer in model.layers:
+        if type(layer) is not DecoderLayer or type(layer.self_attn) is not Attention:
+            return None, f"{type(layer).__name__} / {type(layer.self_attn).__name__} layers"
         if not layer.self_attn.rotary.full:
-            return None, "partial rotary"
+            return None, "partial or interleaved rotary"
         if type(layer.mlp) is not MLP:
             return None, f"{type(layer.mlp).__name__} is not a dense MLP"
     windows = sorted({a.window for a in model.attention_layers()}, key=lambda w: -1 if w is None else w)

@@ -254,3 +254,22 @@ class TorchOps:
         o = F.scaled_dot_product_attention(q.view(B, nkv, Hq // nkv, D), k, v,
                                            attn_mask=meta.decode_window_masks[window], scale=meta.scale)
         return o.reshape(B, Hq * D)
+
+    # ---- MLA (layers/mla.py): a paged cache of latents + rope keys ---------------------------------------
+    @staticmethod
+    def mla_write_cache(latent, k_pe, latent_cache, rope_cache, slot_mapping) -> None:
+        """latent [T, r], k_pe [T, 1, dr] into the layer's [blocks, block_size, 1, r] / [.., 1, dr] caches."""
+        from ..layers.mla import torch_mla_write_cache
+        torch_mla_write_cache(latent, k_pe, latent_cache, rope_cache, slot_mapping)
+
+    def mla_attention_prefill(self, q_nope, q_pe, latent, k_pe, latent_cache, rope_cache, kv_b, meta, m):
+        """q_nope [T, H, dn], q_pe [T, H, dr] over the expanded context -> [T, H, dv]."""
+        from ..layers.mla import torch_mla_attention_prefill
+        return torch_mla_attention_prefill(self, q_nope, q_pe, latent, k_pe, latent_cache, rope_cache, kv_b,
+                                           meta, m)
+
+    @staticmethod
+    def mla_attention_decode(q_lat, q_pe, latent_cache, rope_cache, meta, scale):
+        """Absorbed decode: q_lat [B, H, r], q_pe [B, H, dr] -> latent-space output [B, H, r]."""
+        from ..layers.mla import torch_mla_attention_decode
+        return torch_mla_attention_decode(q_lat, q_pe, latent_cache, rope_cache, meta, scale)

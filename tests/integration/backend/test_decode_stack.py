@@ -1,7 +1,7 @@
 """The decode step's layers in one C++ call (csrc/decode_step.cpp) against the same runner's Python layer loop:
 equal logits, step by step, for several sequences decoding together, for every dense own architecture, on both
 attention routes (the own fused float32 kernel and the torch ops), and with quantized weights (called back
-through their Python kernels). Architectures without the C++ step (MoE) run the Python loop."""
+through their Python kernels). Other layers (MoE, GLM-4's extra norms, MLA) run the Python loop."""
 from __future__ import annotations
 
 import pytest
@@ -73,10 +73,11 @@ def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch):
     torch.testing.assert_close(logits[True], logits[False], atol=1e-5 * float(logits[False].abs().max()), rtol=1e-5)
 
 
-def test_moe_runs_the_python_loop(tiny_model, caplog):
-    runner = load_runner(tiny_model("qwen3_moe"), block_size=4)
+@pytest.mark.parametrize("family", ["qwen3_moe", "glm4", "deepseek_v3"])
+def test_other_layers_run_the_python_loop(tiny_model, caplog, family):
+    runner = load_runner(tiny_model(family), block_size=4)
     if runner.path != "own":
-        pytest.skip("qwen3_moe not on the own path")
+        pytest.skip(f"{family} not on the own path")
     with caplog.at_level("INFO"):
         assert not has_stack(runner)
     assert "layers run from Python" in caplog.text

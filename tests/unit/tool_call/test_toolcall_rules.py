@@ -294,6 +294,32 @@ def test_resolver_defaults(model_type, cfg, tpl, family):
     assert resolve_tool_call_processor(None, model_type=model_type, hf_config=cfg, chat_template=tpl).family == family
 
 
+def test_deepseek_default_follows_the_chat_template():
+    """V3 / R1 templates fence the arguments in ```json; V3.1's write them right after the separator."""
+    from tiny_models import REPO
+    v3 = (REPO / "templates" / "tool_chat_template_deepseekv3.jinja").read_text()
+    v31 = (REPO / "templates" / "tool_chat_template_deepseekv31.jinja").read_text()
+    for mt in ("deepseek_v3", "deepseek_v2"):
+        assert resolve_tool_call_processor(None, model_type=mt, chat_template=v3).family == "deepseek_v3"
+        assert resolve_tool_call_processor(None, model_type=mt, chat_template=v31).family == "deepseek_v31"
+        assert resolve_tool_call_processor(None, model_type=mt, chat_template="{{ messages }}").family == "deepseek_v3"
+
+
+@pytest.mark.parametrize("model_type,alias,fallback", [("glm4_moe", "glm45", "glm4"),
+                                                       ("kimi_k2", "kimi_k2", "deepseek_v3")])
+def test_new_architectures_take_their_family_or_the_closest(model_type, alias, fallback, caplog):
+    """glm4_moe (GLM-4.5 / 4.7) and kimi_k2 resolve to their own family where the registry has it, else to the
+    nearest existing one with a log line saying so."""
+    import logging
+    with caplog.at_level(logging.INFO, logger="mindie_like.tool_call"):
+        got = resolve_tool_call_processor(None, model_type=model_type).family
+    if alias in ToolsCallProcessorManager.names():
+        assert got == ToolsCallProcessorManager.get_tool_call_processor(alias).spec.family
+    else:
+        assert got == fallback
+        assert any(alias in r.getMessage() and fallback in r.getMessage() for r in caplog.records)
+
+
 def test_resolver_configured_name_wins_and_bad_names_warn(caplog):
     assert resolve_tool_call_processor("deepseek_v31", model_type="deepseek_v3").family == "deepseek_v31"
     assert resolve_tool_call_processor("deepseekv31", model_type="deepseek_v3").family == "deepseek_v31"
