@@ -222,3 +222,37 @@ class NpuOps:
                                       block_table=meta.block_tables, context_lens=meta.extra["context_lens_cpu"],
                                       out=out)
         return out.view(B, Hq * D)
+
+    # ---- MLA (layers/mla.py) -------------------------------------------------------------------------------
+    # Cache per layer: latent [blocks, block_size, 1, kv_lora_rank] and rope key [blocks, block_size, 1, rope]
+    # (the key / value pair of _npu_reshape_and_cache, widths differing). Attention is FIA's MLA form: query =
+    # q folded into the latent space (N heads x kv_lora_rank), key = value = the latent cache (one KV head),
+    # query_rope / key_rope = the rope parts, added into the scores.
+    def mla_write_cache(self, latent, k_pe, latent_cache, rope_cache, slot_mapping):
+        T = latent.shape[0]
+        self.npu._npu_reshape_and_cache(key=latent.reshape(T, 1, -1).contiguous(),
+                                        value=k_pe.reshape(T, 1, -1).contiguous(), key_cache=latent_cache,
+                                        value_cache=rope_cache, slot_indices=slot_mapping)
+
+    def _mla_fia(self, q_lat, q_pe, latent_cache, rope_cache, meta, scale):
+        nb, bs, _, r = latent_cache.shape
+        lat = latent_cache.view(nb, bs, r)
+        out, _ = self.npu.npu_fused_infer_attention_score(
+            q_lat.contiguous(), lat, lat, query_rope=q_pe.contiguous(),
+            key_rope=rope_cache.view(nb, bs, rope_cache.shape[-1]), atten_mask=self._causal_mask(q_lat.device),
+            block_table=meta.block_tables, input_layout="TND", block_size=bs,
+            actual_seq_lengths=meta.extra["cu_q"], actual_seq_lengths_kv=meta.extra["kv_lens"],
+            num_key_value_heads=1, num_heads=q_lat.shape[1], scale=scale, sparse_mode=3)
+        return out
+
+    def mla_attention_decode(self, q_lat, q_pe, latent_cache, rope_cache, meta, scale):
+        return self._mla_fia(q_lat, q_pe, latent_cache, rope_cache, meta, scale)
+
+    def mla_attention_prefill(self, q_nope, q_pe, latent, k_pe, latent_cache, rope_cache, kv_b, meta, m):
+        """Prefill in the absorbed form too (one paged kernel over the cached prefix and the new tokens):
+        q_nope through W_UK, FIA over the latents, the result through W_UV -> [T, H, dv]."""
+        H, dn, r = m.heads, m.nope, m.kv_lora_rank
+        kvb = kv_b.view(H, dn + m.v_dim, r)
+        q_lat = torch.bmm(q_nope.transpose(0, 1), kvb[:, :dn, :].to(q_nope.dtype)).transpose(0, 1)
+        o_lat = self._mla_fia(q_lat, q_pe, latent_cache, rope_cache, meta, m.scale)
+        return torch.bmm(o_lat.transpose(0, 1), kvb[:, dn:, :].transpose(1, 2).to(o_lat.dtype)).transpose(0, 1)

@@ -60,14 +60,16 @@ def npu_swiglu(input, dim=-1):
 
 def _npu_reshape_and_cache(key, value, key_cache, value_cache, slot_indices):
     calls.append("_npu_reshape_and_cache")
-    _need(key.dim() == 3 and value.shape == key.shape, "reshape_and_cache: key/value [tokens, heads, dim]")
-    _need(key_cache.dim() == 4 and key_cache.shape[2:] == key.shape[1:],
-          "reshape_and_cache: cache [blocks, block_size, heads, dim]")
+    # key and value may differ in width (MLA: latent and rope key), each matching its own cache
+    _need(key.dim() == 3 and value.dim() == 3 and value.shape[:2] == key.shape[:2],
+          "reshape_and_cache: key/value [tokens, heads, dim]")
+    _need(key_cache.dim() == 4 and key_cache.shape[2:] == key.shape[1:] and value_cache.shape[2:] == value.shape[1:]
+          and value_cache.shape[:2] == key_cache.shape[:2], "reshape_and_cache: cache [blocks, block_size, heads, dim]")
+    _need(key.is_contiguous() and value.is_contiguous(), "reshape_and_cache: contiguous key/value")
     _need(slot_indices.dtype == torch.int32 and slot_indices.shape == key.shape[:1], "reshape_and_cache: slots int32 [T]")
-    n, d = key.shape[1], key.shape[2]
     idx = slot_indices.long()
-    key_cache.view(-1, n, d).index_copy_(0, idx, key)
-    value_cache.view(-1, n, d).index_copy_(0, idx, value)
+    key_cache.view(-1, *key.shape[1:]).index_copy_(0, idx, key)
+    value_cache.view(-1, *value.shape[1:]).index_copy_(0, idx, value)
 
 
 def _gather(cache, table_row, length):
@@ -124,6 +126,21 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     T, N, D = query.shape
     Hk = num_key_value_heads or N
     _need(key.shape[2] == Hk * D, "FIA: key width != num_key_value_heads * head_dim")
+    if query_rope is not None:      # MLA: scores = q.k + q_rope.k_rope, one KV head, value = key
+        _need(key_rope is not None and Hk == 1 and query_rope.shape[:2] == query.shape[:2]
+              and query_rope.is_contiguous() and key_rope.dim() == 3 and key_rope.shape[:2] == key.shape[:2],
+              "FIA MLA: query_rope [T, N, Dr], key_rope [blocks, block_size, Dr], one KV head")
+        Dr = query_rope.shape[2]
+        query = torch.cat((query, query_rope), dim=-1)
+        value = torch.cat((value, torch.zeros(*value.shape[:2], Dr, dtype=value.dtype)), dim=-1)
+        key = torch.cat((key, key_rope), dim=-1)
+        out, lse = npu_fused_infer_attention_score(
+            query, key, value, atten_mask=atten_mask, actual_seq_lengths=actual_seq_lengths,
+            actual_seq_lengths_kv=actual_seq_lengths_kv, block_table=block_table, num_heads=num_heads, scale=scale,
+            pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout, num_key_value_heads=1,
+            sparse_mode=sparse_mode, block_size=block_size)
+        calls.pop()
+        return out[..., :D].contiguous(), lse
     _need(sparse_mode in (3, 4), "FIA: causal modes 3 (rightDownCausal) / 4 (band) expected")
     _need(atten_mask is not None and atten_mask.dtype == torch.bool and tuple(atten_mask.shape) == (2048, 2048),
           "FIA: sparse_mode 3/4 takes the compressed 2048x2048 bool mask")

@@ -213,3 +213,27 @@ def test_whole_moe_model_on_the_npu_table_matches_reference(npu_ops, tiny_model)
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert "npu_grouped_matmul" in fake_torch_npu.calls and "npu_moe_gating_top_k_softmax" in fake_torch_npu.calls
+
+
+def test_mla_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
+    """The MLA model (deepseek_v3) through the NPU table's MLA entries (latent + rope-key caches written by
+    _npu_reshape_and_cache, FIA's query_rope / key_rope form for prefill and decode) gives the reference logits."""
+    from helpers import load_runner
+    from driver import Driver
+    path = tiny_model("deepseek_v3", vocab_size=3001, first_k_dense_replace=3)     # MLA only: dense MLPs
+    ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
+    npu_runner.ops = npu_runner.model.ops = npu_ops
+    outs = []
+    for r in (ref_runner, npu_runner):
+        d = Driver(r)
+        res = [d.step([("a", list(range(5, 18))), ("b", list(range(40, 47)))], all_logits=True)]
+        res.append(d.step([("a", [3]), ("c", list(range(60, 65))), ("b", [9])]))
+        for _ in range(3):
+            res.append(d.step([("a", [11]), ("b", [12]), ("c", [13])]))
+        d.share_prefix("a", "d", 12)
+        res.append(d.step([("d", [70, 71, 72])], all_logits=True))
+        outs.append(res)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert fake_torch_npu.calls.count("_npu_reshape_and_cache") >= 3 * 6
+    assert "npu_fused_infer_attention_score" in fake_torch_npu.calls
