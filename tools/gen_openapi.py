@@ -247,7 +247,6 @@ class TritonModelConfig(_Closed):
     name: str
     model_type: str = Field(description="of the weights")
     backend_type: Literal["atb", "torch"]
-    model_weight_path: str
     world_size: int = Field(ge=1)
     max_seq_len: int = Field(ge=1)
     max_input_token_len: int = Field(ge=1)

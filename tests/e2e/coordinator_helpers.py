@@ -86,10 +86,17 @@ class CoordinatorHandle:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def ssl_context(self, client: Optional[str] = "client") -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.certs["ca"]))
+    def ca(self, plane: str = "predict"):
+        """The CA a client trusts: the predict port serves the business set, the manage port the management set."""
+        return self.certs["ca" if plane == "predict" else "management_ca"]
+
+    def ssl_context(self, client: Optional[str] = "client", plane: str = "predict") -> ssl.SSLContext:
+        """Trusts the plane's CA; presents `client` ("client": the plane's own client certificate, "revoked", a
+        daemon plane's name, or None)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca(plane)))
         if client:
-            ctx.load_cert_chain(str(self.certs[f"{client}_cert"]), str(self.certs[f"{client}_key"]))
+            name = ("client" if plane == "predict" else "management") if client == "client" else client
+            ctx.load_cert_chain(str(self.certs[f"{name}_cert"]), str(self.certs[f"{name}_key"]))
         return ctx
 
     def openai_client(self, *, async_client: bool = False, **kw):
@@ -103,7 +110,7 @@ class CoordinatorHandle:
     def request(self, method: str, path: str, body=None, *, plane: str = "predict",
                 context: Optional[ssl.SSLContext] = None, timeout: float = 120) -> tuple[int, bytes]:
         port = self.predict_port if plane == "predict" else self.manage_port
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context or self.ssl_context(),
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context or self.ssl_context(plane=plane),
                                            timeout=timeout)
         try:
             if isinstance(body, (dict, list)):

@@ -88,8 +88,11 @@ def test_clients_without_a_certificate_of_the_ca_are_refused(coordinator, tmp_pa
         assert status == 403, raw
         assert json.loads(raw) == {"error": "Forbidden: a client certificate signed by the configured CA is "
                                             "required", "error_type": "Forbidden"}
-    for ctx in (bare, foreign):                          # the manage port alike
-        assert c.request("GET", "/workers", plane="manage", context=ctx)[0] == 403
+    manage_bare = ssl.create_default_context(cafile=str(c.ca("manage")))
+    manage_foreign = ssl.create_default_context(cafile=str(c.ca("manage")))
+    manage_foreign.load_cert_chain(str(tmp_path / "s.pem"), str(tmp_path / "s.key"))
+    for ctx in (manage_bare, manage_foreign, c.ssl_context("business", plane="manage")):   # the manage port alike,
+        assert c.request("GET", "/workers", plane="manage", context=ctx)[0] == 403      # business clients included
     with pytest.raises(openai.APIStatusError) as e:
         openai.OpenAI(base_url=c.base_url + "/v1", api_key="x", max_retries=0,
                       http_client=openai.DefaultHttpxClient(verify=foreign)).models.list()

@@ -107,8 +107,13 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     if gguf_path is not None:
         from .gguf import load_gguf_weights
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
-        log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
-                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
+        kernels: dict[str, int] = {}
+        for w in [getattr(L, a) for L in model.layers for a in LAYER_LINEARS] + [model.lm_head]:
+            if isinstance(w, QuantizedWeight):
+                kernels[w.kernel] = kernels.get(w.kernel, 0) + 1
+        log.info("GGUF %s: weights kept from their blocks (%s), as %s; kernels: %s", gguf_path.name,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())))
     loaded = 0
 
     def take(w, **kw):
@@ -192,6 +197,28 @@ def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_
     return pol
 
 
+NO_QUANTIZATION = ("none", "float", "off")
+
+
+def default_gguf_scheme(model_path) -> Optional[str]:
+    """"gguf" for a GGUF source whose linear weights are quantized (served in their own block formats, no key
+    needed), None otherwise (a float GGUF, or not a GGUF). `"quantization": "none"` keeps the widened float model."""
+    from ..weights import find_gguf
+    try:
+        path = find_gguf(model_path)
+    except ValueError:
+        return None
+    if path is None:
+        return None
+    from gguf import GGUFReader
+    kinds = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if len(t.shape) > 1}
+    if not kinds - {"F32", "F16", "BF16"}:
+        return None
+    log.info("GGUF %s (%s): served in its own block formats (quantization \"gguf\"; \"none\" widens to float)",
+             path.name, ", ".join(sorted(kinds)))
+    return "gguf"
+
+
 def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optional[QuantPolicy]:
     """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing.
 
@@ -199,6 +226,11 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
     its quantized weights get the per-step policy; its float linears stay float unless `quantization` names that
     same scheme (a different one was refused at start)."""
     opts = options_from_config(config)
+    if str(opts["scheme"] or "").strip().lower() in NO_QUANTIZATION:
+        log.info("quantization %r: weights kept in float (a GGUF source stays widened)", opts["scheme"])
+        opts["scheme"] = None
+    elif not opts["scheme"] and not prequantized and opts["from_gguf"]:
+        opts["scheme"] = default_gguf_scheme(config.model_path)
     if not opts["scheme"] and not prequantized:
         return None
     gguf = None

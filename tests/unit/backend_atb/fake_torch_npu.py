@@ -178,10 +178,116 @@ def npu_format_cast(input, acl_format):
     return input.clone()
 
 
+# ---- MoE -----------------------------------------------------------------------------------------------------
+def npu_moe_gating_top_k_softmax(x, finished=None, k=1):
+    """softmax over the experts, top-k -> (y [T, k] float, expert_idx [T, k] int32, row_idx [T, k] int32)."""
+    calls.append("npu_moe_gating_top_k_softmax")
+    _need(x.dim() == 2, "npu_moe_gating_top_k_softmax: x [T, E]")
+    _need(finished is None or finished.dtype == torch.bool, "npu_moe_gating_top_k_softmax: finished bool")
+    y, idx = torch.topk(torch.softmax(x.float(), -1), k, dim=-1)
+    T = x.shape[0]
+    row = torch.arange(T * k, dtype=torch.int32).view(k, T).t().contiguous()
+    return y.to(x.dtype), idx.to(torch.int32), row
+
+
+def npu_moe_gating_top_k(x, k, *, bias=None, k_group=1, group_count=1, group_select_mode=0, renorm=0, norm_type=0,
+                         out_flag=False, routed_scaling_factor=1.0, eps=1e-20):
+    """norm_type 1: sigmoid scores; bias added for the choice; groups ranked by max (mode 0) or top-2 sum (1),
+    the best k_group kept; weights = chosen scores / (sum + eps) * routed_scaling_factor."""
+    calls.append("npu_moe_gating_top_k")
+    _need(x.dim() == 2 and x.dtype == torch.float32, "npu_moe_gating_top_k: x [T, E] float32 here")
+    _need(norm_type == 1 and renorm == 0, "npu_moe_gating_top_k: only sigmoid with renorm 0 used")
+    T, E = x.shape
+    _need(E % group_count == 0 and 1 <= k_group <= group_count, "npu_moe_gating_top_k: groups")
+    _need(bias is None or (bias.shape == (E,) and bias.dtype == torch.float32), "npu_moe_gating_top_k: bias [E]")
+    scores = x.sigmoid()
+    choice = scores if bias is None else scores + bias
+    if group_count > 1:
+        g = choice.view(T, group_count, E // group_count)
+        gs = g.topk(2, -1).values.sum(-1) if group_select_mode == 1 else g.max(-1).values
+        keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(k_group, -1).indices, True)
+        choice = choice.masked_fill(~keep[:, :, None].expand_as(g).reshape(T, E), float("-inf"))
+    idx = choice.topk(k, -1).indices
+    y = scores.gather(1, idx)
+    y = y / (y.sum(-1, keepdim=True) + eps) * routed_scaling_factor
+    return y, idx.to(torch.int32), (scores if out_flag else None)
+
+
+def npu_moe_init_routing(x, row_idx, expert_idx, active_num):
+    """(token, k) pairs sorted by expert (stable in row_idx order) -> (expanded_x [T*k, H], expanded_row_idx
+    [T*k]: each source row's destination, expanded_expert_idx [T*k]: the sorted experts)."""
+    calls.append("npu_moe_init_routing")
+    _need(x.dim() == 2 and x.shape[0] < 2 ** 24, "npu_moe_init_routing: x [NUM_ROWS, H]")
+    _need(row_idx.dtype == torch.int32 and expert_idx.dtype == torch.int32, "npu_moe_init_routing: int32 indices")
+    _need(row_idx.shape == expert_idx.shape and expert_idx.shape[0] == x.shape[0],
+          "npu_moe_init_routing: row_idx / expert_idx [NUM_ROWS, K]")
+    T, k = expert_idx.shape
+    experts = expert_idx.t().reshape(-1)             # source row r = j * T + t, the row_idx convention
+    rows = row_idx.t().reshape(-1).long()
+    order = torch.sort(experts.long() * (T * k) + rows, stable=True).indices
+    dst_to_src = rows[order]
+    src_to_dst = torch.empty_like(dst_to_src)
+    src_to_dst[dst_to_src] = torch.arange(T * k)
+    expanded_x = x[(dst_to_src % T)[: active_num * k]]
+    return expanded_x, src_to_dst.to(torch.int32), experts[order].contiguous()
+
+
+def npu_moe_compute_expert_tokens(sorted_expert_for_source_row, num_expert):
+    """Cumulative row counts per expert (the group_list of group_list_type 0)."""
+    calls.append("npu_moe_compute_expert_tokens")
+    _need(sorted_expert_for_source_row.dtype == torch.int32, "npu_moe_compute_expert_tokens: int32 experts")
+    _need(bool((sorted_expert_for_source_row[1:] >= sorted_expert_for_source_row[:-1]).all()),
+          "npu_moe_compute_expert_tokens: experts must be sorted")
+    counts = torch.bincount(sorted_expert_for_source_row.long(), minlength=num_expert)
+    _need(counts.shape[0] == num_expert, "npu_moe_compute_expert_tokens: an expert id >= num_expert")
+    return torch.cumsum(counts, 0).to(torch.int32)
+
+
+def npu_grouped_matmul(x, weight, *, bias=None, scale=None, offset=None, antiquant_scale=None,
+                       antiquant_offset=None, per_token_scale=None, group_list=None, activation_input=None,
+                       activation_quant_scale=None, activation_quant_offset=None, split_item=0, group_type=None,
+                       group_list_type=0, act_type=0, output_dtype=None, tuning_config=None):
+    """split_item 2, group_type 0: one x [M, K] split into groups along M by group_list, weight [E, K, N] (x @ w
+    per group) -> [y [M, N]]."""
+    calls.append("npu_grouped_matmul")
+    _need(isinstance(x, list) and isinstance(weight, list), "npu_grouped_matmul: x and weight are lists")
+    _need(split_item in (2, 3) and group_type == 0, "npu_grouped_matmul: split_item 2/3 with group_type 0 used")
+    _need(len(x) == 1 and len(weight) == 1 and weight[0].dim() == 3, "npu_grouped_matmul: one x, weight [E, K, N]")
+    a, w = x[0], weight[0]
+    _need(a.shape[1] == w.shape[1], f"npu_grouped_matmul: x {tuple(a.shape)} vs weight {tuple(w.shape)}")
+    _need(group_list is not None and group_list.shape[0] == w.shape[0], "npu_grouped_matmul: group_list [E]")
+    ends = group_list.long() if group_list_type == 0 else torch.cumsum(group_list.long(), 0)
+    _need(int(ends[-1]) == a.shape[0], "npu_grouped_matmul: group_list does not cover x")
+    y = torch.empty(a.shape[0], w.shape[2], dtype=a.dtype)
+    start = 0
+    for e, end in enumerate(ends.tolist()):
+        y[start:end] = a[start:end] @ w[e]
+        start = end
+    return [y]
+
+
+def npu_moe_finalize_routing(expanded_permuted_rows, skip1, skip2, bias, scales, expanded_src_to_dst_row,
+                             export_for_source_row, drop_pad_mode=0):
+    """out[i] = skip1 + skip2 + sum_k scales[i, k] * (rows[src_to_dst[i + k * T]] + bias[expert])."""
+    calls.append("npu_moe_finalize_routing")
+    T, k = scales.shape
+    _need(expanded_src_to_dst_row.shape == (T * k,), "npu_moe_finalize_routing: expanded_src_to_dst_row [T*K]")
+    _need(export_for_source_row.shape == (T, k), "npu_moe_finalize_routing: export_for_source_row [T, K]")
+    _need(scales.dtype == expanded_permuted_rows.dtype, "npu_moe_finalize_routing: scales in the rows' dtype")
+    dst = expanded_src_to_dst_row.long().view(k, T).t()
+    out = (scales[:, :, None] * expanded_permuted_rows[dst]).sum(1)
+    for s in (skip1, skip2):
+        if s is not None:
+            out = out + s
+    return out
+
+
 def module(device_name: str = "Ascend910B2") -> types.ModuleType:
     m = types.ModuleType("torch_npu")
     for name in ("npu_rms_norm", "npu_add_rms_norm", "npu_rotary_mul", "npu_swiglu", "_npu_reshape_and_cache",
-                 "_npu_paged_attention", "npu_fused_infer_attention_score", "npu_format_cast"):
+                 "_npu_paged_attention", "npu_fused_infer_attention_score", "npu_format_cast",
+                 "npu_moe_gating_top_k_softmax", "npu_moe_gating_top_k", "npu_moe_init_routing",
+                 "npu_moe_compute_expert_tokens", "npu_grouped_matmul", "npu_moe_finalize_routing"):
         setattr(m, name, globals()[name])
     m.npu = types.SimpleNamespace(get_device_name=lambda device=None: device_name)
     m.calls = calls

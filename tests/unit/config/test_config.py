@@ -190,6 +190,20 @@ def test_unknown_keys_warn_and_model_extras_go_to_the_backend():
     assert debug == [f"{MODEL}.async_scheduler_wait_time: passed to the backend"]
 
 
+def test_a_typo_inside_model_config_warns_with_the_closest_key():
+    d = minimal()
+    d["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0].update(npuMemSzie=8, quantisation="w8a16",
+                                                                      worldsize=2, quant_act_bits=16)
+    d["ServerConfig"] = {"maxLinkNumber": 5}
+    _, warn, debug = validate_config(d, env={})
+    assert set(warn) == {
+        f"{MODEL}.npuMemSzie: unknown key (did you mean 'npuMemSize'?), passed to the backend unread",
+        f"{MODEL}.quantisation: unknown key (did you mean 'quantization'?), passed to the backend unread",
+        f"{MODEL}.worldsize: unknown key (did you mean 'worldSize'?), passed to the backend unread",
+        "ServerConfig.maxLinkNumber: unknown key, ignored (did you mean 'maxLinkNum'?)"}
+    assert debug == [f"{MODEL}.quant_act_bits: passed to the backend"]     # a key the backend reads
+
+
 def test_top_level_model_deploy_config_is_accepted():
     d = {"ModelDeployConfig": minimal()["BackendConfig"]["ModelDeployConfig"],
          "BackendConfig": {"npuDeviceIds": [[0]]}}
