@@ -108,7 +108,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         from .gguf import load_gguf_weights
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
         kernels: dict[str, int] = {}
-        for w in [getattr(L, a) for L in model.layers for a in LAYER_LINEARS] + [model.lm_head]:
+        for w in [lin.weight for lin in model.linears()] + [model.lm_head]:
             if isinstance(w, QuantizedWeight):
                 kernels[w.kernel] = kernels.get(w.kernel, 0) + 1
         log.info("GGUF %s: weights kept from their blocks (%s), as %s; kernels: %s", gguf_path.name,
