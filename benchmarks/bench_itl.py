@@ -2,7 +2,8 @@
 """One stream through the daemon: inter-token latency (ITL) against the runner's own decode step time, same run.
 
     PYTHONPATH=. python benchmarks/bench_itl.py [--model models/smollm2-135m-instruct/smollm2-135m-instruct.gguf]
-        [--threads 2] [--requests 6] [--max-tokens 64] [--variants default,passive,spin0]
+        [--threads 2] [--requests 6] [--max-tokens 64] [--variants libgomp,default,spin0]
+(--model: a .gguf file or a model folder)
 
 In one process, one after the other (never two at once): the runner's decode step at batch 1 (in-process, the
 daemon's dtype and thread count, a prompt as long as the chat prompt), then for each OpenMP variant a daemon
@@ -69,6 +70,11 @@ def daemon_itl(model: Path, threads: int, env: dict, args) -> dict:
     try:
         with tempfile.TemporaryDirectory() as home:
             d = OurDaemon(model, threads, Path(home), {})
+            if model.is_dir():          # a model folder: its files, not the folder, in the daemon's model dir
+                link = Path(home) / "model" / model.name
+                link.unlink()
+                for f in model.iterdir():
+                    os.symlink(f, link.parent / f.name)
             d.start()
             try:
                 common = dict(max_tokens=args.max_tokens, temperature=0.0, stream_fraction=1.0, tools_fraction=0.0,
