@@ -25,6 +25,7 @@
 #include "quant_gemm.cpp"
 #include "decode_attn.cpp"
 #pragma GCC pop_options
+#include "decode_step.cpp"      // baseline code: ATen ops, and the kernels above only where the op table uses them
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_linear", &bf16_linear, "small-batch bf16-weight GEMV (AVX2+FMA)");
@@ -34,6 +35,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm_f32", &add_rms_norm_f32, "(RMSNorm(x + residual), x + residual) of float32 rows");
   m.def("rope_attention_decode_f32", &rope_attention_decode_f32,
         "decode step: rope, KV cache write and paged attention of one query row per sequence (float32)");
+  register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
   m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "
         "2 AVX512)");

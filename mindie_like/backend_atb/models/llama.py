@@ -13,7 +13,7 @@ import torch
 from ..layers import (MergedColumnParallelLinear, Module, PagedAttention, ParallelLMHead, QKVParallelLinear,
                       RMSNorm, RotaryEmbedding, RowParallelLinear, VocabParallelEmbedding)
 from ..layers.rotary import SUPPORTED_ROPE, rope_type_of
-from . import register
+from . import decode_stack, register
 from .base import CausalLM
 
 
@@ -180,6 +180,12 @@ class LlamaForCausalLM(CausalLM):
 
     def build_mlp(self, i: int, prefix: str):
         return MLP(self, prefix, self.cfg.intermediate_size, bool(getattr(self.cfg, "mlp_bias", False)))
+
+    def build_decode_stack(self, kv_caches):
+        return decode_stack.build(self, kv_caches)
+
+    def run_decode_stack(self, stack, ctx, h):
+        return decode_stack.run(self, stack, ctx, h)
 
     def build_rotary(self) -> RotaryEmbedding:
         return RotaryEmbedding(self.cfg, self.head_dim, self.max_pos, self.device)

@@ -237,6 +237,10 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
     if opts["from_gguf"] and not prequantized:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
+        if gguf is not None and not all(hasattr(L.mlp, "gate_up_proj") for L in model.layers):
+            log.info("GGUF %s: weights from its own blocks are built for dense models only; quantizing the float "
+                     "import instead", gguf.name)
+            gguf = None
     with torch.inference_mode():
         return quantize_model(model, opts["scheme"] or prequantized, opts["group_size"], opts["dense"],
                               opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]),
