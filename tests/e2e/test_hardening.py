@@ -163,6 +163,8 @@ def test_half_open_handshakes_are_bounded_and_the_planes_served(d, n):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1000), hard))
     pid = d.proc.pid
     fds_before = open_fds(pid)
+    lines_before = len(d.lines)
+    flood_t0 = time.monotonic()
     socks = _half_open(d, n)
     try:
         time.sleep(1)                  # connections closed at accept are closed on the daemon's next loop turns
@@ -187,6 +189,11 @@ def test_half_open_handshakes_are_bounded_and_the_planes_served(d, n):
           f"{health_s:.2f} s; a good business client served after {business_s:.1f} s")
     # counted from accept: at most maxLinkNum + max(64, maxLinkNum) held, plus the other planes' and the daemon's own
     assert fds_during - fds_before <= MAX_LINK_NUM + 64 + 16
+    # the log: no traceback per connection, the gate's warning at most once per 10 s
+    log = d.lines[lines_before:]
+    assert not any("Traceback" in x for x in log)
+    gate_lines = [x for x in log if "closing new ones at accept" in x]
+    assert len(gate_lines) <= 1 + (time.monotonic() - flood_t0) // 10, gate_lines
     still_serving(d)
 
 
