@@ -24,7 +24,7 @@ for bs in (128, 16):
     for dedupe in (False, True):
         S.Scheduler._next_block_in = orig if dedupe else (lambda *a: False)    # off: admit as before
         runner = FakeRunner(vocab_size=len(tok), block_size=bs)
-        core = EngineCore(EngineConfig(model_path="fake", block_size=bs, extra={"num_kv_blocks": 4096}), runner)
+        core = EngineCore(EngineConfig(model_path="fake", block_size=bs, num_kv_blocks=4096), runner)
         for i, p in enumerate(ps):
             params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
             core.add_request(core.make_request(f"r{i}", p, params))

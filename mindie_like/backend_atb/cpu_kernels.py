@@ -15,7 +15,7 @@ weight-only int8/int4 kernels run well below memory bandwidth at small batches:
   call per layer; `silu_mul_f32(x)`: the MLP's silu(gate) * up (csrc/decode_attn.cpp).
 
 Everything falls back to torch when the kernels are unavailable: no compiler, not x86/AVX2, or
-MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
+MINDIE_LIKE_CPU_KERNELS=0. Built once into <cache dir>/torch_extensions (mindie_like.paths.cache_dir).
 """
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def load():
         return None
     try:
         from torch.utils.cpp_extension import load as load_ext
-        from .weights import cache_root
+        from ..paths import cache_dir
         # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
         sources = sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(_CFLAGS + _LDFLAGS).encode()
                                 ).hexdigest()[:12]
-        build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
+        build = cache_dir() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
         mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],

@@ -91,13 +91,12 @@ class ModelRunner:
         device = select_device(config.device, (config.device_ids or [0])[0] if device_index is None else device_index)
         if device.type == "cpu":
             threads = configure_threads(threads or config.num_threads)
-        model_dir = resolve_model_dir(config.model_path, config.trust_remote_code,
-                                      config.extra.get("cache_dir"))
+        model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
         cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
         cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
         dtype = choose_dtype(config.dtype, cfg_dtype, device)
         ok, why = own_path_supports(cfg)
-        force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
+        force_generic = config.force_generic
         prequantized = quant_checkpoint.detect(model_dir)       # GPTQ / AWQ / msmodelslim: refused or loaded as is
         if prequantized is not None:
             quant_checkpoint.check_serving(prequantized, config, world_size=parallel.size if parallel else 1,
@@ -171,7 +170,7 @@ class PagedModelRunner(ModelRunner):
             self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
             if prequantized:
                 prequantized.finish()
-        from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
+        from .quant.model import maybe_quantize  # weight-only quantization hook (quant/)
         self.quant_policy = maybe_quantize(self.model, config,
                                            prequantized=prequantized.ckq.scheme if prequantized else None)
         if self.ops.name == "npu":

@@ -26,9 +26,9 @@ from .schema import MindIEConfig, ModelEntry, TOP_LEVEL_MOVABLE, _show
 log = logging.getLogger("mindie_like.config")
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
-INSTALL_ROOT = Path(__file__).resolve().parents[2]          # the checkout / install (holds conf/, bin/)
+from ..paths import ENV_HOME, INSTALL_ROOT, find_gguf
+
 ENV_CONFIG = "MIES_CONFIG_JSON_PATH"
-ENV_HOME = "MINDIE_LLM_HOME_PATH"
 ENV_IP = "MIES_CONTAINER_IP"
 ENV_MGMT_IP = "MIES_CONTAINER_MANAGEMENT_IP"
 
@@ -57,12 +57,16 @@ class LoadedConfig:
         return self.resolve(self.config.model.modelWeightPath, MODEL_KEY + ".modelWeightPath")
 
 
+# MindIE scheduler knobs this engine has no counterpart for: validated, then ignored (said once at start)
+ACCEPTED_WITHOUT_EFFECT = ("ScheduleConfig.maxPreemptCount, maxQueueDelayMicroseconds and maxFirstTokenWaitTime are "
+                           "accepted without effect: the scheduler forms a batch every step without waiting, and "
+                           "preempts (recompute) whenever the KV cache is short, without a per-request limit")
 MODEL_KEY = "BackendConfig.ModelDeployConfig.ModelConfig[0]"
 
 
 def resolve_path(home: Path, value: str, key: str) -> Path:
     """Absolute paths are the operator's choice; relative ones resolve against `home` and may not climb out of it,
-    by `..` or through a symbolic link (the spec's rule for TLS paths, applied to every path the config names)."""
+    by `..` or through a symbolic link (MindIE's rule for TLS paths, applied to every path the config names)."""
     p = Path(os.path.expanduser(value))
     if p.is_absolute():
         return p
@@ -177,7 +181,7 @@ def _unknown_keys(obj: Any, path: str, out_warn: list[str], out_debug: list[str]
         for k in extra:
             where = f"{path}.{k}" if path else k
             if isinstance(obj, ModelEntry):
-                out_debug.append(f"{where}: passed to the backend")
+                out_debug.append(f"{where}: accepted, not used")
             else:
                 out_warn.append(f"{where}: unknown key, ignored")
         for name in type(obj).model_fields:
@@ -253,8 +257,14 @@ def check_paths(loaded: LoadedConfig) -> None:
     mp = loaded.model_path
     if not mp.exists():
         errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} does not exist")
-    elif mp.is_dir() and not (mp / "config.json").is_file() and not list(mp.glob("*.gguf")):
-        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf file")
+    else:
+        try:
+            gguf = find_gguf(mp)
+        except ValueError as e:          # several .gguf files
+            errors.append(f"{MODEL_KEY}.modelWeightPath: {e}")
+        else:
+            if gguf is None and not (mp / "config.json").is_file():
+                errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf file")
     for mt, opts in loaded.config.model.models.items():
         if opts.chat_template:
             key = f"{MODEL_KEY}.models.{mt}.chat_template"
@@ -280,6 +290,7 @@ def load_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None, s
                           strict_permissions=strict_permissions)
     for w in loaded.warnings:
         log.warning("%s", w)
+    log.info("%s", ACCEPTED_WITHOUT_EFFECT)
     for d in debug:
         log.debug("%s", d)
     if check_files:

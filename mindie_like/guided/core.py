@@ -244,9 +244,8 @@ class GuidedDecoding:
         """
         fam = FAMILY_ALIASES.get(family, family)
         fmt = FAMILY_FORMATS.get(fam)
-        if fmt is None:
-            logger.warning("guided decoding: unknown tool-call family %r, constraining arguments only", family)
-            fam, fmt = "passthrough", FAMILY_FORMATS["passthrough"]
+        if fmt is None:     # the family comes from the tool-call registry, which knows no other names
+            raise LookupError(f"guided decoding: unknown tool-call family {family!r}")
         for token, variant in FAMILY_VARIANTS.get(fam, ()):
             if self.special_token_id(token) is not None:
                 fmt = variant

@@ -1,4 +1,4 @@
-"""`<think>` / `</think>` splitting (spec §7) and its composition with tool-call parsing.
+"""`<think>` / `</think>` splitting into reasoning_content and content, and its composition with tool-call parsing.
 
 Rules: a leading `<think>` (after optional whitespace) is dropped, since the chat template may already have
 opened it; text before `</think>` is reasoning, the rest is content; without `</think>` everything is reasoning.

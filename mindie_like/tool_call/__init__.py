@@ -1,4 +1,5 @@
-"""mindie_like.tool_call: tool-call processors for every model family (spec §6), streaming and not.
+"""mindie_like.tool_call: tool-call processors for every model family (MindIE's
+ToolsCallProcessor names; docs/function_calling.md), streaming and not.
 
     from mindie_like.tool_call import ToolsCallProcessorManager, resolve_tool_call_processor
     proc = ToolsCallProcessorManager.get_tool_call_processor("qwen2_5")(tokenizer=None)

@@ -19,7 +19,7 @@ Text is attributed to one of three kinds as it is consumed (`_cut`):
 - PENDING: markup whose fate is open: structural markers and calls that failed to parse. Dropped as soon as (or
   once) any call parses; when none has parsed yet it is held, with all content after it (order is kept), and
   released as content at the end if no call ever parses ("no call parses: content is the whole text").
-A call cut off by the end of the output (its JSON incomplete) is CONTENT: spec §4.
+A call cut off by the end of the output (its JSON incomplete) is CONTENT: a half call is never reported.
 
 The non-streaming `decode` runs this same machine over the whole text, so streaming and non-streaming agree by
 construction; the tests check that every split of the text gives the same result.

@@ -2,7 +2,7 @@
 
 A family is a set of trigger markers, each mapped to one of the shared call grammars in `engine.py`, plus a few
 switches (a name line at the start of a segment, bare JSON objects, the separator between calls, the id style).
-Adding a family is adding a row here; the scanner, the JSON handling and every rule of spec §6 are shared.
+Adding a family is adding a row here; the scanner, the JSON handling and every parsing rule (docs/function_calling.md) are shared.
 """
 from __future__ import annotations
 

@@ -142,8 +142,8 @@ def _qwen2_by_config(cfg: dict) -> str:
 def resolve_tool_call_processor(tool_call_parser: str | None, *, model_type: str | None,
                                 hf_config: dict | None = None, chat_template: str | None = None,
                                 tokenizer=None) -> ToolsCallProcessor:
-    """The processor for a model: the configured name when valid, else the model's default (spec §6),
-    else passthrough. An empty or unknown configured name logs a warning listing the valid names."""
+    """The processor for a model: the configured name when valid, else the model's default (by model_type,
+    then the chat template's markers), else passthrough. An empty or unknown configured name logs a warning listing the valid names."""
     if tool_call_parser is not None:
         try:
             if not str(tool_call_parser).strip():

@@ -99,6 +99,8 @@ def daemon_env(home: Path, extra: Optional[dict] = None) -> dict:
     env["MINDIE_LLM_HOME_PATH"] = str(home)
     env.pop("MIES_CONFIG_JSON_PATH", None)
     env.setdefault("MINDIE_LOG_LEVEL", "INFO")
+    # the daemon's cache dir would be <home>/cache, one per test home: share the tree's (compiled CPU kernels)
+    env.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))
     env.update(extra or {})
     return env
 
@@ -154,7 +156,8 @@ class DaemonHandle:
         return ctx
 
     def openai_client(self, *, async_client: bool = False, **kw):
-        """The official `openai` client over mutual TLS (the certificate goes in an SSLContext: NOTES.md)."""
+        """The official `openai` client over mutual TLS (the client certificate goes in an SSLContext:
+        httpx 0.28's `cert=(cert, key)` silently drops it and the server refuses the handshake)."""
         import openai
         if async_client:
             return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key="x",

@@ -21,7 +21,7 @@ def qwen_tok():
 
 
 def engine_for(runner, tokenizer=None, num_blocks=64, **kw):
-    cfg = EngineConfig(model_path="x", block_size=runner.block_size, extra={"num_kv_blocks": num_blocks}, **kw)
+    cfg = EngineConfig(model_path="x", block_size=runner.block_size, num_kv_blocks=num_blocks, **kw)
     return AsyncEngine(cfg, runner, tokenizer)
 
 
@@ -44,7 +44,7 @@ async def wait_idle(engine, timeout=10.0):
 def test_stream_text_timing_and_concurrency(tiny_model):
     path = tiny_model("qwen2")
     tok = AutoTokenizer.from_pretrained(path)
-    engine = AsyncEngine.from_config(EngineConfig(model_path=str(path), block_size=16, extra={"num_kv_blocks": 128}),
+    engine = AsyncEngine.from_config(EngineConfig(model_path=str(path), block_size=16, num_kv_blocks=128),
                                      runner=ReferenceRunner(path, block_size=16))
     assert engine.tokenizer is not None
     params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, skip_special_tokens=False)

@@ -13,9 +13,9 @@ from mindie_like.backend_atb.parallel import (TPConfigError, claim_npu_devices, 
 from mindie_like.engine.types import EngineConfig
 
 
-def cfg(ws=2, ids=None, **extra) -> EngineConfig:
+def cfg(ws=2, ids=None, **fields) -> EngineConfig:
     return EngineConfig(model_path="x", world_size=ws, device_ids=ids if ids is not None else list(range(ws)),
-                        extra=extra)
+                        **fields)
 
 
 def test_single_node_layout():

@@ -264,7 +264,8 @@ def test_pydantic_like_inputs_and_aliases(qwen):
 
     plan = g.plan("hermes", [Dumpable(t) for t in TOOLS], Dumpable(named("search")), parallel_tool_calls=False)
     assert plan.family == "qwen3" and plan.function_name == "search"
-    assert g.plan("some_unknown_family", TOOLS, "required").output_kind == "arguments_json"
+    with pytest.raises(LookupError, match="some_unknown_family"):    # names come from the tool-call registry
+        g.plan("some_unknown_family", TOOLS, "required")
 
 
 
