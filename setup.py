@@ -31,9 +31,11 @@ setup(
     ],
     extras_require={
         "npu": ["torch_npu"],
+        # openai >= 1.66 has client.responses; anthropic: its Messages client (tests/e2e/test_responses_and_messages)
         # schemathesis: the OpenAPI fuzzing of the daemon (tests/e2e/test_openapi_fuzz.py); 4.x is the API used there
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.0",
-                "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6"],
+        # pytest-isolated: the native-kernel test modules run in their own process, so a segfault fails them only
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "pytest-isolated>=0.6,<0.7", "hypothesis>=6.100", "openai>=1.66",
+                "anthropic>=0.50", "jsonschema>=4.0", "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6"],
         # llama-cpp-python: the peer in the engine and serving benchmarks (its OpenAI server needs the five after
         # it: the names of its [server] extra, listed here so pip does not rebuild it); partial-json-parser:
         # bench_tool_parse's baseline

@@ -172,7 +172,7 @@ def matmul_ceilings(hf_cfg, rows_list, reps: int = 5) -> dict:
     Q = (hf_cfg.num_attention_heads + 2 * hf_cfg.num_key_value_heads) * D
     shapes = [(Q, H), (H, hf_cfg.num_attention_heads * D), (2 * I, H), (H, I)]
     layers = hf_cfg.num_hidden_layers
-    own = cpu_kernels.load() if cpu_kernels.wanted() else None
+    own = cpu_kernels.load() if cpu_kernels.wanted("quant") else None
     g = torch.Generator().manual_seed(0)
 
     def kernels(n, k):

@@ -71,7 +71,7 @@ def ours_decode(runner, prompt, steps) -> list[float]:
 def matmul_ceiling(runner, reps: int = 5) -> dict:
     """tok/s of the decode step's matmuls alone (batch 1, same weights): torch F.linear vs the op table's linear."""
     m = runner.model
-    ws = [(w, b) for L in m.layers for (w, b) in ((L.qkv, L.qkv_bias), (L.o, None), (L.gate_up, None), (L.down, None))]
+    ws = [(lin.weight, lin.bias) for lin in m.linears()]
     ws.append((m.lm_head, None))
     out = {}
     with torch.inference_mode():

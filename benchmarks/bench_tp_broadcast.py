@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mindie_like.backend_atb.batch import ForwardBatch  # noqa: E402
+from mindie_like.engine.types import ForwardBatch  # noqa: E402
 from mindie_like.backend_atb.parallel import CMD_EXECUTE, StepChannel  # noqa: E402
 
 

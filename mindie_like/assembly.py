@@ -21,7 +21,9 @@ from .server.app import RouteTable
 from .server.compat import add_compat_routes, build_compat_servings
 from .server.context import Backend, Servings, ServingContext
 from .server.metrics import Metrics
+from .server.anthropic import add_anthropic_routes
 from .server.openai import add_openai_routes
+from .server.responses import add_responses_routes
 from .server.routes import add_management_routes, add_metrics_routes, add_model_routes
 
 log = logging.getLogger("mindie_like.assembly")
@@ -29,7 +31,7 @@ log = logging.getLogger("mindie_like.assembly")
 # Every route module, by plane. A new route module (say server/responses.py with `add_responses_routes(app,
 # ctx)`) is one more entry here; its handlers read the serving objects from `ctx.servings`.
 ROUTES: RouteTable = {
-    "business": (add_model_routes, add_openai_routes, add_compat_routes),
+    "business": (add_model_routes, add_openai_routes, add_compat_routes, add_responses_routes, add_anthropic_routes),
     "management": (add_management_routes,),
     "metrics": (add_metrics_routes,),
 }
@@ -82,6 +84,9 @@ def build_servings(ctx: ServingContext) -> Servings:
     (config file, else the tokenizer's), the tool-call processor (config, else the model's default), the grammar
     engine, the limits and timeouts; the completion and compat servings share the chat serving's options."""
     from .serving import ChatServing, CompletionServing
+    from .serving.anthropic import MessagesServing
+    from .serving.response_store import ResponseStore
+    from .serving.responses import ResponsesServing
     cfg, opts, backend = ctx.config, ctx.model_options, ctx.backend
     template = str(ctx.chat_template_path) if ctx.chat_template_path else None
     # the engine's limits include the model's context length and the KV cache; a scripted test engine has none
@@ -101,7 +106,9 @@ def build_servings(ctx: ServingContext) -> Servings:
     completion = CompletionServing(backend.engine, backend.tokenizer, ctx.model_name, options=chat.options,
                                    metrics=ctx.metrics)
     compat = build_compat_servings(backend, ctx.model_name, chat.options, ctx.metrics)
-    return Servings(chat=chat, completion=completion, compat=compat)
+    responses = ResponsesServing(chat, ResponseStore(cfg.ServerConfig.responsesStoreSize), metrics=ctx.metrics)
+    return Servings(chat=chat, completion=completion, compat=compat, responses=responses,
+                    messages=MessagesServing(chat, metrics=ctx.metrics))
 
 
 def build_context(loaded: LoadedConfig, backend: Backend, engine_config: EngineConfig) -> ServingContext:

@@ -1,4 +1,4 @@
-"""Test-only model runners that implement the ModelRunner interface (mindie_like/backend_atb/runner.py).
+"""Test-only model runners that implement the runner interface (mindie_like.engine.types.Runner).
 
 `PagedRunnerBase` plays the KV cache with token ids instead of K/V tensors: `execute` writes each new token id
 into its slot (slot_mapping) and reads every sequence's context back through its block table. So a wrong block

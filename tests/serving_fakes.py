@@ -100,11 +100,12 @@ class FakeEngine:
                 return
             new = script[pos:pos + self.tokens_per_step]
             pos += len(new)
-            finish = None
+            finish = stop_reason = None
             for i, t in enumerate(new):
                 if t == self.eos_id and not params.ignore_eos or t in params.stop_token_ids:
                     new = new[:i + 1]
                     finish = "stop"
+                    stop_reason = t if t in params.stop_token_ids else None
                     break
             out_ids.extend(new)
             if finish is None and len(out_ids) >= max_tokens:
@@ -118,7 +119,7 @@ class FakeEngine:
             if stop_hit is not None:
                 k, s = stop_hit
                 full = full[:k + (len(s) if params.include_stop_str_in_output else 0)]
-                finish = "stop"
+                finish, stop_reason = "stop", s
             if finish is None and full.endswith("\ufffd"):
                 delta = ""
             else:
@@ -129,7 +130,7 @@ class FakeEngine:
                 lps = [TokenLogprob(t, -0.25, [(t, -0.25)] + [((t + j) % 1000, -1.0 - j) for j in range(1, params.logprobs)]
                                     if params.logprobs else []) for t in new]
             yield RequestOutput(request_id, new, delta, finished=finish is not None, finish_reason=finish,
-                                num_prompt_tokens=len(prompt_ids), num_cached_tokens=self.cached_tokens,
+                                stop_reason=stop_reason, num_prompt_tokens=len(prompt_ids), num_cached_tokens=self.cached_tokens,
                                 num_output_tokens=len(out_ids), logprobs=lps,
                                 prefill_time_ms=12.0 if step == 0 else None,
                                 decode_time_ms=3.0 if step else None)

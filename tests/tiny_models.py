@@ -22,6 +22,11 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {
     "qwen3_moe": ("Qwen3MoeConfig", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "num_experts": 4,
                                                 "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                                 "decoder_sparse_step": 1, "mlp_only_layers": []}),
+    "qwen2_moe": ("Qwen2MoeConfig", "qwen2.5", {"tie_word_embeddings": False, "num_experts": 4,
+                                                "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                                "shared_expert_intermediate_size": 64, "decoder_sparse_step": 1,
+                                                "mlp_only_layers": []}),
+    "olmo2": ("Olmo2Config", "qwen2.5", {"tie_word_embeddings": False}),       # no own implementation
     "glm4": ("Glm4Config", "qwen2.5", {"tie_word_embeddings": False, "head_dim": 16, "partial_rotary_factor": 0.5}),
 }
 

@@ -28,7 +28,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mindie_like import __version__  # noqa: E402
+from mindie_like.protocol import anthropic as an  # noqa: E402
 from mindie_like.protocol import compat as cp  # noqa: E402
+from mindie_like.protocol import openai_responses as orr  # noqa: E402
 from mindie_like.protocol import requests as rq  # noqa: E402
 from mindie_like.protocol import responses as rs  # noqa: E402
 
@@ -264,8 +266,10 @@ SCHEMA_MODELS = [rq.ChatCompletionRequest, rq.CompletionRequest, rs.ChatCompleti
                  cp.TgiRequest, cp.VllmRequest, cp.InferRequest, cp.TokenizerRequest, cp.TritonRequest,
                  cp.StopInferRequest, TgiResponse, TgiStreamEvent, VllmResponse, VllmStreamChunk, InferResponse,
                  InferStreamEvent, TokenizerResponse, TritonResponse, TritonStreamEvent, TritonModelMetadata,
-                 TritonModelConfig]
-REQUEST_MODULES = (rq.__name__, cp.__name__)
+                 TritonModelConfig,
+                 orr.ResponsesRequest, orr.ResponseObject, orr.ResponseDeleted, orr.OpenAIError,
+                 an.MessagesRequest, an.CountTokensRequest, an.MessageResponse, an.TokenCount, an.AnthropicError]
+REQUEST_MODULES = (rq.__name__, cp.__name__, orr.__name__, an.__name__)
 
 
 # -- JSON Schema 2020-12 (pydantic) → OpenAPI 3.0 schema objects --------------------------------------------------
@@ -395,6 +399,35 @@ def _compat_generation(summary: str, request: dict, ok: str, content: dict, *err
                       **_errors(*sorted({405, 413, 422, 424, 500, 503, *errors}))}}}
 
 
+API_ERRORS = {400: "Invalid request: not JSON, too deep, a parameter out of range or not supported",
+              404: "Unknown model, or no stored response with that id", 405: "Method not allowed on this route",
+              413: "The body is larger than ServerConfig.maxRequestLength MB",
+              424: "The engine refused or failed the request",
+              500: "Timeout (tokenTimeout / e2eTimeout) or internal error",
+              503: "Stopping, no engine, or over the connection limit (maxLinkNum)"}
+
+
+def _api_errors(body: str, *codes: int) -> dict:
+    """Errors of the Responses / Messages routes: their API's own body."""
+    return {str(c): {"description": API_ERRORS[c], "content": _json(body)} for c in codes}
+
+
+def _typed_sse(what: str) -> dict:
+    """Server-sent events with an `event:` line naming each event's type; `data` is the event's JSON."""
+    return {"text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string", "description": "the event's type"}, "id": {"type": "string"},
+        "data": {"type": "string", "description": f"JSON of one {what} event (its `type` repeats the event line)"}}}}}
+
+
+def _api_generation(summary: str, request: str, response: str, events: str, error: str, *codes: int) -> dict:
+    return {"post": {
+        "summary": summary,
+        "requestBody": {"required": True, "content": _json(request)},
+        "responses": {"200": {"description": f"The answer; with `stream: true` {events} server-sent events",
+                              "content": {**_json(response), **_typed_sse(events)}},
+                      **_api_errors(error, *codes)}}}
+
+
 def _get(summary: str, ok: dict, *errors: int) -> dict:
     return {"get": {"summary": summary, "responses": {"200": ok, **_errors(405, *errors)}}}
 
@@ -417,6 +450,29 @@ def paths() -> dict:
         "/v1/models/{model}": {"parameters": [model_param],
                                **_get("One model card", {"description": "The model card",
                                                          "content": _json("ModelCard")}, 404, 503)},
+        # -- OpenAI's Responses API and Anthropic's Messages API (server/responses.py, server/anthropic.py)
+        "/v1/responses": _api_generation(
+            "OpenAI Responses API: text, function tools, reasoning items, structured output; stored answers "
+            "continue with previous_response_id", "ResponsesRequest", "ResponseObject", "Responses API",
+            "OpenAIError", 400, 404, 405, 413, 424, 500, 503),
+        "/v1/responses/{response_id}": {
+            "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "The id of a stored response (the last ServerConfig.responsesStoreSize)"}],
+            "get": {"summary": "A stored response",
+                    "responses": {"200": {"description": "The response object", "content": _json("ResponseObject")},
+                                  **_api_errors("OpenAIError", 404, 405, 503)}},
+            "delete": {"summary": "Forget a stored response",
+                       "responses": {"200": {"description": "Deleted", "content": _json("ResponseDeleted")},
+                                     **_api_errors("OpenAIError", 404, 405, 503)}}},
+        "/v1/messages": _api_generation(
+            "Anthropic Messages API: text, tool_use / tool_result, thinking blocks with signatures",
+            "MessagesRequest", "MessageResponse", "Messages API", "AnthropicError", 400, 404, 405, 413, 424, 500,
+            503),
+        "/v1/messages/count_tokens": {"post": {
+            "summary": "The prompt tokens a Messages request would send (template and tools included)",
+            "requestBody": {"required": True, "content": _json("CountTokensRequest")},
+            "responses": {"200": {"description": "The count", "content": _json("TokenCount")},
+                          **_api_errors("AnthropicError", 400, 404, 405, 413, 500, 503)}}},
         # -- MindIE's compatibility routes (server/compat.py); field by field in docs/api.md
         "/generate": _compat_generation(
             "TGI generate (a body with `inputs`) or vLLM generate (a body with `prompt`, and no `inputs`)",

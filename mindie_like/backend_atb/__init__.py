@@ -1,5 +1,5 @@
 """mindie_like.backend_atb: device selection, op table (npu / cuda / cpu), model code, weight loading, runner."""
-from .batch import ForwardBatch
+from ..engine.types import ForwardBatch
 from .device import select_device
 from .runner import HFModelRunner, ModelRunner, PagedModelRunner
 

@@ -1,7 +1,15 @@
 """Optional C++ CPU kernels, built once on first use with torch.utils.cpp_extension (needs a C++ compiler).
 
-For x86 CPUs with AVX2+FMA but without native bf16 (no AVX512-BF16/AMX), where torch's bf16 matmul and its
-weight-only int8/int4 kernels run well below memory bandwidth at small batches:
+AVX2+FMA code (so any x86 CPU with AVX2 runs it, AVX512 ones included), in two families that `wanted(family)`
+switches separately:
+
+* "quant", the int8/int4 weight-only matmuls: used on every CPU that can run them. torch's own int8 kernel runs
+  below memory bandwidth at small batches and, on some shapes, reads out of bounds (quant/torch_cpu_limits.py).
+* "float", the bf16 GEMV and the float32 norm / decode attention kernels: used on CPUs without native bf16
+  (no AVX512-BF16/AMX), where torch's bf16 matmul is slow; elsewhere torch's own are as fast.
+
+MINDIE_LIKE_CPU_KERNELS: unset (or "auto") as above; "1" forces both families on where the CPU can run them (the
+tests use it to cover the own kernels on any AVX2 machine); "0" forces them off (torch's kernels everywhere).
 
 * `bf16_linear(x, w, b)`: small-batch (M <= 8) bf16-weight GEMV; streams the weights once, widening bf16 to fp32
   with a shift (csrc/bf16_gemv.cpp).
@@ -39,19 +47,48 @@ _CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 
 
-def wanted() -> bool:
-    from .device import cpu_flags, cpu_has_fast_bf16
-    if os.environ.get("MINDIE_LIKE_CPU_KERNELS", "1") in ("0", "false", "False"):
-        return False
+FAMILIES = ("quant", "float")
+
+
+def mode() -> str:
+    """MINDIE_LIKE_CPU_KERNELS as "auto", "on" or "off"."""
+    v = os.environ.get("MINDIE_LIKE_CPU_KERNELS", "auto").strip().lower()
+    if v in ("0", "false", "off", "no"):
+        return "off"
+    if v in ("1", "true", "on", "yes", "force"):
+        return "on"
+    return "auto"
+
+
+def runnable() -> bool:
+    """This CPU executes the kernels' instructions (AVX2 + FMA; AVX512 CPUs have both)."""
+    from .device import cpu_flags
     flags = cpu_flags()
-    return "avx2" in flags and "fma" in flags and not cpu_has_fast_bf16()
+    return "avx2" in flags and "fma" in flags
+
+
+def wanted(family: str = "float") -> bool:
+    """Whether the own kernels of `family` ("quant" or "float", see the module doc) should run on this CPU."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown CPU kernel family {family!r} ({FAMILIES})")
+    m = mode()
+    if m == "off" or not runnable():
+        return False
+    if m == "on" or family == "quant":
+        return True
+    from .device import cpu_has_fast_bf16
+    return not cpu_has_fast_bf16()
+
+
+def load():
+    """The compiled extension module, or None (not runnable here, switched off, or no compiler)."""
+    if mode() == "off" or not runnable():
+        return None
+    return _build()
 
 
 @functools.lru_cache(maxsize=1)
-def load():
-    """The compiled extension module, or None."""
-    if not wanted():
-        return None
+def _build():
     try:
         from torch.utils.cpp_extension import load as load_ext
         from ..paths import cache_dir

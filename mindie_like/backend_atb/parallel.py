@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from .batch import ForwardBatch
+from ..engine.types import ForwardBatch
 
 CONTROL_TIMEOUT = datetime.timedelta(days=365)      # workers idle on the control group between requests
 
@@ -92,6 +92,26 @@ def total_world_size(config) -> int:
         except ValueError:
             pass          # world_layout refuses it with a clear line
     return n
+
+
+def moe_expert_parallel(config, world: int) -> int:
+    """moe_ep from ModelConfig's `moe_ep` / `moe_tp` (MindIE's names): the experts split over moe_ep slots, each
+    expert's intermediate dimension over moe_tp ranks, moe_ep x moe_tp = the world. Neither given: moe_ep 1
+    (expert-TP over every rank)."""
+    ep, tp = config.moe_ep, config.moe_tp
+    for key, v in (("moe_ep", ep), ("moe_tp", tp)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise TPConfigError(f"{MODEL_KEY}.{key}: {v!r} is not a positive integer")
+    if ep is None and tp is None:
+        return 1
+    if ep is None:
+        ep = world // tp if world % tp == 0 else 0
+    if tp is None:
+        tp = world // ep if world % ep == 0 else 0
+    if ep * tp != world:
+        raise TPConfigError(f"{MODEL_KEY}.moe_ep x moe_tp: {ep} x {tp} must equal the world size {world} "
+                            f"(worldSize x nodes)")
+    return ep
 
 
 def dist_backend(device: torch.device) -> str:

@@ -35,14 +35,15 @@ from typing import Callable, Optional
 
 import torch
 
-from ..engine.types import BackendFailure, EngineConfig
-from .batch import ForwardBatch
+from ..engine.types import BackendFailure, EngineConfig, ForwardBatch
 from .device import available_cores, select_device
-from .model import ParallelSpec, check_tensor_parallel, own_path_supports
+from .layers import ParallelSpec
+from .local_runner import load_local_runner
+from .models import check_tensor_parallel, own_path_supports, registered_model_types
 from .parallel import (CMD_ALLOCATE, CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_STOP, MODEL_KEY, StepChannel, TPConfigError,
-                       WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups, open_store,
-                       set_rank_device, wait_for_ranks, world_layout)
-from .runner import ModelRunner
+                       WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups,
+                       moe_expert_parallel, open_store, set_rank_device, wait_for_ranks, world_layout)
+from .runner_base import BaseRunner
 from .weights import resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def threads_per_rank(config: EngineConfig, local_size: int) -> int:
     return config.num_threads if config.num_threads > 0 else max(1, available_cores() // local_size)
 
 
-def rank_num_blocks(runner: ModelRunner, kv_cache_gb: float, local_size: int) -> int:
+def rank_num_blocks(runner: BaseRunner, kv_cache_gb: float, local_size: int) -> int:
     """The blocks this rank can hold. npuMemSize -1 on the CPU takes a share of the host's available RAM, which
     the ranks on the host share: each gets its part of that share."""
     n = runner.determine_num_blocks(kv_cache_gb)
@@ -95,10 +96,10 @@ def check_model(config: EngineConfig, world: int) -> None:
     if config.force_generic:
         ok, why = False, "the generic path is forced"
     if not ok:
-        raise TPConfigError(f"{MODEL_KEY}.worldSize: {world} needs the own model code (llama, mistral, qwen2, "
-                            f"qwen3), but model_type {cfg.model_type!r} runs on the generic transformers path "
+        raise TPConfigError(f"{MODEL_KEY}.worldSize: {world} needs the own model code "
+                            f"({', '.join(registered_model_types())}), but model_type {cfg.model_type!r} runs on the generic transformers path "
                             f"({why}): use worldSize 1")
-    why = check_tensor_parallel(cfg, world)
+    why = check_tensor_parallel(cfg, world, moe_expert_parallel(config, world))
     if why:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {why}")
 
@@ -253,7 +254,7 @@ class WorkerGroup:
 
 
 # ---- rank 0 ------------------------------------------------------------------------------------------------
-class TPModelRunner(ModelRunner):
+class TPModelRunner(BaseRunner):
     """Rank 0 of a tensor-parallel group; the ModelRunner surface over the whole group."""
     supports_prefix_cache = True
 
@@ -265,7 +266,7 @@ class TPModelRunner(ModelRunner):
         self._fail_lock = threading.Lock()
         self._step_lock = threading.Lock()
         self.group: Optional[WorkerGroup] = None
-        self.local: Optional[ModelRunner] = None
+        self.local: Optional[BaseRunner] = None
         self.channel: Optional[StepChannel] = None
         self.loaded_bytes: list[int] = []          # tensor bytes each rank read from the checkpoint
         self.checkpoint_bytes = 0
@@ -297,7 +298,8 @@ class TPModelRunner(ModelRunner):
             wait_for_ranks(store, layout.size, timeout, self._raise_if_failed)
             set_rank_device(device)
             model_group, control = init_groups(store, 0, layout.size, dist_backend(device), timeout)
-            self.local = ModelRunner.load(config, ParallelSpec(0, layout.size, model_group), device.index, threads)
+            par = ParallelSpec(0, layout.size, model_group, moe_expert_parallel(config, layout.size))
+            self.local = load_local_runner(config, par, device.index, threads)
             self.channel = StepChannel(control)
             st = self.local.load_stats
             per_rank = self.channel.all_gather_ints([st.loaded_bytes, st.checkpoint_bytes])
@@ -314,7 +316,7 @@ class TPModelRunner(ModelRunner):
                  self.checkpoint_bytes / 1e6)
         return self
 
-    def _adopt(self, local: ModelRunner) -> None:
+    def _adopt(self, local: BaseRunner) -> None:
         for name in ("hf_config", "model_dir", "model_type", "vocab_size", "eos_token_ids", "max_model_len",
                      "device", "dtype", "block_size", "tokenizer_path", "path", "ops", "model", "act_dtype",
                      "kv_dtype", "quant_policy", "load_stats"):
@@ -506,7 +508,8 @@ def worker_main(heartbeat_fd: int) -> int:
         store = open_store(layout, rank, spec.store_port, spec.collective_timeout)
         announce(store, rank)
         model_group, control = init_groups(store, rank, layout.size, dist_backend(device), spec.collective_timeout)
-        runner = ModelRunner.load(config, ParallelSpec(rank, layout.size, model_group), device.index, spec.threads)
+        par = ParallelSpec(rank, layout.size, model_group, moe_expert_parallel(config, layout.size))
+        runner = load_local_runner(config, par, device.index, spec.threads)
         channel = StepChannel(control)
         channel.all_gather_ints([runner.load_stats.loaded_bytes, runner.load_stats.checkpoint_bytes])
         while True:

@@ -116,7 +116,7 @@ class LoadStats:
     checkpoint_bytes: int = 0
 
 
-WeightSlice = Callable[[str], Optional[tuple[int, int, int]]]
+WeightSlice = Callable[[str], Optional[object]]     # (dim, start, length), a MultiSlice, or None
 
 
 def iter_safetensors(model_dir: Path, progress: bool = True, *, wanted: Optional[Callable[[str], bool]] = None,
@@ -124,8 +124,8 @@ def iter_safetensors(model_dir: Path, progress: bool = True, *, wanted: Optional
                      stats: Optional[LoadStats] = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor in the folder's safetensors, with a tqdm progress bar.
 
-    `wanted(name)` False: the tensor is skipped unread. `slicer(name)` -> (dim, start, length): only that part is
-    read (a tensor-parallel rank's shard: safetensors' `get_slice` copies just those bytes out of the mapped
+    `wanted(name)` False: the tensor is skipped unread. `slicer(name)` -> (dim, start, length) or a MultiSlice
+    (several parts, concatenated): only that part is read (a tensor-parallel rank's shard: safetensors' `get_slice` copies just those bytes out of the mapped
     file), None: the whole tensor. `stats` counts the bytes read and the bytes in the checkpoint."""
     from safetensors import safe_open
     files = safetensors_files(model_dir)
@@ -156,6 +156,9 @@ def iter_safetensors(model_dir: Path, progress: bool = True, *, wanted: Optional
                 spec = slicer(name) if slicer is not None else None
                 if spec is None:
                     t = h.get_tensor(name)
+                elif hasattr(spec, "take"):          # several parts (layers.component.MultiSlice)
+                    sl = h.get_slice(name)
+                    t = spec.take(lambda index: sl[index])
                 else:
                     dim, start, length = spec
                     index = (slice(None),) * dim + (slice(start, start + length),)

@@ -43,4 +43,6 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         multi_nodes_port=cfg.BackendConfig.multiNodesInferPort,
         tp_collective_timeout=float(m.tpCollectiveTimeout),
         tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
+        moe_ep=m.moe_ep,
+        moe_tp=m.moe_tp,
     )

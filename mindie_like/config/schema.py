@@ -139,6 +139,8 @@ class ServerSection(_Section):
     # ours: seconds a client gets to send a request's headers (counted from the connection or the previous answer;
     # also how long an idle keep-alive connection stays open) and, separately, its whole body: slowloris bound
     requestReadTimeout: Annotated[StrictInt, in_range(1, 3600)] = 60
+    # ours: how many /v1/responses answers are kept in memory for GET/DELETE and previous_response_id (0: none)
+    responsesStoreSize: Annotated[StrictInt, in_range(0, 1000000)] = 1000
 
     @model_validator(mode="after")
     def _ips(self):
@@ -253,6 +255,9 @@ class ModelEntry(_Section):
     quant_from_gguf: StrictBool = True
     quant_dense_dtype: Annotated[StrictStr, one_of("auto", "model")] = "auto"
     quant_act_bits: Annotated[StrictInt, one_of(8, 16)] = 8
+    # MoE over tensor-parallel ranks (MindIE's names): moe_ep x moe_tp = the world (backend_atb/parallel.py)
+    moe_ep: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
+    moe_tp: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
 
     @field_validator("models", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from ..backend_atb.batch import ForwardBatch
+from .types import ForwardBatch
 from .block_manager import BlockManager
 from .request import Request, RequestStatus
 

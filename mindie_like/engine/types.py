@@ -6,7 +6,10 @@ backend_atb/). The server never touches tensors; the engine never touches HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Protocol, runtime_checkable
+
+if TYPE_CHECKING:       # the server side imports this module and stays free of torch
+    import torch
 
 
 @runtime_checkable
@@ -180,7 +183,7 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     max_queue_size: int = 0                   # 0 = unbounded waiting queue
     num_threads: int = 0                      # 0 = the cores actually available
-    cache_dir: Optional[str] = None           # where a GGUF model is imported once (None: weights.cache_root)
+    cache_dir: Optional[str] = None           # where a GGUF model is imported once (None: paths.cache_dir())
     num_kv_blocks: Optional[int] = None       # a fixed KV block count instead of sizing from memory (tests)
     force_generic: bool = False               # the transformers model code even where an own one exists
     quant: QuantOptions = field(default_factory=QuantOptions)
@@ -188,6 +191,8 @@ class EngineConfig:
     multi_nodes_port: int = 1120              # BackendConfig.multiNodesInferPort (MASTER_PORT beats it)
     tp_collective_timeout: float = 120.0      # ModelConfig.tpCollectiveTimeout, seconds
     tp_heartbeat_timeout: float = 10.0        # ModelConfig.tpHeartbeatTimeout, seconds
+    moe_ep: Optional[int] = None              # ModelConfig.moe_ep: expert-parallel slots (parallel.py)
+    moe_tp: Optional[int] = None              # ModelConfig.moe_tp: ranks splitting each expert
 
 
 class EngineError(Exception):
@@ -211,3 +216,45 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+
+@dataclass
+class ForwardBatch:
+    """One forward step, as the scheduler hands it to the model runner.
+
+    Built on the CPU (rank 0 broadcasts it unchanged to tensor-parallel workers); the runner moves the tensors to
+    its device. Sequences are laid out one after another in `input_ids`."""
+    seq_ids: list[str]            # [B] request ids, for runners that keep per-sequence state (generic HF path)
+    input_ids: torch.Tensor       # [T] int64, the new tokens of all sequences, flattened in order
+    positions: torch.Tensor       # [T] int64, absolute position of each new token
+    query_lens: list[int]         # [B] new tokens per sequence (1 for a decode, >1 for a (chunk of) prefill)
+    context_lens: list[int]       # [B] tokens in the KV cache for the sequence after this step (cached + new)
+    block_tables: torch.Tensor    # [B, max_blocks] int32, physical block ids, padded with 0
+    slot_mapping: torch.Tensor    # [T] int64, KV slot (block_id * block_size + offset) of each new token
+    logits_indices: torch.Tensor  # [S] int64, rows of the flattened tokens whose logits are returned
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens)
+
+
+class Runner(Protocol):
+    """What the engine needs of a model runner (backend_atb's runners; the test fakes)."""
+    vocab_size: int
+    eos_token_ids: list[int]
+    max_model_len: int
+    block_size: int
+    supports_prefix_cache: bool
+    tokenizer_path: str
+    num_blocks: int
+
+    def determine_num_blocks(self, kv_cache_gb: float) -> int: ...
+
+    def allocate_kv_cache(self, num_blocks: int) -> None: ...
+
+    def execute(self, batch: ForwardBatch) -> torch.Tensor:
+        """float32 logits on the CPU, one row per entry of `batch.logits_indices`, in that order."""
+
+    def release(self, seq_id: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -5,7 +5,7 @@ let tests (and clients) validate them: `ChatCompletionResponse.model_validate(bo
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict
 
@@ -67,6 +67,7 @@ class ChatChoice(_Open):
     message: ResponseMessage
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[Literal["stop", "length", "tool_calls"]] = None
+    stop_reason: Optional[Union[str, int]] = None   # the stop string or stop token id that ended the choice
 
 
 class ChatCompletionResponse(_Open):
@@ -104,6 +105,7 @@ class ChatChunkChoice(_Open):
     delta: DeltaMessage
     logprobs: Optional[ChoiceLogprobs] = None
     finish_reason: Optional[Literal["stop", "length", "tool_calls"]] = None
+    stop_reason: Optional[Union[str, int]] = None   # on the finishing chunk
 
 
 class ChatCompletionChunk(_Open):

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Optional, Sequence
 from aiohttp import web
 
 from .context import CTX_KEY, ServingContext
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response_for
 from .guard import make_guard_middleware
 
 log = logging.getLogger("mindie_like.server")
@@ -33,19 +33,19 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as e:
-        return e.response()
+        return error_response_for(request.path, e.status, e.message, e.error_type, headers=e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         msg = {404: "Not Found: no such route", 405: "Method Not Allowed"}.get(e.status, e.reason)
-        return error_response(e.status, msg, headers={k: v for k, v in e.headers.items()
-                                                      if k.lower() in ("allow", "connection")})
+        return error_response_for(request.path, e.status, msg, headers={k: v for k, v in e.headers.items()
+                                                                        if k.lower() in ("allow", "connection")})
     except (ConnectionResetError, OSError) as e:   # the client went away
         log.debug("client connection error on %s: %s", request.path, e)
         raise
     except Exception:   # never a traceback in the body
         log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(500, "Internal error")
+        return error_response_for(request.path, 500, "Internal error")
 
 
 class ConnectionCap:

@@ -21,6 +21,8 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from ..serving import ChatServing, CompletionServing
+    from ..serving.anthropic import MessagesServing
+    from ..serving.responses import ResponsesServing
     from .compat import CompatServings
 
 
@@ -40,10 +42,13 @@ class Backend:
 class Servings:
     """The serving objects of the loaded model, built once (mindie_like.assembly.build_servings) and shared by
     every listener: the OpenAI routes use `chat` / `completion`, the compat routes `compat` (built with the chat
-    serving's options, so limits, timeouts and sampling defaults are the same on every route)."""
+    serving's options, so limits, timeouts and sampling defaults are the same on every route), /v1/responses
+    `responses` (with its store) and /v1/messages `messages` (with its thinking-signature key), both over `chat`."""
     chat: "ChatServing"
     completion: "CompletionServing"
     compat: "CompatServings"
+    responses: Optional["ResponsesServing"] = None
+    messages: Optional["MessagesServing"] = None
 
 
 @dataclass

@@ -7,7 +7,7 @@ error types per status is protocol/errors.py's).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 from aiohttp import web
@@ -16,7 +16,8 @@ from ..protocol.errors import (ERROR_TYPES, GENERATION_ERROR, INCOMPLETE_GENERAT
                                SERVICE_UNAVAILABLE, error_body, error_type_for)
 
 __all__ = ["ApiError", "ERROR_TYPES", "GENERATION_ERROR", "INCOMPLETE_GENERATION", "INPUT_VALIDATION_ERROR",
-           "SERVICE_UNAVAILABLE", "error_body", "error_response", "error_type_for"]
+           "SERVICE_UNAVAILABLE", "error_body", "error_response", "error_response_for", "error_type_for",
+           "register_error_shape"]
 
 
 def error_response(status: int, message: str, error_type: Optional[str] = None, *,
@@ -24,6 +25,27 @@ def error_response(status: int, message: str, error_type: Optional[str] = None, 
     """A JSON response with MindIE's error body."""
     body = orjson.dumps(error_body(message, error_type or error_type_for(status)))
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+# Routes of other APIs answer errors in their API's own body: path prefix -> shape(status, message) ->
+# (status, body). Registered by the route modules (server/responses.py, server/anthropic.py).
+ErrorShape = Callable[[int, str], tuple[int, dict]]
+_ERROR_SHAPES: dict[str, ErrorShape] = {}
+
+
+def register_error_shape(path_prefix: str, shape: ErrorShape) -> None:
+    _ERROR_SHAPES[path_prefix] = shape
+
+
+def error_response_for(path: str, status: int, message: str, error_type: Optional[str] = None, *,
+                       headers: Optional[dict] = None) -> web.Response:
+    """The error response a route answers: its API's body where one is registered for the path, else MindIE's."""
+    for prefix, shape in _ERROR_SHAPES.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            status, body = shape(status, message)
+            return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                                headers=headers)
+    return error_response(status, message, error_type, headers=headers)
 
 
 class ApiError(Exception):

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..protocol.errors import ValidationFailure
 from .context import get_context
-from .errors import SERVICE_UNAVAILABLE, ApiError, error_response
+from .errors import SERVICE_UNAVAILABLE, ApiError, error_response_for
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 
@@ -40,7 +40,7 @@ async def serve_request(request: web.Request, serving: Any, body: Any, *, conten
         chunks = serving.stream(body, request_id)
         first = await chunks.__anext__()     # validation and engine refusal raise here, before any byte is sent
     except ValidationFailure as e:
-        return error_response(e.status, e.message, e.error_type, headers=headers)
+        return error_response_for(request.path, e.status, e.message, e.error_type, headers=headers)
     response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-cache", **headers})
     try:
         await response.prepare(request)
@@ -53,9 +53,9 @@ async def serve_request(request: web.Request, serving: Any, body: Any, *, conten
     return response
 
 
-def no_engine_routes(app: web.Application, paths: tuple[str, ...]) -> None:
+def no_engine_routes(app: web.Application, paths: tuple[str, ...], method: str = "POST") -> None:
     """Without an engine the generating routes exist and answer 503 (never a fake answer)."""
     async def no_engine(request: web.Request) -> web.Response:
         raise ApiError(503, "No inference engine is loaded", SERVICE_UNAVAILABLE)
     for path in paths:
-        app.router.add_post(path, no_engine)
+        app.router.add_route(method, path, no_engine)

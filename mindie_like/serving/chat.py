@@ -234,6 +234,16 @@ class ChatServing(ObservedServing):
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
+        async with aclosing(self.chunks(request_dict, request_id, obs)) as objs:
+            async for obj in objs:
+                yield sse(obj)
+        yield DONE
+
+    # ============================================================================================ other APIs
+    # /v1/responses and /v1/messages (serving/responses.py, serving/anthropic.py) run this same pipeline: they
+    # translate their request into a chat request, consume the chunk objects and shape their own answer.
+    async def chunks(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[dict]:
+        """The stream's chat.completion.chunk objects (no `[DONE]`), errors raised as ValidationFailure."""
         prep = await self._prepare_checked(request_dict, request_id)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         async with aclosing(self._pump(prep)) as events:
@@ -249,9 +259,13 @@ class ChatServing(ObservedServing):
                     yield chunk
         obs.usage = usage = self._usage(prep, choices)
         if prep.req.include_usage:
-            yield sse({"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-                       "model": self.model_name, "choices": [], "usage": usage})
-        yield DONE
+            yield {"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
+                   "model": self.model_name, "choices": [], "usage": usage}
+
+    async def count_prompt_tokens(self, request_dict: dict, request_id: str) -> int:
+        """The prompt tokens the request would send to the engine (template, tools and limits applied)."""
+        prep = await self._prepare_checked(request_dict, request_id)
+        return len(prep.prompt_ids)
 
     # ============================================================================================ preparation
     def reasoning_enabled(self, req: ChatCompletionRequest) -> bool:
@@ -426,6 +440,7 @@ class ChatServing(ObservedServing):
                 "index": st.index, "message": msg,
                 "logprobs": {"content": st.logprobs} if prep.req.logprobs else None,
                 "finish_reason": "tool_calls" if calls else finish_reason_of(st.engine_finish),
+                "stop_reason": st.stop_reason,
             })
         body = {"id": prep.response_id, "object": "chat.completion", "created": prep.created,
                 "model": self.model_name, "choices": out_choices, "usage": self._usage(prep, choices)}
@@ -442,15 +457,18 @@ class ChatServing(ObservedServing):
 
     # -------------------------------------------------------------------------------------------- streaming
     def _chunk(self, prep: _Prepared, st: _Choice, delta: dict, finish: Optional[str] = None,
-               logprobs: Optional[list] = None, extra: Optional[dict] = None) -> bytes:
+               logprobs: Optional[list] = None, extra: Optional[dict] = None) -> dict:
+        choice = {"index": st.index, "delta": delta,
+                  "logprobs": {"content": logprobs} if logprobs is not None else None, "finish_reason": finish}
+        if finish is not None:
+            choice["stop_reason"] = st.stop_reason
         obj = {"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-               "model": self.model_name,
-               "choices": [{"index": st.index, "delta": delta,
-                            "logprobs": {"content": logprobs} if logprobs is not None else None,
-                            "finish_reason": finish}]}
+               "model": self.model_name, "choices": [choice]}
+        if prep.req.include_usage and prep.req.stream_options.continuous_usage_stats:
+            obj["usage"] = usage_dict(st.prompt_tokens or len(prep.prompt_ids), st.num_tokens)
         if extra:
             obj.update(extra)
-        return sse(obj)
+        return obj
 
     def _args_deltas(self, prep: _Prepared, st: _Choice, pieces: list[dict]) -> list[dict]:
         """Args mode: reasoning passes through; the JSON text becomes the call's argument fragments."""

@@ -245,6 +245,7 @@ class OutputTally:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     engine_finish: Optional[str] = None
+    stop_reason: Any = None                  # the stop string or stop token id that ended it (None: EOS, length)
     prefill_ms: Optional[float] = None
     decode_ms: list[float] = field(default_factory=list)
 
@@ -262,6 +263,7 @@ class OutputTally:
             self.decode_ms.append(out.decode_time_ms)
         if out.finished:
             self.engine_finish = out.finish_reason
+            self.stop_reason = out.stop_reason
         return ids
 
 

@@ -91,7 +91,9 @@ def test_operation_holds_under_fuzzing(daemon, session, operation, plane, mode, 
         response = case.call_and_validate(base_url=base_url, session=session, checks=CHECKS, timeout=120, **tls)
         sent.append(response.status_code)
         if response.status_code >= 400:   # the error body (the checks above validated it) names the parameter
-            refusals[json.loads(response.content)["error"].split(":")[0][:40]] += 1
+            error = json.loads(response.content)["error"]      # MindIE's string, or OpenAI's / Anthropic's object
+            message = error if isinstance(error, str) else error["message"]
+            refusals[message.split(":")[0][:40]] += 1
 
     run()
     assert sent, "no case was generated"

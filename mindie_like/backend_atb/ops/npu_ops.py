@@ -94,8 +94,8 @@ class NpuOps:
 
         def nz(w):
             return self.npu.npu_format_cast(w, ACL_FORMAT_FRACTAL_NZ) if type(w) is torch.Tensor else w
-        for L in model.layers:
-            L.qkv, L.o, L.gate_up, L.down = nz(L.qkv), nz(L.o), nz(L.gate_up), nz(L.down)
+        for lin in model.linears():
+            lin.weight = nz(lin.weight)
         if not model.tied:
             model.lm_head = nz(model.lm_head)
 

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .torch_moe import fused_experts, select_experts
+
 
 @dataclass
 class AttentionMeta:
@@ -112,6 +114,17 @@ class TorchOps:
             y = F.linear(x.to(w.dtype), w).to(x.dtype)
             return y if b is None else y + b
         return F.linear(x, w, b)
+
+    # ---- MoE (ops/torch_moe.py) -------------------------------------------------------------------------------
+    @staticmethod
+    def moe_select(logits: torch.Tensor, spec, correction_bias: Optional[torch.Tensor] = None):
+        """Router logits [T, E] -> (weights [T, k] float32, expert ids [T, k] int64)."""
+        return select_experts(logits, spec, correction_bias)
+
+    def moe_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, layer) -> torch.Tensor:
+        """This rank's experts (`layer`: a layers.moe.FusedMoE) applied to the tokens routed to them -> [T, H]."""
+        w13, w2 = layer.expert_weights()
+        return fused_experts(self, x, weights, ids, w13, w2, layer.first)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------
     @staticmethod

@@ -75,9 +75,6 @@ MSMODELSLIM_TYPES = {"W8A16": "w8a16", "W4A16": "w4a16"}
 DESCRIPTION_META_KEYS = ("model_quant_type", "version", "group_size", "quant_version", "metadata")
 LEAVES = {"gptq": ("qweight", "qzeros", "scales", "g_idx"), "awq": ("qweight", "qzeros", "scales"),
           "msmodelslim": ("weight", "weight_scale", "weight_offset")}
-# model attribute -> the checkpoint modules it fuses, in row order
-SLOTS = (("qkv", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")), ("o", ("self_attn.o_proj",)),
-         ("gate_up", ("mlp.gate_proj", "mlp.up_proj")), ("down", ("mlp.down_proj",)))
 
 
 class CheckpointRefused(ValueError):
@@ -405,7 +402,7 @@ def build_fused(parts: list, dtype, device, name: str):
 
 
 class PrequantizedLoader:
-    """Loads a pre-quantized checkpoint into a `LlamaFamilyModel`: `take(tensors)` keeps the quantized linears'
+    """Loads a pre-quantized checkpoint into an own model (models/): `take(tensors)` keeps the quantized linears'
     tensors and passes every other tensor on to the model's own loader; `finish()` builds the model's quantized
     weights from them (fused as the float path fuses them)."""
 
@@ -416,10 +413,9 @@ class PrequantizedLoader:
         self.leaves = LEAVES[ckq.method]
         # the model's loader must not expect these (their float `.weight` is not in the checkpoint)
         model.external_weights.update(m + ".weight" for m in self.quantized)
-        for i, L in enumerate(model.layers):
-            for attr, modules in SLOTS:
-                if all(f"model.layers.{i}.{m}" in self.quantized for m in modules):
-                    setattr(L, attr, None)        # frees the float buffer: the whole weight comes quantized
+        for lin in model.linears():
+            if all(src in self.quantized for src, _ in lin.source_prefixes()):
+                lin.weight = None         # frees the float buffer: the whole weight comes quantized
 
     def take(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         for name, t in tensors:
@@ -441,24 +437,21 @@ class PrequantizedLoader:
         """Builds the quantized weights into the model; returns {what: count} (also logged)."""
         m = self.model
         dtype, device = m.dtype, m.device
-        inputs = {"qkv": m.hidden, "o": m.q_size, "gate_up": m.hidden, "down": m.inter}
-        rows = {"qkv": m.q_size + 2 * m.kv_size, "o": m.hidden, "gate_up": 2 * m.inter, "down": m.hidden}
         counts: dict[str, int] = {}
-        for i, L in enumerate(m.layers):
-            for attr, modules in SLOTS:
-                names = [f"model.layers.{i}.{x}" for x in modules]
-                if not any(n in self.quantized for n in names):
-                    continue
-                buf = getattr(L, attr)
-                parts = [self._part(n, inputs[attr]) if n in self.quantized
-                         else buf.narrow(0, *self._rows(m, attr, j)) for j, n in enumerate(names)]
-                w, note = build_fused(parts, dtype, device, f"layer {i} {attr}")
-                self._check_shape(w, (rows[attr], inputs[attr]), f"layer {i} {attr}")
-                setattr(L, attr, w)
-                counts[note] = counts.get(note, 0) + 1
+        for lin in m.linears():
+            sources = lin.source_prefixes()
+            if not any(src in self.quantized for src, _ in sources):
+                continue
+            parts = [self._part(src, lin.in_features) if src in self.quantized
+                     else lin.weight.narrow(0, *lin.part_rows(shard)) for src, shard in sources]
+            w, note = build_fused(parts, dtype, device, lin.prefix)
+            self._check_shape(w, (lin.out_features, lin.in_features), lin.prefix)
+            lin.weight = w
+            counts[note] = counts.get(note, 0) + 1
+        hidden = m.cfg.hidden_size
         if "lm_head" in self.quantized and not m.tied:
-            w, note = build_fused([self._part("lm_head", m.hidden)], dtype, device, "lm_head")
-            self._check_shape(w, (m.vocab_size, m.hidden), "lm_head")
+            w, note = build_fused([self._part("lm_head", hidden)], dtype, device, "lm_head")
+            self._check_shape(w, (m.vocab_size, hidden), "lm_head")
             m.lm_head = w
             counts["lm_head " + note] = 1
         if self.tensors:
@@ -466,15 +459,6 @@ class PrequantizedLoader:
         log.info("pre-quantized checkpoint %s: %s", self.ckq.label,
                  ", ".join(f"{n} x{c}" for n, c in sorted(counts.items())))
         return counts
-
-    @staticmethod
-    def _rows(m, attr: str, j: int) -> tuple[int, int]:
-        """(start, length) of part j's rows in the fused weight `attr`."""
-        if attr == "qkv":
-            return ((0, m.q_size), (m.q_size, m.kv_size), (m.q_size + m.kv_size, m.kv_size))[j]
-        if attr == "gate_up":
-            return (j * m.inter, m.inter)
-        return (0, m.hidden)
 
     @staticmethod
     def _check_shape(w, expected: tuple, name: str) -> None:

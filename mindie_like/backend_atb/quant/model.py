@@ -1,5 +1,6 @@
-"""Quantize a loaded `LlamaFamilyModel` in place: every linear (qkv, o, gate_up, down, lm_head) becomes a
-`QuantizedWeight`; a tied embedding table is the same object (lm_head matmul quantized, lookup dequantizes rows).
+"""Quantize a loaded own model (models/) in place: every linear layer's weight (layers/linear.py: qkv, o, gate_up,
+down, the experts') and the lm_head become a `QuantizedWeight`; a tied embedding table is the same object
+(lm_head matmul quantized, lookup dequantizes rows).
 
 The model code is unchanged: its op table's ``linear`` is ``F.linear(x, w, b)`` and its embedding is
 ``F.embedding(ids, table)``, both of which a `QuantizedWeight` answers through torch's ``__torch_function__``
@@ -38,7 +39,6 @@ from .weight import (ACT_BITS, InputPermutedWeight, Int4Weight, QuantizedWeight,
 
 log = logging.getLogger(__name__)
 
-LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
 DEFAULT_GROUP_SIZE = QuantOptions.group_size
 # the own AVX2 int4 kernel's activations: 8 bits is ~1.3x faster than 16 there, and on the demo model its cost
 # (mean KL 0.00025 against 16 bits) is ~1% of the int4 weights' own (0.027 against bf16): docs/benchmarks.md
@@ -111,12 +111,11 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
             return w
         return _quantize(w, scheme, group_size, dtype, device, keep_dense=keep_dense, **kw) if float_too else w
 
-    for i, L in enumerate(model.layers):
-        for attr in LAYER_LINEARS:
-            w = take(getattr(L, attr), name=f"layer {i} {attr}")
-            setattr(L, attr, w)
-            if isinstance(w, QuantizedWeight):
-                qweights.append(w)
+    for lin in model.linears():
+        w = take(lin.weight, name=lin.prefix)
+        lin.weight = w
+        if isinstance(w, QuantizedWeight):
+            qweights.append(w)
     if model.tied:
         qe = take(model.embed, keep_rows=True, name="embed/lm_head")
         model.embed = model.lm_head = qe
@@ -143,7 +142,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
 def _dense_wanted(model, dense: str) -> tuple[bool, str]:
     if dense == "never":
         return False, "quant_dense never"
-    numel = sum(getattr(L, a).numel() for L in model.layers for a in LAYER_LINEARS) + model.lm_head.numel()
+    numel = sum(lin.weight.numel() for lin in model.linears()) + model.lm_head.numel()
     dense_bytes = numel * torch.tensor([], dtype=model.dtype).element_size()
     ok, why = dense_allowed(dense_bytes, model.device)
     if dense == "always":
@@ -157,7 +156,8 @@ def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_
     if not keep_dense or not qweights:
         return QuantPolicy(reason=why)
     t0 = time.time()
-    layer0 = [w for w in (getattr(model.layers[0], a) for a in LAYER_LINEARS) if isinstance(w, QuantizedWeight)]
+    first = model.linears()[:4]         # the first layer's attention and MLP weights
+    layer0 = [lin.weight for lin in first if isinstance(lin.weight, QuantizedWeight)]
     if dense_dtype == "auto":
         f32 = faster_dense_dtype(layer0)
         if f32 is not None:

@@ -25,14 +25,15 @@ npu        ``torch_npu.npu_weight_quant_batchmatmul`` (weight    same op, weight
 reference  dequantize, then ``F.linear``                         dequantize, then ``F.linear``
 =========  ====================================================  ===============================================
 
-Known torch quirk worked around: on CPU, ``_weight_int8pack_mm`` with bfloat16 activations crashes (SIGSEGV,
-torch 2.13) when in_features is not a multiple of 8; such weights use the dequantize path (the own kernel has no
-such limit).
+torch's CPU int8 kernel reads out of bounds (wrong results or SIGSEGV) outside the shapes and alignments its
+vectorized path steps through (bfloat16 activations: K % 16 on AVX512 CPUs, K % 8 on AVX2; torch_cpu_limits.py):
+such weights are never given to it. They take the own kernel when it runs here, else dequantize + matmul; decided
+when the weight is built and logged once per reason.
 
-Why own CPU kernels: on CPUs without AVX512 (this project's AVX2 EPYC hosts) torch's int8/int4 CPU kernels have no
-fast path for small batches (measured: 2.5 ms per Qwen2.5-0.5B layer at batch 1 for either, and they take bf16
-activations only, so a float32 model casts around every matmul). `cpu_kernels.wanted()` decides (AVX2+FMA, no
-AVX512-BF16/AMX, MINDIE_LIKE_CPU_KERNELS not 0); the kernel name is in `QuantizedWeight.kernel`.
+Why own CPU kernels: torch's int8/int4 CPU kernels have no fast path for small batches (measured on an AVX2 EPYC:
+2.5 ms per Qwen2.5-0.5B layer at batch 1 for either, and they take bf16 activations only, so a float32 model casts
+around every matmul). `cpu_kernels.wanted("quant")` decides (AVX2+FMA, MINDIE_LIKE_CPU_KERNELS not 0); the kernel
+name is in `QuantizedWeight.kernel`.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from ...engine.types import QUANT_SCHEME_ALIASES
 
 from .quantize import (check_group_size, dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4_grouped,
                        quantize_int8_per_channel, unpack_nibbles)
+from .torch_cpu_limits import int8pack_limits, int8pack_refusal
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,22 @@ def backend_for(device: torch.device) -> str:
 def native_cpu_kernels():
     """The own AVX2 int8/int4 kernels (cpu_kernels.py) where they are wanted and built, else None."""
     from .. import cpu_kernels
-    return cpu_kernels.load() if cpu_kernels.wanted() else None
+    return cpu_kernels.load() if cpu_kernels.wanted("quant") else None
+
+
+_LOGGED: set = set()
+
+
+def _log_once(msg: str, *args) -> None:
+    key = msg % args
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.info(msg, *args)
+
+
+def _aligned(t: torch.Tensor, align: int) -> torch.Tensor:
+    """`t` (contiguous) starting on an `align`-byte boundary: a copy when its storage offset puts it off one."""
+    return t if t.data_ptr() % align == 0 else t.clone()
 
 
 NATIVE_INT8 = "mindie_like int8_linear (AVX2)"
@@ -259,10 +276,15 @@ class Int8Weight(QuantizedWeight):
             scale32 = self.scale.float().contiguous()
             self._native = lambda x, bias: mod.int8_linear(x, self.q, scale32, bias)
         elif b == "cpu":
-            if dtype == torch.bfloat16 and K % 8:
-                self.kernel = "dequant-matmul (cpu int8 bf16 kernel needs K % 8 == 0)"
+            refusal = int8pack_refusal(dtype, K)
+            if refusal:
+                self.kernel = "dequant-matmul (torch's int8 kernel refuses this shape)"
+                _log_once("W8A16 %s weights with K=%d: dequantize + matmul, not aten._weight_int8pack_mm (%s)",
+                          str(dtype).replace("torch.", ""), K, refusal)
             else:
                 self.kernel = "aten._weight_int8pack_mm"
+                self._x_align = int8pack_limits(dtype)[1]
+                self.q = _aligned(self.q, 64)
         elif b == "cuda":
             self.kernel = "aten._weight_int8pack_mm" if _cuda_has_int8pack(self.device) else "int8->x-dtype matmul"
         elif b == "npu":
@@ -296,6 +318,8 @@ class Int8Weight(QuantizedWeight):
         if self._native is not None:
             return self._native(x, None)
         if k == "aten._weight_int8pack_mm":
+            if self.backend == "cpu":
+                x = _aligned(x, self._x_align)
             return torch.ops.aten._weight_int8pack_mm(x, self.q, self.scale)
         if k == "torch_npu.npu_weight_quant_batchmatmul":
             if self.offset is not None:

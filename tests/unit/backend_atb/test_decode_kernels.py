@@ -9,17 +9,24 @@ import torch
 import torch.nn.functional as F
 
 from mindie_like.backend_atb import cpu_kernels
-from mindie_like.backend_atb.model import build_cos_sin_cache
+from mindie_like.backend_atb.layers.rotary import build_cos_sin_cache
 from mindie_like.backend_atb.ops import TorchOps
+
+
+# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
+pytestmark = pytest.mark.isolated
 
 
 @pytest.fixture(scope="module")
 def ops():
-    if not cpu_kernels.wanted() or cpu_kernels.load() is None:
-        pytest.skip("own CPU kernels not used on this CPU (native bf16, no AVX2, or no compiler)")
-    ops = TorchOps(torch.device("cpu"), torch.float32)
-    assert ops.has_fused_decode_attention(torch.float32) and not ops.has_fused_decode_attention(torch.bfloat16)
-    return ops
+    """The kernels forced on (MINDIE_LIKE_CPU_KERNELS=1), so CPUs with native bf16 test them too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
+        if not cpu_kernels.runnable() or cpu_kernels.load() is None:
+            pytest.skip("own CPU kernels cannot run here (no AVX2/FMA, or no compiler)")
+        ops = TorchOps(torch.device("cpu"), torch.float32)
+        assert ops.has_fused_decode_attention(torch.float32) and not ops.has_fused_decode_attention(torch.bfloat16)
+        yield ops
 
 
 class _Cfg:          # what build_cos_sin_cache reads

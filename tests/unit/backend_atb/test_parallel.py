@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from mindie_like.backend_atb.model import check_tensor_parallel
+from mindie_like.backend_atb.models import check_tensor_parallel
 from mindie_like.backend_atb.parallel import (TPConfigError, claim_npu_devices, device_index, hccl_timeouts,
                                               pack_batch, unpack_batch, world_layout)
 from mindie_like.engine.types import EngineConfig
@@ -70,7 +70,7 @@ def test_hccl_timeouts_follow_the_collective_timeout():
 
 
 def hf(heads=32, kv=8, inter=11008):
-    return types.SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter)
+    return types.SimpleNamespace(model_type="llama", num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter)
 
 
 def test_head_divisibility():
@@ -83,7 +83,7 @@ def test_head_divisibility():
 
 
 def test_step_packing_round_trip():
-    from mindie_like.backend_atb.batch import ForwardBatch
+    from mindie_like.engine.types import ForwardBatch
     b = ForwardBatch(seq_ids=["a", "b"], input_ids=torch.tensor([5, 6, 7, 8]), positions=torch.tensor([0, 1, 2, 9]),
                      query_lens=[3, 1], context_lens=[3, 10], block_tables=torch.tensor([[1, 0], [2, 3]],
                                                                                          dtype=torch.int32),
@@ -102,13 +102,14 @@ def test_weight_slices_per_rank(tiny_model):
     (ceil split), whole norms. With more ranks than kv heads, pairs of ranks read the same kv head."""
     from transformers import AutoConfig
 
-    from mindie_like.backend_atb.model import LlamaFamilyModel, ParallelSpec
+    from mindie_like.backend_atb.layers import ParallelSpec
+    from mindie_like.backend_atb.models import build_model
     from mindie_like.backend_atb.ops import TorchOps
     c = AutoConfig.from_pretrained(str(tiny_model("llama")))      # 4 heads, 2 kv heads, head_dim 16, inter 128
     ops = TorchOps(torch.device("cpu"), torch.float32)
 
     def model(rank, size):
-        return LlamaFamilyModel(c, torch.float32, torch.device("cpu"), ops, ParallelSpec(rank, size))
+        return build_model(c, torch.float32, torch.device("cpu"), ops, ParallelSpec(rank, size))
     m = model(1, 2)
     v = c.vocab_size
     assert m.weight_slice("model.layers.0.self_attn.q_proj.weight") == (0, 32, 32)
@@ -127,6 +128,6 @@ def test_weight_slices_per_rank(tiny_model):
 def test_generic_path_models_are_refused(tiny_model):
     """worldSize > 1 needs the own model code: a model_type on the generic transformers path is named."""
     from mindie_like.backend_atb.tp_runner import check_model
-    with pytest.raises(TPConfigError, match=r"worldSize: 2 needs the own model code .* model_type 'qwen3_moe'"):
-        check_model(EngineConfig(model_path=str(tiny_model("qwen3_moe")), world_size=2, device_ids=[0, 1]), 2)
+    with pytest.raises(TPConfigError, match=r"worldSize: 2 needs the own model code .* model_type 'olmo2'"):
+        check_model(EngineConfig(model_path=str(tiny_model("olmo2")), world_size=2, device_ids=[0, 1]), 2)
     check_model(EngineConfig(model_path=str(tiny_model("qwen3")), world_size=2, device_ids=[0, 1]), 2)

@@ -37,6 +37,7 @@ def test_server_defaults():
     assert s.tlsPkPwd == "security/pass/key_pwd.txt" and s.tlsCrlFiles == ["server_crl.pem"]
     assert s.managementTlsCaFile == ["management_ca.pem"] and s.metricsTlsCaFile == ["metrics_ca.pem"]
     assert s.tlsMinVersion == "1.2" and s.shutdownGracePeriod == 10 and s.inferMode == "standard"
+    assert s.responsesStoreSize == 1000
 
 
 def test_backend_defaults():
@@ -109,6 +110,8 @@ INVALID = [
     (_set("ServerConfig.ipAddress", "localhost"), 'ServerConfig.ipAddress: "localhost" is not an IPv4 or IPv6 address'),
     (_set("ServerConfig.maxLinkNum", 0), "ServerConfig.maxLinkNum: 0 is not in [1, 4096]"),
     (_set("ServerConfig.maxLinkNum", 5000), "ServerConfig.maxLinkNum: 5000 is not in [1, 4096]"),
+    (_set("ServerConfig.responsesStoreSize", -1), "ServerConfig.responsesStoreSize: -1 is not in [0, 1000000]"),
+    (_set("ServerConfig.responsesStoreSize", "10"), 'ServerConfig.responsesStoreSize: "10" is not an integer'),
     (_set("ServerConfig.maxRequestLength", 101), "ServerConfig.maxRequestLength: 101 is not in [1, 100]"),
     (_set("ServerConfig.maxJsonDepth", 9), "ServerConfig.maxJsonDepth: 9 is not in [10, 100]"),
     (_set("ServerConfig.httpsEnabled", "yes"), 'ServerConfig.httpsEnabled: "yes" is not true or false'),

@@ -1,0 +1,70 @@
+"""The own architectures, one file each, registered by Hugging Face `model_type`.
+
+Adding an architecture is one file in this folder: a `CausalLM` subclass (models/base.py) built from
+`backend_atb/layers`, decorated with `@register("<model_type>", ...)`. Every module here is imported on first
+use, so nothing else needs to change. A model_type with no class here runs on the generic transformers path.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Optional
+
+_REGISTRY: dict[str, type] = {}
+_loaded = False
+
+
+def register(*model_types: str):
+    def deco(cls):
+        for mt in model_types:
+            if mt in _REGISTRY and _REGISTRY[mt] is not cls:
+                raise ValueError(f"model_type {mt!r} registered twice ({_REGISTRY[mt].__name__}, {cls.__name__})")
+            _REGISTRY[mt] = cls
+        cls.model_types = tuple(getattr(cls, "model_types", ())) + tuple(model_types)
+        return cls
+    return deco
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for m in pkgutil.iter_modules(__path__):
+        if m.name != "base" and not m.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{m.name}")
+    _loaded = True
+
+
+def registered_model_types() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def model_class(cfg) -> Optional[type]:
+    _load_all()
+    return _REGISTRY.get(getattr(cfg, "model_type", ""))
+
+
+def own_path_supports(cfg) -> tuple[bool, str]:
+    """(True, "") when an own architecture runs `cfg`, else (False, why)."""
+    cls = model_class(cfg)
+    if cls is None:
+        return False, f"model_type {getattr(cfg, 'model_type', '')!r} has no own implementation"
+    return cls.supports(cfg)
+
+
+def check_tensor_parallel(cfg, world_size: int, moe_ep: int = 1) -> Optional[str]:
+    """Why `cfg` cannot be split over `world_size` ranks, its experts over `moe_ep` slots (None: it can)."""
+    cls = model_class(cfg)
+    return None if cls is None or world_size == 1 else cls.parallel_refusal(cfg, world_size, moe_ep)
+
+
+def build_model(cfg, dtype, device, ops, parallel=None, act_dtype=None):
+    cls = model_class(cfg)
+    if cls is None:
+        raise ValueError(f"model_type {cfg.model_type!r} has no own implementation")
+    return cls(cfg, dtype, device, ops, parallel, act_dtype=act_dtype)
+
+
+__all__ = ["register", "registered_model_types", "model_class", "own_path_supports", "check_tensor_parallel",
+           "build_model"]

@@ -1,0 +1,80 @@
+"""The own path: an architecture from `models/` over the paged KV cache and the op table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..engine.types import EngineConfig, ForwardBatch
+from .device import cpu_has_fast_bf16
+from .layers import ParallelSpec
+from .models import build_model
+from .ops import get_ops
+from .quant import checkpoint as quant_checkpoint
+from .runner_base import BaseRunner
+from .weights import LoadStats, iter_safetensors
+
+class PagedModelRunner(BaseRunner):
+    path = "own"
+    supports_prefix_cache = True
+
+    def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig,
+                 parallel: Optional[ParallelSpec] = None):
+        self._init_common(cfg, model_dir, device, dtype, config)
+        self.ops = get_ops(device, dtype)
+        act = dtype
+        if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
+            act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
+        self.load_stats = LoadStats()
+        with torch.inference_mode():
+            self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+            # a tensor-parallel rank reads only its shard of each tensor
+            tensors = iter_safetensors(model_dir, wanted=self.model.wants_weight, slicer=self.model.weight_slice,
+                                       stats=self.load_stats)
+            prequantized = quant_checkpoint.prequantized_loader(model_dir, self.model)
+            self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
+            if prequantized:
+                prequantized.finish()
+        from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
+        self.quant_policy = maybe_quantize(self.model, config,
+                                           prequantized=prequantized.ckq.scheme if prequantized else None)
+        if self.ops.name == "npu":
+            self.ops.prepare_weights(self.model)     # FRACTAL_NZ where the SoC's matmul wants it (300I Duo)
+        self.act_dtype = self.model.act_dtype
+        self.kv_dtype = self.model.kv_dtype
+        self.vocab_size = self.model.vocab_size
+        self.kv_caches: list = []
+        self.num_blocks = 0
+        self._windows = set(self.model.windows)
+
+    def kv_cache_bytes_per_block(self) -> int:
+        return self.model.kv_bytes_per_block(self.block_size)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.kv_caches = []
+        self.kv_caches = self.model.allocate_kv(num_blocks, self.block_size)
+        self.num_blocks = num_blocks
+
+    def weight_bytes(self) -> int:
+        return self.model.weight_bytes()
+
+    @torch.inference_mode()
+    def execute(self, batch: ForwardBatch) -> torch.Tensor:
+        if not self.kv_caches:
+            raise RuntimeError("allocate_kv_cache() first")
+        dev = self.device
+        cpu = dev.type == "cpu"
+        input_ids = batch.input_ids if cpu else batch.input_ids.to(dev, non_blocking=True)
+        positions = batch.positions if cpu else batch.positions.to(dev, non_blocking=True)
+        slot_mapping = batch.slot_mapping if cpu else batch.slot_mapping.to(dev, non_blocking=True)
+        block_tables = batch.block_tables if cpu else batch.block_tables.to(dev, non_blocking=True)
+        logits_indices = batch.logits_indices if cpu else batch.logits_indices.to(dev, non_blocking=True)
+        self.model.ensure_positions(max(batch.context_lens))
+        meta = self.ops.prepare(query_lens=batch.query_lens, context_lens=batch.context_lens,
+                                block_tables=block_tables, slot_mapping=slot_mapping, block_size=self.block_size,
+                                scale=self.model.scale, windows=self._windows)
+        logits = self.model.forward(input_ids, positions, meta, self.kv_caches, logits_indices)
+        return logits if cpu or logits is None else logits.cpu()
+
+

@@ -1,0 +1,33 @@
+"""Which own CPU kernel families run where (cpu_kernels.wanted), from the CPU flags and MINDIE_LIKE_CPU_KERNELS."""
+from __future__ import annotations
+
+import pytest
+
+from mindie_like.backend_atb import cpu_kernels, device
+
+AVX2 = frozenset({"avx2", "fma"})
+ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni"}
+
+
+@pytest.mark.parametrize("flags,env,quant,float_", [
+    (AVX2, None, True, True),              # AVX2 without native bf16: both families
+    (ZEN4, None, True, False),             # native bf16: the int8/int4 kernels only; torch's bf16 matmul
+    (ZEN4, "1", True, True),               # forced on: everything the CPU can run
+    (ZEN4, "0", False, False),             # forced off
+    (AVX2, "off", False, False),
+    (frozenset({"sse4_2"}), "1", False, False),   # cannot run them: never, even forced
+])
+def test_families(monkeypatch, flags, env, quant, float_):
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    monkeypatch.delenv("MINDIE_LIKE_CPU_BF16", raising=False)
+    if env is None:
+        monkeypatch.delenv("MINDIE_LIKE_CPU_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", env)
+    assert cpu_kernels.wanted("quant") is quant
+    assert cpu_kernels.wanted("float") is float_
+    assert cpu_kernels.wanted() is float_
+    if not quant:
+        assert cpu_kernels.load() is None
+    with pytest.raises(ValueError, match="family"):
+        cpu_kernels.wanted("bf16")
