@@ -7,10 +7,10 @@ The runner is the test suite's FakeRunner (paged bookkeeping, no model): this co
 """
 import os
 import sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from transformers import AutoTokenizer
 from benchmarks.loadgen import chat_messages, WEATHER_TOOLS
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
 from mindie_like.engine import scheduler as S

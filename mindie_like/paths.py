@@ -11,16 +11,14 @@ ENV_HOME = "MINDIE_LLM_HOME_PATH"
 ENV_CACHE = "MINDIE_LIKE_CACHE_DIR"
 
 
-def cache_dir(home: Optional[os.PathLike] = None, env: Optional[dict] = None) -> Path:
+def cache_dir(env: Optional[dict] = None) -> Path:
     """Where derived files go (a GGUF model imported as safetensors with its tokenizer, the compiled CPU
-    kernels): env MINDIE_LIKE_CACHE_DIR, else `<home>/cache`; home is the daemon's home directory when given,
-    else MINDIE_LLM_HOME_PATH, else the install root."""
+    kernels): env MINDIE_LIKE_CACHE_DIR, else ~/.cache/mindie_like. Per user, not per daemon home: an import or
+    a kernel build is reused by every daemon, test run and benchmark of that user."""
     env = os.environ if env is None else env
     if env.get(ENV_CACHE):
         return Path(env[ENV_CACHE]).expanduser().resolve()
-    if home is None:
-        home = Path(env[ENV_HOME]).expanduser().resolve() if env.get(ENV_HOME) else INSTALL_ROOT
-    return Path(home) / "cache"
+    return Path.home() / ".cache" / "mindie_like"
 
 
 def find_gguf(path: str | os.PathLike) -> Optional[Path]:

@@ -62,7 +62,8 @@ def import_gguf(gguf: Path, dest: Path, trust_remote_code: bool = False) -> Path
     """Dequantizes `gguf` through transformers and saves a bfloat16 safetensors folder at `dest` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     t0 = time.time()
-    log.info("importing GGUF %s into %s (once; dequantizing takes a while)", gguf, dest)
+    log.info("importing GGUF %s into %s: once, dequantizing every tensor (about a minute for a 0.5B model on 2 "
+             "cores, silent until the weights are saved)", gguf, dest)
     folder, name = str(gguf.parent), gguf.name
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16,
                                                  trust_remote_code=trust_remote_code)

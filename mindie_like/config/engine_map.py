@@ -35,7 +35,7 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         enable_prefix_cache=prefix,
         max_queue_size=s.maxQueueSize,
         num_threads=m.numThreads,
-        cache_dir=str(cache_dir(loaded.home)),
+        cache_dir=str(cache_dir()),
         quant=QuantOptions(scheme=m.quantization, group_size=m.quant_group_size, dense=m.quant_dense,
                            crossover=m.quant_crossover, from_gguf=m.quant_from_gguf,
                            dense_dtype=m.quant_dense_dtype, act_bits=m.quant_act_bits),

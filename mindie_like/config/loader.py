@@ -251,30 +251,59 @@ def validate_config(data: dict, env: Optional[dict] = None) -> tuple[MindIEConfi
     return cfg, warn, debug
 
 
-def check_paths(loaded: LoadedConfig) -> None:
-    """Files the config names must exist: the weights folder and configured chat templates."""
+def path_problems(home: Path, weight_path: Any, chat_templates: dict) -> list[str]:
+    """Files the config names must exist: the weights folder (config.json or one .gguf) and the configured chat
+    templates. Works on raw values too (strings are checked, anything else is the schema's to refuse)."""
     errors = []
-    mp = loaded.model_path
-    if not mp.exists():
-        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} does not exist")
-    else:
+    if isinstance(weight_path, str) and weight_path:
         try:
-            gguf = find_gguf(mp)
-        except ValueError as e:          # several .gguf files
-            errors.append(f"{MODEL_KEY}.modelWeightPath: {e}")
+            mp = resolve_path(home, weight_path, f"{MODEL_KEY}.modelWeightPath")
+        except ConfigError as e:
+            errors += e.lines
         else:
-            if gguf is None and not (mp / "config.json").is_file():
-                errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf file")
-    for mt, opts in loaded.config.model.models.items():
-        if opts.chat_template:
+            if not mp.exists():
+                errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} does not exist")
+            else:
+                try:
+                    gguf = find_gguf(mp)
+                except ValueError as e:          # several .gguf files
+                    errors.append(f"{MODEL_KEY}.modelWeightPath: {e}")
+                else:
+                    if gguf is None and not (mp / "config.json").is_file():
+                        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf "
+                                      f"file")
+    for mt, template in chat_templates.items():
+        if isinstance(template, str) and template:
             key = f"{MODEL_KEY}.models.{mt}.chat_template"
             try:
-                p = loaded.resolve(opts.chat_template, key)
+                p = resolve_path(home, template, key)
             except ConfigError as e:
                 errors += e.lines
                 continue
             if not p.is_file():
                 errors.append(f"{key}: {p} is not a readable file")
+    return errors
+
+
+def _raw_model_entry(data: Any) -> dict:
+    try:
+        entry = data["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
+    except (KeyError, IndexError, TypeError):
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def _raw_chat_templates(entry: dict) -> dict:
+    models = entry.get("models")
+    if not isinstance(models, dict):
+        return {}
+    return {mt: o.get("chat_template") for mt, o in models.items() if isinstance(o, dict)}
+
+
+def check_paths(loaded: LoadedConfig) -> None:
+    """Raises ConfigError with every path_problems line of a validated config."""
+    m = loaded.config.model
+    errors = path_problems(loaded.home, m.modelWeightPath, {mt: o.chat_template for mt, o in m.models.items()})
     if errors:
         raise ConfigError(errors)
 
@@ -285,12 +314,24 @@ def load_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None, s
     env = os.environ if env is None else env
     path = find_config_path(cli_path, env)
     data, warnings = read_config_file(path, strict_permissions=strict_permissions)
-    cfg, warn, debug = validate_config(data, env)
-    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn,
+    home = home_dir(path, env)
+    try:
+        cfg, warn, debug = validate_config(data, env)
+    except ConfigError as e:
+        if not check_files:
+            raise
+        # the files named by the raw values too, so one run reports every problem
+        try:
+            raw = normalize_raw(data, env) if isinstance(data, dict) else data
+        except ConfigError:
+            raw = data
+        entry = _raw_model_entry(raw)
+        raise ConfigError(e.lines + path_problems(home, entry.get("modelWeightPath"), _raw_chat_templates(entry))
+                          ) from None
+    loaded = LoadedConfig(config=cfg, path=path, home=home, warnings=warnings + warn,
                           strict_permissions=strict_permissions)
     for w in loaded.warnings:
         log.warning("%s", w)
-    log.info("%s", ACCEPTED_WITHOUT_EFFECT)
     for d in debug:
         log.debug("%s", d)
     if check_files:

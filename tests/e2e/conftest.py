@@ -99,8 +99,6 @@ def daemon_env(home: Path, extra: Optional[dict] = None) -> dict:
     env["MINDIE_LLM_HOME_PATH"] = str(home)
     env.pop("MIES_CONFIG_JSON_PATH", None)
     env.setdefault("MINDIE_LOG_LEVEL", "INFO")
-    # the daemon's cache dir would be <home>/cache, one per test home: share the tree's (compiled CPU kernels)
-    env.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))
     env.update(extra or {})
     return env
 

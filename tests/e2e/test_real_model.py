@@ -31,8 +31,8 @@ SEED_MESSAGES = [
 def demo(daemon_factory):
     if not any(DEMO.glob("*.gguf")) and not (DEMO / "config.json").is_file():
         pytest.fail(f"the demo model is not at {DEMO}: run bin/fetch_models (or set MINDIE_LIKE_DEMO_MODEL)")
-    # the imported model is shared with the checkout's own runs (daemon_env's cache dir: the first import of a
-    # GGUF takes a minute or more)
+    # the imported model is shared with the user's other runs (paths.cache_dir: the first import of a GGUF takes
+    # a minute or more)
     return daemon_factory(DEMO)
 
 

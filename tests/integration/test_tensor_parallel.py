@@ -10,15 +10,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "backend"))
 
-from driver import Driver  # noqa: E402
+from tests.support.driver import Driver  # noqa: E402
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from mindie_like.engine import AsyncEngine  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
-from reference_runner import ReferenceRunner
+from tests.support.reference_runner import ReferenceRunner
 
 NEAR_TIE = 1e-3
 N_OUT = 12

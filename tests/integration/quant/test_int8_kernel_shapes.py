@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from driver import Driver
-from helpers import prompt
+from tests.support.driver import Driver
+from tests.support.backend_helpers import prompt
 
 from mindie_like.backend_atb import ModelRunner, cpu_kernels
 from mindie_like.backend_atb.quant import Int8Weight
 from mindie_like.backend_atb.quant.weight import NATIVE_INT8
-from engine_fakes import make_engine_config
+from tests.support.engine_fakes import make_engine_config
 
 pytestmark = pytest.mark.isolated
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from driver import Driver
+from tests.support.driver import Driver
 
 from mindie_like.backend_atb import ModelRunner
-from engine_fakes import make_engine_config
+from tests.support.engine_fakes import make_engine_config
 
 MODEL = Path(os.environ.get("MINDIE_LIKE_DEMO_GGUF", "/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
 THREADS = int(os.environ.get("MINDIE_LIKE_REAL_MODEL_THREADS", "1"))

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "backend"))
 
 import fake_torch_npu  # noqa: E402
 
@@ -108,8 +105,8 @@ def test_wrong_argument_names_are_caught():
 def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, family, overrides):
     """The tiny model run through the NPU op table (fake kernels) gives the reference logits: prefill, a cached
     prefix, mixed batches and decodes."""
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model(family, **overrides)
     ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     npu_runner.ops = npu_ops
@@ -133,8 +130,8 @@ def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, fam
 def test_fractal_nz_weights_on_310p_only(tiny_model, device_name, casts):
     """Atlas 300I Duo (310P): the dense linear weights go to FRACTAL_NZ (format 29) once at load, an untied
     lm_head too; A2/A3 (910B) keep ND. The model still computes the same logits through the op table."""
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model("llama")
     ref, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     ops = make_npu_ops(device_name)

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, EngineError, SamplingParams
 from mindie_like.protocol.errors import ValidationFailure

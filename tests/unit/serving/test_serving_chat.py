@@ -9,7 +9,7 @@ import pytest
 from mindie_like.engine.types import EngineError, EngineOverloaded, PromptLimits
 from mindie_like.protocol import ChatCompletionChunk, ChatCompletionResponse, ValidationFailure, parse_chat_request
 from mindie_like.serving import ChatServing, ServingOptions
-from serving_fakes import (FakeChatOutputParser, FakeEngine, FakeGuided, FakePlan, FakeQwenProcessor, collect_sse,
+from tests.support.serving_fakes import (FakeChatOutputParser, FakeEngine, FakeGuided, FakePlan, FakeQwenProcessor, collect_sse,
                            reassemble)
 
 MODEL = "qwen-test"

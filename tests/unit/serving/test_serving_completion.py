@@ -8,7 +8,7 @@ import pytest
 from mindie_like.engine.types import EngineOverloaded, PromptLimits
 from mindie_like.protocol import CompletionResponse, ValidationFailure
 from mindie_like.serving import CompletionServing, ServingOptions
-from serving_fakes import FakeEngine, collect_sse
+from tests.support.serving_fakes import FakeEngine, collect_sse
 
 MODEL = "qwen-test"
 

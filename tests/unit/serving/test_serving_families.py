@@ -16,7 +16,7 @@ from mindie_like.engine.types import PromptLimits  # noqa: E402
 from mindie_like.reasoning import ChatOutputParser  # noqa: E402
 from mindie_like.serving import ChatServing, ServingOptions  # noqa: E402
 from mindie_like.tool_call import ToolsCallProcessorManager  # noqa: E402
-from serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
+from tests.support.serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
 
 MODEL = "m"
 REPO = Path(__file__).resolve().parents[3]

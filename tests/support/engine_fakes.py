@@ -7,7 +7,7 @@ engine's paging, not just its outputs. With `supports_prefix_cache=False` they i
 (positions say where the new tokens go; a preempted sequence restarts at position 0), like the generic HF path.
 
 `FakeRunner`: logits are a cheap deterministic function of the whole context (fast scheduler/engine tests).
-The transformers-backed oracle is tests/integration/engine/reference_runner.py.
+The transformers-backed oracle is tests/support/reference_runner.py.
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """Helpers for the backend tests: load our runner and the transformers oracle on a tiny model."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-from mindie_like.backend_atb import ModelRunner  # noqa: E402
-from engine_fakes import make_engine_config  # noqa: E402
+from mindie_like.backend_atb import ModelRunner
+from tests.support.engine_fakes import make_engine_config
 
 torch.set_num_threads(1 if torch.get_num_threads() < 2 else 2)
 
