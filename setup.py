@@ -15,7 +15,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
-        "transformers>=4.45",
+        # 5.x: `rope_parameters` (partial rotary, yarn's mscale) and the deepseek_v3 / glm4_moe configs as the own
+        # model code reads them; tested with 5.25
+        "transformers>=5.0,<6",
         "tokenizers>=0.19",
         "safetensors>=0.4",
         "gguf>=0.10",
@@ -37,7 +39,12 @@ setup(
         # schemathesis: the OpenAPI fuzzing of the daemon (tests/e2e/test_openapi_fuzz.py); 4.x is the API used there
         # pytest-isolated: the native-kernel test modules run in their own process, so a segfault fails them only
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "pytest-isolated>=0.6,<0.7", "hypothesis>=6.100", "openai>=1.66",
-                "anthropic>=0.50", "jsonschema>=4.0", "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6"],
+                "anthropic>=0.50", "jsonschema>=4.0", "schemathesis>=4.30,<5", "requests>=2.31", "pyyaml>=6",
+                # kubernetes-validate: checks deploy/k8s/ against the Kubernetes schemas (no cluster needed)
+                "kubernetes-validate>=1.30"],
+        # the SGLang Model Gateway (a Rust binary in a wheel) that bin/ms_coordinator runs; its TLS front, nginx,
+        # comes from the system (bin/install installs Debian's nginx-light when it runs as root with apt-get)
+        "coordinator": ["smg==1.13.0"],
         # llama-cpp-python: the peer in the engine and serving benchmarks (its OpenAI server needs the five after
         # it: the names of its [server] extra, listed here so pip does not rebuild it); partial-json-parser:
         # bench_tool_parse's baseline

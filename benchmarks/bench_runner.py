@@ -111,6 +111,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--compare-decode-stack", action="store_true",
+                    help="also time the decode step with the layers run from Python (no C++ decode stack), "
+                         "interleaved run by run with the default")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--cpu-time", action="store_true", help="measure process CPU time instead of wall time "
                     "(meaningful with --threads 1 on a busy shared machine)")
@@ -128,11 +131,17 @@ def main():
     wbytes = runner.weight_bytes()
 
     bw = copy_bandwidth()
-    ours_runs = []
+    ours_runs, loop_runs = [], []
     for _ in range(args.runs):
         ts = ours_decode(runner, prompt, args.steps)
         ours_runs.append(1.0 / statistics.median(ts[2:]))
+        if args.compare_decode_stack:
+            runner.model.allow_decode_stack = False
+            ts = ours_decode(runner, prompt, args.steps)
+            loop_runs.append(1.0 / statistics.median(ts[2:]))
+            runner.model.allow_decode_stack = True
     ours = statistics.median(ours_runs)
+    decode_stack = runner.model.decode_stack(runner.kv_caches) is not None
     ceiling = matmul_ceiling(runner)
     act_dtype, op_table = str(runner.model.act_dtype).replace("torch.", ""), runner.ops.name
     bw2 = copy_bandwidth()
@@ -157,11 +166,15 @@ def main():
         "copy_bandwidth_gbs": round(bw / 1e9, 1), "bound_tok_s": round(bound, 1),
         "matmul_only_tok_s": ceiling, "act_dtype": act_dtype,
         "op_table": op_table, "ours_tok_s": round(ours, 1), "ours_runs": [round(x, 1) for x in ours_runs],
+        "decode_stack": decode_stack,
+        "python_layer_loop_tok_s": round(statistics.median(loop_runs), 1) if loop_runs else None,
+        "python_layer_loop_runs": [round(x, 1) for x in loop_runs],
         "hf_tok_s": None if hf is None else round(hf, 1), "hf_runs": [round(x, 1) for x in hf_runs],
         "ours_vs_bound": round(ours / bound, 2), "ours_vs_hf": None if hf is None else round(ours / hf, 2),
     }
     print(json.dumps(res, indent=1))
     print(f"\n| what | decode tok/s (median) |\n|---|---|\n| ours ({args.dtype}, {threads} threads) | {ours:.1f} |"
+          + (f"\n| ours, layers from Python | {statistics.median(loop_runs):.1f} |" if loop_runs else "")
           + (f"\n| transformers generate | {hf:.1f} |" if hf else "")
           + f"\n| bandwidth bound ({wbytes / 1e9:.2f} GB/step at {bw / 1e9:.1f} GB/s) | {bound:.1f} |")
     if args.json:

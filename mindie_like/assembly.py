@@ -24,6 +24,7 @@ from .server.metrics import Metrics
 from .server.anthropic import add_anthropic_routes
 from .server.openai import add_openai_routes
 from .server.responses import add_responses_routes
+from .server.router_endpoints import add_router_routes, register_router_gauges
 from .server.routes import add_management_routes, add_metrics_routes, add_model_routes
 
 log = logging.getLogger("mindie_like.assembly")
@@ -31,7 +32,8 @@ log = logging.getLogger("mindie_like.assembly")
 # Every route module, by plane. A new route module (say server/responses.py with `add_responses_routes(app,
 # ctx)`) is one more entry here; its handlers read the serving objects from `ctx.servings`.
 ROUTES: RouteTable = {
-    "business": (add_model_routes, add_openai_routes, add_compat_routes, add_responses_routes, add_anthropic_routes),
+    "business": (add_model_routes, add_openai_routes, add_compat_routes, add_responses_routes, add_anthropic_routes,
+                 add_router_routes),
     "management": (add_management_routes,),
     "metrics": (add_metrics_routes,),
 }
@@ -99,7 +101,7 @@ def build_servings(ctx: ServingContext) -> Servings:
         backend.engine, backend.tokenizer, ctx.model_name, model_type=backend.model_type,
         hf_config=backend.hf_config, tool_call_parser=opts.tool_call_options.tool_call_parser or None,
         chat_template_path=template, enable_reasoning=opts.enable_reasoning,
-        lenient_recovery=opts.tool_call_options.lenient_recovery,
+        lenient_recovery=opts.tool_call_options.lenient_recovery, strict_tools=opts.tool_call_options.strict,
         model_dir=backend.tokenizer_dir or backend.model_path, metrics=ctx.metrics, limits=limits, **timeouts)
     log.info("tool-call parser: %s; constrained decoding: %s", chat.family,
              "llguidance" if chat.guided is not None else "off")
@@ -115,6 +117,7 @@ def build_context(loaded: LoadedConfig, backend: Backend, engine_config: EngineC
     """The ServingContext the planes serve: the serving objects are built here, once (none without an engine)."""
     ctx = ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
                          metrics=Metrics(loaded.config.model.modelName))
+    register_router_gauges(ctx)          # the queue and KV-cache gauges under the names routers read
     if backend.engine is not None:
         ctx.servings = build_servings(ctx)
     return ctx

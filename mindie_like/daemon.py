@@ -17,14 +17,19 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
-from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory
-from .config import ConfigError, effective_config, to_engine_config
-from .config.loader import ACCEPTED_WITHOUT_EFFECT
-from .config.logging_setup import setup_logging
-from .preflight import preflight
+from .cpu_threads import set_openmp_defaults
+
+set_openmp_defaults(os.environ)     # before torch is imported (below): OpenMP reads these when it loads
+
+from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory  # noqa: E402
+from .config import ConfigError, effective_config, to_engine_config  # noqa: E402
+from .config.loader import ACCEPTED_WITHOUT_EFFECT  # noqa: E402
+from .config.logging_setup import setup_logging  # noqa: E402
+from .preflight import preflight  # noqa: E402
 
 log = logging.getLogger("mindie_like.daemon")
 
@@ -91,6 +96,8 @@ def _stop_during_start(signum, frame):
 
 
 def main(argv=None) -> int:
+    from .server.memory import configure_allocator
+    configure_allocator()     # before the model and the first requests allocate: freed memory goes back
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(None, stream=sys.stderr if args.check_config else None)
     # SIGTERM/SIGINT while the model loads: nothing is in flight yet, so stop at once and exit 0
@@ -133,6 +140,12 @@ def _main(args) -> int:
     log.info("%s", ACCEPTED_WITHOUT_EFFECT)
     if not loaded.config.ServerConfig.httpsEnabled:
         log.warning("ServerConfig.httpsEnabled is false: the planes serve plain HTTP without client authentication")
+    from .server.connections import unbindable
+    busy = unbindable(loaded.config.ServerConfig)
+    if busy:                    # before the model loads: a port in use is reported at once, not minutes later
+        for line in busy:
+            print(line, file=sys.stderr, flush=True)
+        return EXIT_RUNTIME
     try:
         backend, engine_config = build_backend(loaded)
     except BackendLoadError as e:

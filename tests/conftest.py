@@ -14,7 +14,7 @@ def tiny_model(tmp_path_factory):
     cache: dict = {}
 
     def get(family: str, **overrides) -> Path:
-        key = (family, tuple(sorted(overrides.items())))
+        key = (family, repr(sorted(overrides.items())))      # repr: list values (mlp_only_layers) too
         if key not in cache:
             dest = tmp_path_factory.mktemp(f"tiny_{family}")
             cache[key] = build_tiny_model(dest, family, **overrides)

@@ -247,7 +247,6 @@ class TritonModelConfig(_Closed):
     name: str
     model_type: str = Field(description="of the weights")
     backend_type: Literal["atb", "torch"]
-    model_weight_path: str
     world_size: int = Field(ge=1)
     max_seq_len: int = Field(ge=1)
     max_input_token_len: int = Field(ge=1)
@@ -514,6 +513,23 @@ def paths() -> dict:
         "/v2/models/{model}/generate_stream": {**triton, **_compat_generation(
             "Triton streaming text generate", _json("TritonRequest"),
             "Server-sent events, one TritonStreamEvent per generated token", _compat_sse("TritonStreamEvent"), 404)},
+        # -- for routers in front of several daemons (server/router_endpoints.py; docs/deployment.md)
+        "/v1/loads": _get("SGLang's load report, polled by the SGLang Model Gateway",
+                          {"description": "One entry (this daemon is one data-parallel rank)", "content": {
+                              "application/json": {"schema": {"type": "object", "properties": {"loads": {
+                                  "type": "array", "items": {"type": "object", "properties": {
+                                      "dp_rank": {"type": "integer"}, "num_running_reqs": {"type": "integer"},
+                                      "num_waiting_reqs": {"type": "integer"},
+                                      "num_used_tokens": {"type": "integer"},
+                                      "max_total_num_tokens": {"type": "integer"},
+                                      "token_usage": {"type": "number", "minimum": 0, "maximum": 1},
+                                      "worker_generation": {"type": "string"}}}}}}}}}),
+        "/get_load": _get("SGLang's older load report (sglang-router 0.3.x polls it)",
+                          {"description": "One entry", "content": {"application/json": {"schema": {
+                              "type": "array", "items": {"type": "object", "properties": {
+                                  "dp_rank": {"type": "integer"}, "num_reqs": {"type": "integer"},
+                                  "num_waiting_reqs": {"type": "integer"},
+                                  "num_tokens": {"type": "integer"}}}}}}}),
         "/v2/models/{model}/stopInfer": {**triton, "post": {
             "summary": "Abort a running compat request by its id (its KV blocks are freed before the answer); the "
                        "request ends normally with finish_reason abort",
@@ -525,7 +541,8 @@ def paths() -> dict:
                           **_errors(405, 413, 422, 503)}}},
     }
     management = {
-        "/health": {"get": {"summary": "Liveness of the service (empty body)",
+        "/health": {"get": {"summary": "Liveness of the service (empty body); the business plane answers it too, "
+                                       "for routers (503 there also while no engine serves)",
                             "responses": {"200": _empty("Serving"), "503": _empty("Stopping"),
                                           **_errors(405)}}},
         "/v2/health/live": {"get": {"summary": "KServe liveness (empty body)",

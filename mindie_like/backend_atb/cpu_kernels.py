@@ -31,6 +31,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -43,7 +44,9 @@ _CSRC = Path(__file__).resolve().parent / "csrc"
 _SOURCES = ("module.cpp",)        # includes bf16_gemv.cpp, norm.cpp, quant_gemm.cpp, decode_attn.cpp (one unit)
 # -fopenmp: at::parallel_for is a header template that runs serially unless the extension itself is compiled with
 # OpenMP (_OPENMP); linking it resolves to the libgomp.so.1 torch has already loaded (same soname).
-_CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+# No instruction-set flags: the module loads on any x86-64 CPU; the AVX2 kernels carry a target pragma and the
+# block kernels one target attribute per implementation (csrc/module.cpp), so nothing runs what the CPU lacks.
+_CFLAGS = ["-O3", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 
 
@@ -61,10 +64,42 @@ def mode() -> str:
 
 
 def runnable() -> bool:
-    """This CPU executes the kernels' instructions (AVX2 + FMA; AVX512 CPUs have both)."""
+    """This CPU executes the AVX2 kernels' instructions (AVX2 + FMA; AVX512 CPUs have both)."""
     from .device import cpu_flags
     flags = cpu_flags()
     return "avx2" in flags and "fma" in flags
+
+
+def _x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+# ---- block kernels (csrc/block_gemm.cpp): one implementation per instruction set, picked at run time ----------
+ISAS = ("portable", "avx2", "avx512")
+
+
+def isa(mod=None) -> str:
+    """The block kernels' instruction set: the widest this CPU runs (cpuid), or MINDIE_LIKE_CPU_ISA when it names
+    a narrower one ("portable" forces the plain C++ path on any machine). Logged once."""
+    mod = mod or load()
+    if mod is None:
+        return "none"
+    best = ISAS[int(mod.cpu_isa())]
+    want = os.environ.get("MINDIE_LIKE_CPU_ISA", "").strip().lower()
+    chosen = best
+    if want:
+        if want not in ISAS:
+            raise ValueError(f"MINDIE_LIKE_CPU_ISA={want!r}: one of {', '.join(ISAS)}")
+        chosen = want if ISAS.index(want) <= ISAS.index(best) else best
+    key = (best, want, chosen)
+    if key not in _ISA_LOGGED:
+        _ISA_LOGGED.add(key)
+        log.info("CPU block kernels: %s (this CPU runs up to %s%s)", chosen, best,
+                 f"; MINDIE_LIKE_CPU_ISA={want}" if want else "")
+    return chosen
+
+
+_ISA_LOGGED: set = set()
 
 
 def wanted(family: str = "float") -> bool:
@@ -81,8 +116,8 @@ def wanted(family: str = "float") -> bool:
 
 
 def load():
-    """The compiled extension module, or None (not runnable here, switched off, or no compiler)."""
-    if mode() == "off" or not runnable():
+    """The compiled extension module, or None (not x86-64, switched off, or no compiler)."""
+    if mode() == "off" or not _x86_64():
         return None
     return _build()
 

@@ -12,7 +12,7 @@ from ..engine.types import EngineConfig
 from .device import choose_dtype, configure_threads, select_device
 from .generic_runner import HFModelRunner
 from .layers import ParallelSpec
-from .models import model_class, own_path_supports
+from .models import load_hf_config, model_class, own_path_supports
 from .paged_runner import PagedModelRunner
 from .quant import checkpoint as quant_checkpoint
 from .runner_base import BaseRunner
@@ -24,13 +24,12 @@ log = logging.getLogger(__name__)
 def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = None,
                       device_index: Optional[int] = None, threads: Optional[int] = None) -> BaseRunner:
     """`parallel`, `device_index`, `threads`: this rank's share, device and CPU threads (tp_runner)."""
-    from transformers import AutoConfig
     t0 = time.time()
     device = select_device(config.device, (config.device_ids or [0])[0] if device_index is None else device_index)
     if device.type == "cpu":
         threads = configure_threads(threads or config.num_threads)
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
-    cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+    cfg = load_hf_config(model_dir, config.trust_remote_code)
     cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     dtype = choose_dtype(config.dtype, cfg_dtype, device)
     ok, why = own_path_supports(cfg)

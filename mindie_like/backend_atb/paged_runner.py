@@ -12,6 +12,7 @@ from .layers import ParallelSpec
 from .models import build_model
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
+from .quant import fp8_block
 from .runner_base import BaseRunner
 from .weights import LoadStats, iter_safetensors
 
@@ -30,8 +31,14 @@ class PagedModelRunner(BaseRunner):
         with torch.inference_mode():
             self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
             # a tensor-parallel rank reads only its shard of each tensor
-            tensors = iter_safetensors(model_dir, wanted=self.model.wants_weight, slicer=self.model.weight_slice,
-                                       stats=self.load_stats)
+            wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None
+            fp8_block_size = fp8_block.detect(model_dir)
+            if fp8_block_size is not None:      # FP8 tiles dequantized to the model's dtype as they stream in
+                fp8 = fp8_block.Fp8BlockStream(fp8_block_size, dtype, wanted, slicer)
+                wanted, slicer = fp8.wanted, fp8.slicer
+            tensors = iter_safetensors(model_dir, wanted=wanted, slicer=slicer, stats=self.load_stats)
+            if fp8 is not None:
+                tensors = fp8.take(tensors)
             prequantized = quant_checkpoint.prequantized_loader(model_dir, self.model)
             self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
             if prequantized:

@@ -39,7 +39,7 @@ from ..engine.types import BackendFailure, EngineConfig, ForwardBatch
 from .device import available_cores, select_device
 from .layers import ParallelSpec
 from .local_runner import load_local_runner
-from .models import check_tensor_parallel, own_path_supports, registered_model_types
+from .models import check_tensor_parallel, load_hf_config, own_path_supports, registered_model_types
 from .parallel import (CMD_ALLOCATE, CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_STOP, MODEL_KEY, StepChannel, TPConfigError,
                        WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups,
                        moe_expert_parallel, open_store, set_rank_device, wait_for_ranks, world_layout)
@@ -89,9 +89,8 @@ def rank_num_blocks(runner: BaseRunner, kv_cache_gb: float, local_size: int) -> 
 
 def check_model(config: EngineConfig, world: int) -> None:
     """Refuses, before any process starts, a model that cannot be split over `world` ranks (TPConfigError)."""
-    from transformers import AutoConfig
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
-    cfg = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=config.trust_remote_code)
+    cfg = load_hf_config(model_dir, config.trust_remote_code)
     ok, why = own_path_supports(cfg)
     if config.force_generic:
         ok, why = False, "the generic path is forced"

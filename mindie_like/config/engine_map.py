@@ -43,6 +43,8 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         multi_nodes_port=cfg.BackendConfig.multiNodesInferPort,
         tp_collective_timeout=float(m.tpCollectiveTimeout),
         tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
+        force_generic=m.force_generic,
+        num_kv_blocks=m.num_kv_blocks,
         moe_ep=m.moe_ep,
         moe_tp=m.moe_tp,
     )

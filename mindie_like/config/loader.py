@@ -11,6 +11,7 @@ Every refusal is one line `<key path>: <value and what is allowed>`; the daemon 
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -175,15 +176,37 @@ def format_validation_error(e: ValidationError) -> list[str]:
     return lines
 
 
+# ModelConfig keys the backend reads from EngineConfig.extra (anything else there is passed along unread)
+def _known_keys(model: BaseModel) -> list[str]:
+    cls = type(model)
+    keys = [f.alias or name for name, f in cls.model_fields.items()]
+    return keys
+
+
+def _closest(key: str, known: list[str]) -> Optional[str]:
+    """The known key `key` is most likely a typo of (case and separators ignored), or None."""
+    def norm(k: str) -> str:
+        return k.lower().replace("_", "").replace("-", "")
+    by_norm = {norm(k): k for k in known}
+    if norm(key) in by_norm:
+        return by_norm[norm(key)]
+    match = difflib.get_close_matches(norm(key), list(by_norm), n=1, cutoff=0.8)
+    return by_norm[match[0]] if match else None
+
+
 def _unknown_keys(obj: Any, path: str, out_warn: list[str], out_debug: list[str]) -> None:
     if isinstance(obj, BaseModel):
         extra = obj.model_extra or {}
+        known = _known_keys(obj) if extra else []
         for k in extra:
             where = f"{path}.{k}" if path else k
-            if isinstance(obj, ModelEntry):
+            guess = _closest(k, known)
+            if isinstance(obj, ModelEntry) and guess is None:
                 out_debug.append(f"{where}: accepted, not used")
+            elif isinstance(obj, ModelEntry):
+                out_warn.append(f"{where}: unknown key (did you mean {guess!r}?), accepted, not used")
             else:
-                out_warn.append(f"{where}: unknown key, ignored")
+                out_warn.append(f"{where}: unknown key, ignored" + (f" (did you mean {guess!r}?)" if guess else ""))
         for name in type(obj).model_fields:
             _unknown_keys(getattr(obj, name), f"{path}.{name}" if path else name, out_warn, out_debug)
     elif isinstance(obj, list):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
                       StrictStr, field_validator, model_validator)
 
-from ..engine.types import QUANT_SCHEME_ALIASES
+from ..engine.types import NO_QUANTIZATION, QUANT_SCHEME_ALIASES
 
 INT32_MAX = 2**31 - 1
 
@@ -186,6 +186,7 @@ def normalize_model_type(model_type: str) -> str:
 class ToolCallOptions(_Section):
     tool_call_parser: StrictStr = ""
     lenient_recovery: StrictBool = True     # ours: report a bare/fenced JSON call the family format missed
+    strict: StrictBool = False              # ours: tools without their own "strict" are strict (grammar in auto)
 
 
 class ModelTypeOptions(_Section):
@@ -223,8 +224,9 @@ def _positive_or_minus_one(v):
 
 
 def _quantization(v):
-    if not isinstance(v, str) or v.lower().strip() not in QUANT_SCHEME_ALIASES:
-        raise ValueError(f"{_show(v)} is not one of {', '.join(_show(a) for a in QUANT_SCHEME_ALIASES)}")
+    allowed = (*QUANT_SCHEME_ALIASES, *NO_QUANTIZATION)
+    if not isinstance(v, str) or v.lower().strip() not in allowed:
+        raise ValueError(f"{_show(v)} is not one of {', '.join(_show(a) for a in allowed)}")
     return v
 
 
@@ -255,7 +257,11 @@ class ModelEntry(_Section):
     quant_from_gguf: StrictBool = True
     quant_dense_dtype: Annotated[StrictStr, one_of("auto", "model")] = "auto"
     quant_act_bits: Annotated[StrictInt, one_of(8, 16)] = 8
-    # MoE over tensor-parallel ranks (MindIE's names): moe_ep x moe_tp = the world (backend_atb/parallel.py)
+    # test and tuning knobs the backend reads: the generic transformers path forced, a fixed KV block count
+    force_generic: StrictBool = False
+    num_kv_blocks: Optional[Annotated[StrictInt, in_range(1, INT32_MAX)]] = None
+    # MindIE's MoE parallel split: experts over moe_ep slots, each expert's intermediate dimension over moe_tp
+    # ranks; moe_ep x moe_tp = the world (checked at start, where the node count is known)
     moe_ep: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
     moe_tp: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None
 

@@ -71,7 +71,11 @@ class AsyncEngine:
             if request_id in self._live:
                 raise EngineError(f"duplicate request id {request_id!r}")
             qmax = self.config.max_queue_size
-            if qmax > 0 and len(self.core.scheduler.waiting) + self._pending_adds >= qmax:
+            # requests not yet added count against the free batch slots first, then against the queue: a burst
+            # that arrives before the engine thread has moved any of them to running is not refused early
+            sched = self.core.scheduler
+            free_slots = max(0, sched.max_batch_size - len(sched.running))
+            if qmax > 0 and len(sched.waiting) + self._pending_adds >= qmax + free_slots:
                 raise EngineOverloaded(f"the waiting queue is full ({qmax} requests)")
             self._live[request_id] = req
             self._pending_adds += 1

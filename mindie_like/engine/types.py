@@ -121,6 +121,10 @@ class PromptLimits:
         limits = [(n, why) for n, why in candidates if n]
         return min(limits, key=lambda x: x[0]) if limits else (None, "")
 
+    def input_limit(self) -> Optional[int]:
+        """The most prompt tokens a request may have, or None."""
+        return self._input_limit()[0]
+
     def fit(self, ids: list[int], max_tokens: Optional[int]) -> tuple[list[int], Optional[int]]:
         """(prompt ids truncated as configured, max_tokens capped to what fits; None: uncapped). Raises
         PromptRefused for an empty prompt or a too-long one with truncation off."""
@@ -145,6 +149,8 @@ class PromptLimits:
 # quantization spellings accepted in ModelConfig.quantization → the scheme ("gguf": each tensor at its own class)
 QUANT_SCHEME_ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16",
                         "w4": "w4a16", "gguf": "gguf"}
+# ModelConfig.quantization values that keep the weights in float (a GGUF source stays widened)
+NO_QUANTIZATION = ("none", "float", "off")
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """JSON schema handling for constrained decoding: a cheap structural check (bad schemas are the client's
 fault: GuidedDecodingError -> HTTP 422), the strict-mode rewrite, and the llguidance formatting options.
 
-Nothing here imports llguidance; the fallbacks for schemas llguidance cannot compile live in core.py, which runs
-them at compile time (off the event loop).
+Nothing here imports llguidance; what happens to schemas llguidance cannot compile lives in core.py, which runs
+it at compile time (off the event loop).
 """
 from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+import re
+from typing import Any, Optional
 
 JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 
@@ -26,6 +27,39 @@ _NUMBER = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multip
 DEFAULT_SEPARATORS = (", ?", ": ?")   # regexes: item separator, key separator
 
 
+# llguidance's lexer builds regex derivatives lazily; a counted repetition of thousands (`a{20000}`) compiles and
+# then fails mid-answer ("too many expressions constructed" after ~280 tokens on the Qwen2.5 vocabulary), so such
+# patterns are judged unenforceable up front. 1,000 is a bound with room: `a{2000}` ran through 3,000 tokens.
+MAX_PATTERN_REPEAT = 1000
+_COUNTED = re.compile(r"(?<!\\)\{(\d+)(?:,(\d*))?\}")
+
+
+def oversized_repeat(schema: Any, _depth: int = 0) -> Optional[str]:
+    """The first `pattern` (or patternProperties key) with a counted repetition over MAX_PATTERN_REPEAT, as an
+    error message; None when there is none."""
+    if _depth > 64:
+        return None
+    if isinstance(schema, dict):
+        texts = [schema["pattern"]] if isinstance(schema.get("pattern"), str) else []
+        if isinstance(schema.get("patternProperties"), dict):
+            texts += [k for k in schema["patternProperties"] if isinstance(k, str)]
+        for text in texts:
+            for m in _COUNTED.finditer(text):
+                if max(int(m.group(1)), int(m.group(2) or 0)) > MAX_PATTERN_REPEAT:
+                    return (f"pattern {json.dumps(text[:80])}: a counted repetition over {MAX_PATTERN_REPEAT} "
+                            "cannot be enforced")
+        children = schema.values()
+    elif isinstance(schema, list):
+        children = schema
+    else:
+        return None
+    for child in children:
+        found = oversized_repeat(child, _depth + 1)
+        if found:
+            return found
+    return None
+
+
 class GuidedDecodingError(ValueError):
     """The request asks for something that cannot be enforced: an invalid JSON schema, a named tool_choice
     that is not among the tools, `required` without tools, a malformed response_format... The serving layer
@@ -36,8 +70,8 @@ def check_schema(schema: Any, where: str, _depth: int = 0) -> None:
     """Raise GuidedDecodingError when `schema` is not a structurally valid JSON schema.
 
     This is deliberately a shape check of the keywords that matter for generation (types, properties,
-    required, enum, bounds, combinators), not a full metaschema validation: what llguidance merely does not
-    support is handled later by a logged fallback, never by refusing the request.
+    required, enum, bounds, combinators), not a full metaschema validation: what llguidance cannot compile is
+    judged later (core.py): refused for response_format and strict tools, a logged fallback for other tools.
     """
     if _depth > 64:
         raise GuidedDecodingError(f"{where}: JSON schema nested too deeply")

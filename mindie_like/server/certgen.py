@@ -1,15 +1,19 @@
-"""Development certificates (bin/gen_certs): a CA, server and client certificates, a revoked client and a CRL,
-written into the layout the default conf/config.json points at. Keys are written 0600.
+"""Development certificates (bin/gen_certs): one CA per plane, each plane's server certificate and client
+certificate issued by its own CA, a revoked business client and a CRL per plane, written into the layout the
+default conf/config.json points at. Keys are written 0600. A client certificate opens only its own plane: the
+business client is refused at the TLS handshake of the management and metrics planes, and so on.
 
-    security/ca/ca.pem  management_ca.pem  metrics_ca.pem      the dev CA (one CA, three names)
-    security/ca/private/ca.key.pem                             the CA key (to issue more client certs)
+    security/ca/ca.pem  management_ca.pem  metrics_ca.pem      the three CAs (business, management, metrics)
+    security/ca/private/ca.key.pem  management_ca.key.pem  metrics_ca.key.pem   their keys (to issue more certs)
     security/certs/server.pem   security/keys/server.key.pem   business plane (key encrypted with the passphrase
     security/pass/key_pwd.txt                                  in this file)
     security/certs/management/…  security/keys/management/…  security/pass/management/key_pwd.txt
     security/certs/metrics/…     security/keys/metrics/…     security/pass/metrics/key_pwd.txt
     security/certs/server_crl.pem  security/management/certs/server_crl.pem  security/metrics/certs/server_crl.pem
-    security/client/client.pem  client.key.pem                 a client certificate for curl / the openai client
-    security/client/revoked.pem revoked.key.pem                a client certificate listed in the CRL
+    security/client/client.pem  client.key.pem                 business client (curl / the openai client)
+    security/client/management.pem  management.key.pem         management client (/health, /v1/status, /v1/config)
+    security/client/metrics.pem  metrics.key.pem               metrics client (/metrics, a Prometheus scraper)
+    security/client/revoked.pem revoked.key.pem                a business client certificate listed in the CRL
 
 The helpers (make_ca, issue_cert, make_crl, write_*) are reused by the tests to build broken sets.
 """
@@ -126,27 +130,35 @@ def write_secret(path: Path, text: str) -> Path:
     return _write(Path(path), text.encode() + b"\n", 0o600)
 
 
-PLANES = {  # plane -> (cert, key, passphrase file, CRL file, CA file name)
-    "business": ("certs/server.pem", "keys/server.key.pem", "pass/key_pwd.txt", "certs/server_crl.pem", "ca.pem"),
+PLANES = {  # plane -> (cert, key, passphrase file, CRL file, CA file name, client cert file stem)
+    "business": ("certs/server.pem", "keys/server.key.pem", "pass/key_pwd.txt", "certs/server_crl.pem", "ca.pem",
+                 "client"),
     "management": ("certs/management/server.pem", "keys/management/server.key.pem",
-                   "pass/management/key_pwd.txt", "management/certs/server_crl.pem", "management_ca.pem"),
+                   "pass/management/key_pwd.txt", "management/certs/server_crl.pem", "management_ca.pem",
+                   "management"),
     "metrics": ("certs/metrics/server.pem", "keys/metrics/server.key.pem", "pass/metrics/key_pwd.txt",
-                "metrics/certs/server_crl.pem", "metrics_ca.pem"),
+                "metrics/certs/server_crl.pem", "metrics_ca.pem", "metrics"),
 }
 
 
 def generate(home: Path, *, key_type: str = "ec", hosts: Iterable[str] = DEFAULT_HOSTS,
              encrypt_keys: bool = True) -> dict[str, Path]:
-    """Writes the whole dev set under `home`/security and returns the notable paths."""
+    """Writes the whole dev set under `home`/security and returns the notable paths: `<plane>_ca`,
+    `<plane>_cert`/`_key`/`_crl` (server side), `<plane>_client_cert`/`_key`, and `ca`/`client_cert`/`client_key`
+    (the business plane's, what curl and the openai client use), `revoked_cert`/`revoked_key`."""
     sec = Path(home) / "security"
-    ca = make_ca(key_type=key_type)
-    server = issue_cert(ca, "mindie_like server", server=True, hosts=list(hosts), key_type=key_type)
-    client = issue_cert(ca, "mindie_like client", server=False, key_type=key_type)
-    revoked = issue_cert(ca, "mindie_like revoked client", server=False, key_type=key_type)
-    crl = make_crl(ca, [revoked.cert])
     out: dict[str, Path] = {}
-    write_key(sec / "ca/private/ca.key.pem", ca.key)
-    for plane, (cert_p, key_p, pwd_p, crl_p, ca_name) in PLANES.items():
+    for plane, (cert_p, key_p, pwd_p, crl_p, ca_name, client_stem) in PLANES.items():
+        ca = make_ca(f"mindie_like dev {plane} CA", key_type=key_type)
+        server = issue_cert(ca, f"mindie_like {plane} server", server=True, hosts=list(hosts), key_type=key_type)
+        client = issue_cert(ca, f"mindie_like {plane} client", server=False, key_type=key_type)
+        revoked = []
+        if plane == "business":
+            rev = issue_cert(ca, "mindie_like revoked client", server=False, key_type=key_type)
+            revoked.append(rev.cert)
+            out["revoked_cert"] = write_cert(sec / "client/revoked.pem", rev.cert)
+            out["revoked_key"] = write_key(sec / "client/revoked.key.pem", rev.key)
+        write_key(sec / "ca/private" / ca_name.replace(".pem", ".key.pem"), ca.key)
         out[f"{plane}_ca"] = write_cert(sec / "ca" / ca_name, ca.cert)
         password = secrets.token_urlsafe(24) if encrypt_keys else None
         if password:
@@ -155,12 +167,12 @@ def generate(home: Path, *, key_type: str = "ec", hosts: Iterable[str] = DEFAULT
             (sec / pwd_p).unlink()
         out[f"{plane}_cert"] = write_cert(sec / cert_p, server.cert)
         out[f"{plane}_key"] = write_key(sec / key_p, server.key, password.encode() if password else None)
-        out[f"{plane}_crl"] = write_crl(sec / crl_p, crl)
+        out[f"{plane}_crl"] = write_crl(sec / crl_p, make_crl(ca, revoked))
+        out[f"{plane}_client_cert"] = write_cert(sec / f"client/{client_stem}.pem", client.cert)
+        out[f"{plane}_client_key"] = write_key(sec / f"client/{client_stem}.key.pem", client.key)
     out["ca"] = out["business_ca"]
-    out["client_cert"] = write_cert(sec / "client/client.pem", client.cert)
-    out["client_key"] = write_key(sec / "client/client.key.pem", client.key)
-    out["revoked_cert"] = write_cert(sec / "client/revoked.pem", revoked.cert)
-    out["revoked_key"] = write_key(sec / "client/revoked.key.pem", revoked.key)
+    out["client_cert"] = out["business_client_cert"]
+    out["client_key"] = out["business_client_key"]
     return out
 
 

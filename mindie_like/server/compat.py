@@ -266,11 +266,12 @@ def _triton_model(ctx: ServingContext) -> dict:
 
 
 def _triton_config(ctx: ServingContext) -> dict:
-    """GET /v2/models/{m}/config: the loaded ModelDeployConfig / ModelConfig / ScheduleConfig values."""
+    """GET /v2/models/{m}/config: the loaded ModelDeployConfig / ModelConfig / ScheduleConfig values. No file
+    system paths: business clients get the model's name, not where the server keeps it."""
     cfg = ctx.config
     m, ec = cfg.model, ctx.engine_config
     return {"name": ctx.model_name, "model_type": ctx.backend.model_type, "backend_type": m.backendType,
-            "model_weight_path": str(m.modelWeightPath), "world_size": m.worldSize,
+            "world_size": m.worldSize,
             "max_seq_len": cfg.deploy.maxSeqLen, "max_input_token_len": cfg.deploy.maxInputTokenLen,
             "truncation": cfg.deploy.truncation, "max_iter_times": cfg.schedule.maxIterTimes,
             "max_batch_size": cfg.schedule.maxBatchSize, "cache_block_size": cfg.schedule.cacheBlockSize,

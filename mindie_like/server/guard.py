@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from .errors import ApiError
+from .memory import LARGE_BODY_BYTES, TRIMMER
 
 # the parsed body is kept on the request (web.RequestKey on aiohttp >= 3.13, a plain string key before)
 JSON_KEY = web.RequestKey("mindie_like_json_body", object) if hasattr(web, "RequestKey") else "mindie_like.json_body"
@@ -119,15 +120,22 @@ async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> b
 def make_guard_middleware(max_bytes: int, depth_limit: int, read_timeout_s: float):
     @web.middleware
     async def json_guard(request: web.Request, handler):
-        if request.method in GUARDED_METHODS:
-            raw = await read_body(request, max_bytes, read_timeout_s)
+        if request.method not in GUARDED_METHODS:
+            return await handler(request)
+        raw = await read_body(request, max_bytes, read_timeout_s)
+        size = len(raw)
+        try:
             if not raw.strip():
                 raise ApiError(422, "Failed to parse request context to json: the body is empty")
-            if len(raw) > THREAD_PARSE_BYTES:
+            if size > THREAD_PARSE_BYTES:
                 request[JSON_KEY] = await asyncio.to_thread(parse_json, raw, depth_limit)
             else:
                 request[JSON_KEY] = parse_json(raw, depth_limit)
-        return await handler(request)
+            del raw
+            return await handler(request)
+        finally:
+            if size >= LARGE_BODY_BYTES:     # what such a body built is freed: give it back to the system
+                TRIMMER.trim_soon()
     return json_guard
 
 

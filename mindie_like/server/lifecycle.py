@@ -17,6 +17,8 @@ from typing import Callable, Optional
 from aiohttp import web
 
 from .app import Listener, RouteTable, build_listeners
+from .connections import TLS_HANDSHAKE_TIMEOUT_S, ConnectionGate, GatedTLSSite, gate_limit
+from .memory import TRIMMER
 from .context import ServingContext
 
 log = logging.getLogger("mindie_like.server")
@@ -44,6 +46,7 @@ class Server:
         """Builds the listeners (the TLS contexts are made here: a bad certificate raises ConfigError) and binds
         each; `stop()` is still needed when this raises."""
         self.listeners = build_listeners(self.ctx, self.routes, self.ssl_factory)
+        self._trimmer = asyncio.get_running_loop().create_task(TRIMMER.trim_when_grown())   # server/memory.py
         backlog = max(128, self.ctx.config.ServerConfig.maxLinkNum)
         for ls in self.listeners:
             try:
@@ -63,8 +66,11 @@ class Server:
                                   handler_cancellation=True,   # a client gone away aborts its request
                                   keepalive_timeout=self.ctx.config.ServerConfig.requestReadTimeout)
         await ls.runner.setup()
-        site = web.TCPSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog,
-                           reuse_address=True)
+        # TLS connections counted from accept, with a short handshake timeout (server/connections.py)
+        sc = self.ctx.config.ServerConfig
+        gate = ConnectionGate("+".join(ls.planes), gate_limit(ls.planes, sc.maxLinkNum))
+        site = GatedTLSSite(ls.runner, ls.host, ls.port, ssl_context=ls.ssl_context, backlog=backlog, gate=gate,
+                            handshake_timeout=min(TLS_HANDSHAKE_TIMEOUT_S, float(sc.requestReadTimeout)))
         await site.start()
 
     async def _wait_inflight(self, grace: float) -> None:
@@ -104,6 +110,9 @@ class Server:
 
     async def stop(self) -> None:
         """Closes the listeners, then the engine and the model runner (each at most once)."""
+        trimmer = getattr(self, "_trimmer", None)
+        if trimmer is not None:
+            trimmer.cancel()
         await asyncio.gather(*(ls.runner.cleanup() for ls in self.listeners if ls.runner is not None),
                              return_exceptions=True)
         await self._shutdown_engine()

@@ -12,11 +12,12 @@ from typing import Any, AsyncIterator, Optional
 
 from ..chat.template import ChatTemplate, messages_for_template, tools_for_template
 from ..chat.tokenizer import Tokenizer
+from ..chat.user_text import Fences, control_pattern, control_tokens
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
 from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
-                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id, sse,
-                     strip_end_of_turn, usage_dict)
+                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id,
+                     refuse_untokenizable_length, sse, strip_end_of_turn, usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -145,6 +146,8 @@ class ChatServing(ObservedServing):
             self.template = chat_template
         else:
             self.template = ChatTemplate.from_tokenizer(self.tokenizer, override=chat_template)
+        self.control_pattern = control_pattern(control_tokens(
+            self.tokenizer.hf, (t.source for t in (self.template, self.template.tool_template) if t is not None)))
         self.tool_processor = tool_processor
         self.family = getattr(tool_processor, "family", None)
         self.guided = guided
@@ -190,9 +193,9 @@ class ChatServing(ObservedServing):
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
-    async def _prepare_checked(self, request_dict, request_id: str):
+    async def _prepare_checked(self, request_dict, request_id: str, strict_tools: Optional[bool] = None):
         try:
-            return await self._prepare(request_dict, request_id)
+            return await self._prepare(request_dict, request_id, strict_tools)
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
@@ -200,9 +203,12 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
 
 
-    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
-        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
-        prep = await self._prepare_checked(request_dict, request_id)
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> dict:
+        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503).
+        `strict_tools`: this request's default for tools without a "strict" of their own (None: the model's
+        option; the Responses API, where strict defaults to true, passes True)."""
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
             async with aclosing(self._pump(prep)) as events:
@@ -226,7 +232,8 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
         return self._response(prep, choices)
 
-    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> AsyncIterator[bytes]:
         """SSE bytes: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`.
 
         Validation, prompt rendering and the engine's refusal (overloaded, failed first step) raise
@@ -234,7 +241,7 @@ class ChatServing(ObservedServing):
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
-        async with aclosing(self.chunks(request_dict, request_id, obs)) as objs:
+        async with aclosing(self.chunks(request_dict, request_id, obs, strict_tools=strict_tools)) as objs:
             async for obj in objs:
                 yield sse(obj)
         yield DONE
@@ -242,9 +249,11 @@ class ChatServing(ObservedServing):
     # ============================================================================================ other APIs
     # /v1/responses and /v1/messages (serving/responses.py, serving/anthropic.py) run this same pipeline: they
     # translate their request into a chat request, consume the chunk objects and shape their own answer.
-    async def chunks(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[dict]:
-        """The stream's chat.completion.chunk objects (no `[DONE]`), errors raised as ValidationFailure."""
-        prep = await self._prepare_checked(request_dict, request_id)
+    async def chunks(self, request_dict: dict, request_id: str, obs: Observer,
+                     strict_tools: Optional[bool] = None) -> AsyncIterator[dict]:
+        """The stream's chat.completion.chunk objects (no `[DONE]`), errors raised as ValidationFailure.
+        `strict_tools`: as for create()."""
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         async with aclosing(self._pump(prep)) as events:
             async for idx, out in events:
@@ -279,7 +288,7 @@ class ChatServing(ObservedServing):
             return True
         return bool(self.options.enable_reasoning)
 
-    async def _prepare(self, request_dict: dict, request_id: str) -> _Prepared:
+    async def _prepare(self, request_dict: dict, request_id: str, strict_tools: Optional[bool] = None) -> _Prepared:
         req = parse_chat_request(request_dict, max_n=self.options.max_n)
         if req.model != self.model_name:
             raise invalid(f"model: Model not found: {json.dumps(req.model, ensure_ascii=False)}")
@@ -293,6 +302,9 @@ class ChatServing(ObservedServing):
         plan = None
         if self.guided is not None and (tools is not None or response_format is not None):
             extra = {"reasoning": True} if reasoning else {}
+            strict = self.options.strict_tools if strict_tools is None else strict_tools
+            if strict:
+                extra["strict"] = True
             try:
                 plan = self.guided.plan(family=self.family, tools=all_tools if tools else None,
                                         tool_choice=tool_choice, parallel_tool_calls=req.parallel_tool_calls,
@@ -308,20 +320,20 @@ class ChatServing(ObservedServing):
             else:
                 messages.insert(0, {"role": "system", "content": hint})
 
-        # off the event loop: a hostile template may run up to its render budget (chat/template.py) meanwhile
-        prompt = await asyncio.to_thread(self.template.render, messages, tools=tools,
-                                         add_generation_prompt=req.add_generation_prompt,
-                                         template_kwargs=req.chat_template_kwargs)
-        ids, max_tokens = fit_prompt(self.tokenizer.encode_prompt(prompt), self.options, req.effective_max_tokens)
+        # off the event loop: a hostile template may run up to its render budget (chat/template.py), and a long
+        # prompt takes seconds to tokenize
+        ids = await asyncio.to_thread(self._render_and_encode, messages, tools, req)
+        ids, max_tokens = fit_prompt(ids, self.options, req.effective_max_tokens)
 
         args_mode = plan is not None and getattr(plan, "output_kind", "family") == "arguments_json"
         args_function = getattr(plan, "function_name", None) if args_mode else None
         parse_tools = tools is not None and not args_mode
         keep = set()
-        if parse_tools and self.tool_processor is not None:
+        channels = self._channels()
+        if (parse_tools or channels) and self.tool_processor is not None:
             keep |= set(getattr(self.tool_processor, "special_markers", ()) or ())
         if reasoning:
-            keep |= REASONING_MARKERS
+            keep |= set(getattr(self.tool_processor, "reasoning_markers", ()) or ()) or REASONING_MARKERS
 
         jobs = []
         n = req.num_choices
@@ -341,6 +353,16 @@ class ChatServing(ObservedServing):
                          reasoning=reasoning, args_mode=args_mode, args_function=args_function, plan=plan,
                          family=self.family)
 
+    def _render_and_encode(self, messages: list[dict], tools: Optional[list[dict]],
+                           req: ChatCompletionRequest) -> list[int]:
+        """The prompt's token ids; control tokens inside what the client sent are encoded as text."""
+        fences = Fences(self.control_pattern)
+        prompt = self.template.render(fences.wrap(messages), tools=fences.wrap(tools),
+                                      add_generation_prompt=req.add_generation_prompt,
+                                      template_kwargs=fences.wrap(req.chat_template_kwargs))
+        refuse_untokenizable_length(len(prompt), self.options, self.tokenizer)
+        return self.tokenizer.encode_prompt(prompt, fences)
+
     @staticmethod
     def _guided_failure(e: Exception, about_response_format: bool) -> ValidationFailure:
         if isinstance(e, ValidationFailure):
@@ -355,10 +377,15 @@ class ChatServing(ObservedServing):
         return ValidationFailure(500, f"{what}: constrained decoding failed ({type(e).__name__})",
                                  INCOMPLETE_GENERATION)
 
+    def _channels(self) -> bool:
+        """The family's grammar sorts reasoning / content / calls itself (gpt-oss): it always parses the output."""
+        return bool(getattr(getattr(self.tool_processor, "spec", None), "channels", False))
+
     def _make_parser(self, prep: _Prepared):
-        if not (prep.parse_tools or prep.reasoning):
+        channels = self._channels() and not prep.args_mode
+        if not (prep.parse_tools or prep.reasoning or channels):
             return None
-        return self._parser_cls(processor=self.tool_processor if prep.parse_tools else None,
+        return self._parser_cls(processor=self.tool_processor if (prep.parse_tools or channels) else None,
                                 tools=prep.tools if prep.parse_tools else None, reasoning=prep.reasoning,
                                 lenient=self.options.lenient_recovery, request_id=prep.request_id)
 
@@ -370,8 +397,9 @@ class ChatServing(ObservedServing):
         if st.parser is not None and streaming:
             st.stream = st.parser.new_stream()
         elif prep.reasoning:  # non-streaming: a reasoning-only stream just to count reasoning tokens
-            st.stream = self._parser_cls(processor=None, tools=None, reasoning=True, lenient=False,
-                                         request_id=prep.request_id).new_stream()
+            counter = self._channels() and not prep.args_mode
+            st.stream = self._parser_cls(processor=self.tool_processor if counter else None, tools=None,
+                                         reasoning=True, lenient=False, request_id=prep.request_id).new_stream()
         return st
 
     # ============================================================================================ per output

@@ -1,6 +1,7 @@
 """/v1/completions without HTTP: prompt (text or token ids) → engine calls → text_completion response/chunks."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import aclosing
@@ -12,7 +13,8 @@ from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
 from .chat import ensure_tokenizer
 from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
-                     build_sampling_params, finish_reason_of, fit_prompt, sse, usage_dict)
+                     build_sampling_params, finish_reason_of, fit_prompt, refuse_untokenizable_length, sse,
+                     usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -77,7 +79,9 @@ class CompletionServing(ObservedServing):
         multi = n * len(req.prompts) > 1
         for p_i, p in enumerate(req.prompts):
             if isinstance(p, str):
-                ids = self.tokenizer.encode(p, add_special_tokens=True)
+                refuse_untokenizable_length(len(p), self.options, self.tokenizer)
+                # off the event loop: a long prompt takes a while to tokenize
+                ids = await asyncio.to_thread(self.tokenizer.encode, p, add_special_tokens=True)
             else:
                 ids = list(p)
                 bad = [t for t in ids if t >= self.tokenizer.vocab_size]

@@ -15,6 +15,7 @@ ends a request without a new token (only a stopInfer abort does that), that last
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from contextlib import aclosing
@@ -25,7 +26,8 @@ from ..engine.types import RequestOutput, SamplingParams
 from ..protocol.compat import GenerateSpec
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from .chat import ensure_tokenizer
-from .common import Job, ObservedServing, Observer, ServingOptions, fit_prompt, pump, usage_dict
+from .common import (Job, ObservedServing, Observer, ServingOptions, fit_prompt, pump, refuse_untokenizable_length,
+                     usage_dict)
 
 log = logging.getLogger("mindie_like.serving")
 
@@ -249,6 +251,8 @@ class GenerateServing(ObservedServing):
 
     def _prepare(self, body: Any, request_id: str) -> _Prepared:
         spec = self.renderer.parse(body)
+        if spec.truncate is None:
+            refuse_untokenizable_length(len(spec.prompt), self.options, self.tokenizer)
         ids = self.tokenizer.encode(spec.prompt, add_special_tokens=True)
         if spec.truncate is not None and len(ids) > spec.truncate:
             ids = ids[-spec.truncate:]             # TGI's truncate keeps the end of the prompt
@@ -267,7 +271,7 @@ class GenerateServing(ObservedServing):
 
     async def _events(self, body: Any, request_id: str, obs: Observer) -> AsyncIterator[tuple[_Prepared, TokenEvent]]:
         try:
-            prep = self._prepare(body, request_id)
+            prep = await asyncio.to_thread(self._prepare, body, request_id)   # tokenizing: off the event loop
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client

@@ -90,7 +90,13 @@ def gen_certs(home: Path, in_process: bool = False) -> dict[str, Path]:
     sec = home / "security"
     return {"ca": sec / "ca/ca.pem", "client_cert": sec / "client/client.pem",
             "client_key": sec / "client/client.key.pem", "revoked_cert": sec / "client/revoked.pem",
-            "revoked_key": sec / "client/revoked.key.pem"}
+            "revoked_key": sec / "client/revoked.key.pem",
+            # each plane's CA and client certificate: a client certificate opens only its own plane
+            "business_ca": sec / "ca/ca.pem", "management_ca": sec / "ca/management_ca.pem",
+            "metrics_ca": sec / "ca/metrics_ca.pem",
+            "business_cert": sec / "client/client.pem", "business_key": sec / "client/client.key.pem",
+            "management_cert": sec / "client/management.pem", "management_key": sec / "client/management.key.pem",
+            "metrics_cert": sec / "client/metrics.pem", "metrics_key": sec / "client/metrics.key.pem"}
 
 
 def daemon_env(home: Path, extra: Optional[dict] = None) -> dict:
@@ -146,11 +152,20 @@ class DaemonHandle:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def ssl_context(self, client: Optional[str] = "client") -> ssl.SSLContext:
-        """Trusts the dev CA; presents the `client` ("client" | "revoked" | None) certificate."""
-        ctx = ssl.create_default_context(cafile=str(self.certs["ca"]))
-        if client:
-            ctx.load_cert_chain(str(self.certs[f"{client}_cert"]), str(self.certs[f"{client}_key"]))
+    def _client_files(self, client: Optional[str], plane: str) -> Optional[tuple[str, str]]:
+        """("client": the plane's own client certificate; "revoked"; a plane's name: that plane's; None: none)."""
+        if not client:
+            return None
+        name = plane if client == "client" else client
+        return str(self.certs[f"{name}_cert"]), str(self.certs[f"{name}_key"])
+
+    def ssl_context(self, client: Optional[str] = "client", plane: str = "business") -> ssl.SSLContext:
+        """Trusts the plane's CA; presents `client`: "client" (the plane's own client certificate), "revoked",
+        "business" / "management" / "metrics" (that plane's client certificate), or None."""
+        ctx = ssl.create_default_context(cafile=str(self.certs[f"{plane}_ca"]))
+        files = self._client_files(client, plane)
+        if files:
+            ctx.load_cert_chain(*files)
         return ctx
 
     def openai_client(self, *, async_client: bool = False, **kw):
@@ -163,11 +178,18 @@ class DaemonHandle:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key="x",
                              http_client=openai.DefaultHttpxClient(verify=self.ssl_context()), **kw)
 
-    def curl_args(self, client: Optional[str] = "client") -> list[str]:
-        args = ["curl", "-sS", "--max-time", "60", "--cacert", str(self.certs["ca"])]
-        if client:
-            args += ["--cert", str(self.certs[f"{client}_cert"]), "--key", str(self.certs[f"{client}_key"])]
+    def curl_args(self, client: Optional[str] = "client", plane: str = "business") -> list[str]:
+        args = ["curl", "-sS", "--max-time", "60", "--cacert", str(self.certs[f"{plane}_ca"])]
+        files = self._client_files(client, plane)
+        if files:
+            args += ["--cert", files[0], "--key", files[1]]
         return args
+
+    def plane_of_url(self, url: str) -> str:
+        for plane in ("management", "metrics"):
+            if url.startswith(getattr(self, f"{plane}_url")):
+                return plane
+        return "business"
 
     def port_of(self, plane: str) -> int:
         return {"business": self.port, "management": self.management_port, "metrics": self.metrics_port}[plane]
@@ -175,7 +197,7 @@ class DaemonHandle:
     def request(self, method: str, path: str, body=None, *, plane: str = "business", headers: Optional[dict] = None,
                 timeout: float = 60) -> tuple[int, bytes]:
         """One HTTPS request with the client certificate: (status, body bytes)."""
-        conn = http.client.HTTPSConnection(self.host, self.port_of(plane), context=self.ssl_context(),
+        conn = http.client.HTTPSConnection(self.host, self.port_of(plane), context=self.ssl_context(plane=plane),
                                            timeout=timeout)
         try:
             if isinstance(body, (dict, list)):

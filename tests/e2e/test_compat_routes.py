@@ -283,7 +283,8 @@ def test_triton_model_routes(daemon, conforms):
     deploy = daemon.config["BackendConfig"]["ModelDeployConfig"]
     assert status == 200 and conf["max_seq_len"] == deploy["maxSeqLen"]
     assert conf["max_input_token_len"] == deploy["maxInputTokenLen"]
-    assert conf["model_weight_path"] == deploy["ModelConfig"][0]["modelWeightPath"]
+    assert "model_weight_path" not in conf      # no server paths on the business plane
+    assert deploy["ModelConfig"][0]["modelWeightPath"] not in data.decode() and str(daemon.home) not in data.decode()
     assert conf["world_size"] == 1 and conf["model_type"] == "qwen2"
     status, _, data = post(daemon, path + "/ready", None, method="GET")
     assert status == 200 and data == b""

@@ -19,7 +19,8 @@ def d(daemon_factory, tiny_model):
 
 
 def curl(d, url, client="client", extra=()):
-    return subprocess.run(d.curl_args(client) + list(extra) + [url], capture_output=True, text=True, timeout=90)
+    return subprocess.run(d.curl_args(client, plane=d.plane_of_url(url)) + list(extra) + [url], capture_output=True,
+                          text=True, timeout=90)
 
 
 # -- mutual TLS -----------------------------------------------------------------------------------------------
@@ -65,6 +66,21 @@ def test_revoked_client_cert_is_refused(d):
     assert r.returncode != 0 and r.stdout == ""
     r = curl(d, d.management_url + "/health", client="revoked")
     assert r.returncode != 0 and r.stdout == ""
+
+
+@pytest.mark.parametrize("plane", ["business", "management", "metrics"])
+def test_each_plane_opens_only_with_its_own_client_certificate(d, plane):
+    """Per-plane CAs: a client certificate of one plane is refused at the handshake of the others."""
+    path = {"business": "/v1/models", "management": "/v1/config", "metrics": "/metrics"}[plane]
+    url = {"business": d.base_url, "management": d.management_url, "metrics": d.metrics_url}[plane] + path
+    ok = curl(d, url, extra=["-o", "/dev/null", "-w", "%{http_code}"])
+    assert ok.returncode == 0 and ok.stdout == "200", (ok.stdout, ok.stderr)
+    for other in {"business", "management", "metrics"} - {plane}:
+        r = subprocess.run(d.curl_args(other, plane=plane) + [url], capture_output=True, text=True, timeout=90)
+        assert r.returncode != 0 and r.stdout == "", (other, plane, r.stdout)
+        # and trusting the other plane's CA does not get a client in either
+        r = subprocess.run(d.curl_args(other, plane=other) + ["-k", url], capture_output=True, text=True, timeout=90)
+        assert r.returncode != 0 and r.stdout == "", (other, plane, r.stdout)
 
 
 def test_plain_http_to_https_port_serves_no_data(d):

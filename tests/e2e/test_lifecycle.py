@@ -72,7 +72,7 @@ def test_check_config_reports_every_problem_the_start_would_refuse_in_one_run(co
             "ServerConfig.port: 80 is not in [1024, 65535]",
             "BackendConfig.ScheduleConfig.cacheBlockSize: 96 is not a power of two",
             'BackendConfig.ModelDeployConfig.ModelConfig[0].quantization: "int3" is not one of "w8a16", "int8", '
-            '"w8", "w4a16", "int4", "w4", "gguf"',
+            '"w8", "w4a16", "int4", "w4", "gguf", "none", "float", "off"',
             f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: "
             f"{(configured.home / 'no/such/weights').resolve()} does not exist"]), r.stderr
         assert r.stdout == "" if args else "Daemon start success!" not in r.stdout

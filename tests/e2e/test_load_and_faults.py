@@ -351,6 +351,24 @@ def small_queue_daemon(daemon_factory, tmp_path_factory, tiny_model):
                          schedule={"maxBatchSize": 2, "maxPrefillBatchSize": 2, "maxQueueSize": 2})
 
 
+def test_a_burst_that_fits_batch_and_queue_is_admitted(small_queue_daemon):
+    """maxBatchSize 2 and maxQueueSize 2: four requests sent at the same moment (none running yet) all fit and
+    complete; none is refused with 503."""
+    h = small_queue_daemon
+    h.faults.set_step_delay(0.1)
+
+    async def scenario():
+        async with Clients(load_config(h, request_timeout=120)) as c:
+            return await asyncio.gather(*(c.start(i, stream=bool(i % 2), max_tokens=8) for i in range(4)))
+
+    try:
+        records = asyncio.run(scenario())
+    finally:
+        h.faults.set_step_delay(0)
+    assert all(r.ok and r.completion_tokens == 8 for r in records), records
+    wait_all_blocks_free(h)
+
+
 def test_a_full_queue_answers_503_at_once(small_queue_daemon):
     """maxBatchSize 2 and maxQueueSize 2, slow steps: two requests run, two wait, the fifth (plain or streaming)
     gets 503 with the MindIE body instead of hanging; the four admitted ones complete."""

@@ -41,7 +41,9 @@ def _small_byte_level_vocab(vocab: int):
     return tokens, types, merges
 
 
-def write_tiny_qwen2_gguf(hf_dir: Path, out: Path) -> Path:
+def write_tiny_qwen2_gguf(hf_dir: Path, out: Path, fmt_of=None) -> Path:
+    """`fmt_of(gguf_name)`: the block format ("Q5_0", "Q8_0", ...) to store a 2-D weight in (gguf's own
+    quantizer), or None for float32 (the default for every tensor)."""
     import gguf
     from safetensors.torch import load_file
     cfg = json.loads((hf_dir / "config.json").read_text())
@@ -71,7 +73,14 @@ def write_tiny_qwen2_gguf(hf_dir: Path, out: Path) -> Path:
     w.add_eos_token_id(vocab - 1)
 
     def put(name, t: torch.Tensor):
-        w.add_tensor(name, t.float().contiguous().numpy().astype(np.float32))
+        a = t.float().contiguous().numpy().astype(np.float32)
+        fmt = fmt_of(name) if (fmt_of is not None and a.ndim == 2) else None
+        if fmt is None:
+            w.add_tensor(name, a)
+        else:
+            from gguf import GGMLQuantizationType as T
+            from gguf.quants import quantize
+            w.add_tensor(name, quantize(a, getattr(T, fmt)), raw_dtype=getattr(T, fmt))
     put("token_embd.weight", sd["model.embed_tokens.weight"])
     put("output_norm.weight", sd["model.norm.weight"])
     if "lm_head.weight" in sd and not cfg.get("tie_word_embeddings", False):

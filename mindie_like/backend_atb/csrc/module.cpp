@@ -1,12 +1,31 @@
 // The CPU kernels' Python module (one extension, built once by cpu_kernels.load()). One translation unit: the
 // kernel files are included here, so torch's heavy headers are compiled once (a build of four separate units
 // took 2-4 minutes on the shared 2-core host).
+//
+// Built without instruction-set flags (-march / -mavx2): every header is included first, for baseline x86-64;
+// the AVX2 kernels below are compiled under a target pragma and only called where the CPU has AVX2 + FMA
+// (cpu_kernels.wanted); block_gemm.cpp carries one target attribute per implementation and picks at run time.
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
 
+#include "block_gemm.cpp"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
 #include "bf16_gemv.cpp"
 #include "norm.cpp"
 #include "quant_gemm.cpp"
 #include "decode_attn.cpp"
+#pragma GCC pop_options
+#include "decode_step.cpp"      // baseline code: ATen ops, and the kernels above only where the op table uses them
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bf16_linear", &bf16_linear, "small-batch bf16-weight GEMV (AVX2+FMA)");
@@ -16,5 +35,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm_f32", &add_rms_norm_f32, "(RMSNorm(x + residual), x + residual) of float32 rows");
   m.def("rope_attention_decode_f32", &rope_attention_decode_f32,
         "decode step: rope, KV cache write and paged attention of one query row per sequence (float32)");
+  register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
+  m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "
+        "2 AVX512)");
+  m.def("block_int8_linear", &block_int8_linear,
+        "grouped int8 weights (q * s + z per group of 16/32) x float activations, per-ISA implementation");
 }

@@ -5,15 +5,17 @@ Partial rotary (`rotary_dim` < head_dim): only the first rotary_dim dimensions o
 The scaling kinds transformers defines (linear, llama3, yarn, dynamic's start, ...) come from its own
 `ROPE_INIT_FUNCTIONS`, so the frequencies and the attention factor match the reference exactly.
 
-Hooks for the families that need more: the interleaved (GPT-J) layout, where dimension 2i pairs with 2i+1
-(`is_neox_style=False`), is refused here until it is built, and a model may pass its own `inv_freq_fn(cfg,
-rotary_dim) -> (inv_freq, attention_scaling)` (yarn with DeepSeek's mscale).
+The interleaved (GPT-J) layout, where dimension 2i pairs with 2i+1 (`is_neox_style=False`: GLM-4, DeepSeek's
+`rope_interleave`), takes its tables and rotation from layers/interleaved_rope.py, on the same cos/sin cache.
+A model may pass its own `inv_freq_fn(cfg, rotary_dim) -> (inv_freq, attention_scaling)`.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import torch
+
+from .interleaved_rope import apply_interleaved, interleaved_tables
 
 SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn")
 
@@ -51,8 +53,6 @@ def build_cos_sin_cache(cfg, rotary_dim: int, max_pos: int,
 class RotaryEmbedding:
     def __init__(self, cfg, head_dim: int, max_pos: int, device: torch.device, rotary_dim: Optional[int] = None,
                  is_neox_style: bool = True, inv_freq_fn: Optional[Callable] = None):
-        if not is_neox_style:
-            raise NotImplementedError("interleaved (GPT-J) rotary layout")
         self.cfg, self.device = cfg, device
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim or head_dim
@@ -62,8 +62,8 @@ class RotaryEmbedding:
 
     @property
     def full(self) -> bool:
-        """Every dimension of the head turns (the fused decode kernels assume it)."""
-        return self.rotary_dim == self.head_dim
+        """Every dimension of the head turns, half-split (what the fused decode kernels assume)."""
+        return self.rotary_dim == self.head_dim and self.is_neox_style
 
     def ensure_positions(self, max_pos: int) -> None:
         if max_pos >= self.cos_sin.shape[0]:
@@ -71,12 +71,18 @@ class RotaryEmbedding:
             self.cos_sin = build_cos_sin_cache(self.cfg, self.rotary_dim, n, self.inv_freq_fn).to(self.device)
 
     def tables(self, ops, positions: torch.Tensor, dtype: torch.dtype):
-        """The step's (cos, sin) in the op table's layout (computed once per step, shared by the layers)."""
+        """The step's (cos, sin) in the op table's layout (computed once per step, shared by the layers); the
+        interleaved layout's per-pair halves [T, 1, rotary_dim/2]."""
+        if not self.is_neox_style:
+            return interleaved_tables(self.cos_sin, positions, dtype)
         return ops.rope_tables(self.cos_sin, positions, dtype)
 
     def apply_heads(self, ops, x: torch.Tensor, tables) -> torch.Tensor:
-        """x [T, N, head_dim] rotated."""
+        """x [T, N, head_dim] rotated (the first rotary_dim dimensions; the rest pass)."""
         cos, sin = tables
+        if not self.is_neox_style:
+            own = getattr(ops, "rope_interleaved", None)        # an op table's fused kernel, where it has one
+            return own(x, cos, sin) if own is not None else apply_interleaved(x, cos, sin)
         if self.full:
             return ops.rope_heads(x, cos, sin)
         rd = self.rotary_dim

@@ -68,3 +68,25 @@ def build_model(cfg, dtype, device, ops, parallel=None, act_dtype=None):
 
 __all__ = ["register", "registered_model_types", "model_class", "own_path_supports", "check_tensor_parallel",
            "build_model"]
+
+
+# model_types whose checkpoints are another architecture under a new name (their remote code is that
+# architecture's): the config is read with that architecture's config class, the name kept for the tool-call
+# format and the log
+SAME_ARCHITECTURE = {"kimi_k2": "deepseek_v3"}
+
+
+def load_hf_config(model_dir, trust_remote_code: bool = False):
+    """The model's transformers config (AutoConfig), a `SAME_ARCHITECTURE` model_type read without remote code."""
+    import json
+    from pathlib import Path
+
+    from transformers import CONFIG_MAPPING, AutoConfig
+    raw = json.loads((Path(model_dir) / "config.json").read_text())
+    mt = raw.get("model_type")
+    if mt in SAME_ARCHITECTURE:
+        fields = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
+        cfg = CONFIG_MAPPING[SAME_ARCHITECTURE[mt]].from_dict(fields)
+        cfg.model_type = mt
+        return cfg
+    return AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)

@@ -59,6 +59,8 @@ class CausalLM:
         # checkpoint names another loader fills (the pre-quantized linears: quant/checkpoint.py)
         self.external_weights: set[str] = set()
         self.allow_fused_decode = True      # tests compare against the op-by-op path by clearing it
+        self.allow_decode_stack = True      # a decode step's layers in one C++ call, where the class has one
+        self._stack_key, self._stack = None, None
         self.build()
         self._sources = {src: (c, shard) for c in self.components() for src, shard in c.source_prefixes()}
 
@@ -207,6 +209,33 @@ class CausalLM:
         has = getattr(self.ops, "has_fused_decode_attention", None)
         return self.allow_fused_decode and has is not None and has(self.kv_dtype)
 
+    # ---- the decode step in one call (an architecture opts in with `build_decode_stack`) -----------------------
+    def build_decode_stack(self, kv_caches) -> tuple[Optional[object], str]:
+        """(a stack whose `run_decode_stack` replaces the decode step's layer loop, "") or (None, why not)."""
+        return None, f"no C++ decode step for {self.model_type}"
+
+    def run_decode_stack(self, stack, ctx: StepContext, h: torch.Tensor):
+        raise NotImplementedError
+
+    def decode_stack(self, kv_caches):
+        """The decode stack for these KV caches, built on first use (None: the layers run from Python). Weights
+        replaced after the first step need `invalidate_decode_stack()`."""
+        # the first cache's address, not the list's id (a freed list's id is reused; the stack keeps its tensors
+        # alive, so their addresses are not)
+        key = (kv_caches[0][0].data_ptr() if kv_caches else 0, len(kv_caches), id(self.ops),
+               self.fused_decode_attention)
+        if key != self._stack_key:
+            self._stack_key = key
+            self._stack, why = self.build_decode_stack(kv_caches)
+            if self._stack is None:
+                log.info("decode step: layers run from Python (%s)", why)
+            else:
+                log.info("decode step: one C++ call for %d layers (%s)", self.num_layers, self.model_type)
+        return self._stack
+
+    def invalidate_decode_stack(self) -> None:
+        self._stack_key, self._stack = None, None
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, kv_caches,
                 logits_indices: torch.Tensor) -> Optional[torch.Tensor]:
         """input_ids/positions [T] on device -> float32 logits [S, vocab] for the rows in `logits_indices` (None on
@@ -215,9 +244,13 @@ class CausalLM:
         T = input_ids.shape[0]
         ctx = StepContext(ops, meta, positions, self.act_dtype, meta.is_decode and self.fused_decode_attention)
         h = self.embed_tokens.forward(ops, input_ids)
-        residual = None
-        for layer, kv in zip(self.layers, kv_caches):
-            h, residual = layer.forward(ctx, h, residual, kv)
+        stack = self.decode_stack(kv_caches) if meta.is_decode and self.allow_decode_stack else None
+        if stack is not None:
+            h, residual = self.run_decode_stack(stack, ctx, h)
+        else:
+            residual = None
+            for layer, kv in zip(self.layers, kv_caches):
+                h, residual = layer.forward(ctx, h, residual, kv)
         if logits_indices.shape[0] != T:
             h = h.index_select(0, logits_indices)
             residual = residual.index_select(0, logits_indices)

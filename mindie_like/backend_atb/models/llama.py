@@ -13,7 +13,7 @@ import torch
 from ..layers import (MergedColumnParallelLinear, Module, PagedAttention, ParallelLMHead, QKVParallelLinear,
                       RMSNorm, RotaryEmbedding, RowParallelLinear, VocabParallelEmbedding)
 from ..layers.rotary import SUPPORTED_ROPE, rope_type_of
-from . import register
+from . import decode_stack, register
 from .base import CausalLM
 
 
@@ -181,6 +181,17 @@ class LlamaForCausalLM(CausalLM):
     def build_mlp(self, i: int, prefix: str):
         return MLP(self, prefix, self.cfg.intermediate_size, bool(getattr(self.cfg, "mlp_bias", False)))
 
+    def build_decode_stack(self, kv_caches):
+        return decode_stack.build(self, kv_caches)
+
+    def run_decode_stack(self, stack, ctx, h):
+        return decode_stack.run(self, stack, ctx, h)
+
+    def build_rotary(self) -> RotaryEmbedding:
+        return RotaryEmbedding(self.cfg, self.head_dim, self.max_pos, self.device)
+
+    layer_cls = DecoderLayer
+
     # ---- build -----------------------------------------------------------------------------------------------
     def build(self) -> None:
         cfg, pl = self.cfg, self.pl
@@ -196,9 +207,9 @@ class LlamaForCausalLM(CausalLM):
         self.num_kv_heads = max(1, self.num_kv_heads_total // tp)
         self.q_size, self.kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.inter = getattr(cfg, "intermediate_size", 0) // tp
-        rotary = RotaryEmbedding(cfg, self.head_dim, self.max_pos, self.device)
+        rotary = self.build_rotary()
         self.embed_tokens = VocabParallelEmbedding("model.embed_tokens", cfg.vocab_size, self.hidden, pl)
-        self.layers = [DecoderLayer(self, i, rotary) for i in range(cfg.num_hidden_layers)]
+        self.layers = [self.layer_cls(self, i, rotary) for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm("model.norm", self.hidden, self.eps, pl)
         tied = bool(getattr(cfg, "tie_word_embeddings", False))
         self.head = ParallelLMHead("lm_head", cfg.vocab_size, self.hidden, pl,

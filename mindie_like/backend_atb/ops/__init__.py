@@ -10,6 +10,8 @@
     attention_prefill(q, k, v, k_cache, v_cache, meta, layer) -> [T, Hq*D]   varlen causal, cached prefix allowed
     attention_decode(q, k_cache, v_cache, meta, layer) -> [B, Hq*D]          one new token per sequence, paged
     linear(x, w, b=None) -> x @ w.T + b
+    moe_select(router_logits, spec, correction_bias) -> (weights [T, k] float32, expert ids [T, k])
+    moe_experts(x, weights, ids, layer) -> [T, H]   this rank's experts (layers.moe.FusedMoE) on their tokens only
 
 KV cache per layer: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim] (the layout of
 `_npu_reshape_and_cache` and of the paged-attention kernels). `meta` is built once per step by `prepare(...)`.

@@ -216,15 +216,29 @@ class TorchOps:
         """A decode step's rope + KV write + attention in one C++ call (float32; `has_fused_decode_attention`):
         q [B, Hq, D], k/v [B, Hk, D] un-rotated (views of the qkv output are fine), cos_sin the model's [max_pos, D]
         cache -> [B, Hq*D]. Same result as rope_heads, write_kv and attention_decode (tests/unit/backend_atb)."""
+        pos, slots, tables, lens = self.own_decode_args(meta, positions)
+        return self._f32.rope_attention_decode_f32(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens,
+                                                   window or 0, meta.scale)
+
+    @staticmethod
+    def own_decode_args(meta: AttentionMeta, positions: torch.Tensor):
+        """(positions, slots, block tables, context lengths) as the own decode kernel reads them, once per step."""
         ex = meta.extra
-        if "own_decode" not in ex:          # once per step: the int64 / int32 tensors the kernel reads
+        if "own_decode" not in ex:
             ex["own_decode"] = (positions.to(torch.int64).contiguous(),
                                 meta.slot_mapping.to(torch.int64).contiguous(),
                                 meta.block_tables.to(torch.int32).contiguous(),
                                 torch.tensor(meta.context_lens, dtype=torch.int64))
-        pos, slots, tables, lens = ex["own_decode"]
-        return self._f32.rope_attention_decode_f32(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens,
-                                                   window or 0, meta.scale)
+        return ex["own_decode"]
+
+    def decode_stack_kernels(self):
+        """(C++ module, own float32 kernels used, bf16 GEMV used) for a whole-step C++ decode
+        (csrc/decode_step.cpp), which must call what this table calls; None without the C++ module."""
+        from .. import cpu_kernels
+        mod = self._f32 if self._f32 is not None else cpu_kernels.load()
+        if mod is None or not hasattr(mod, "DecodeStack"):
+            return None
+        return mod, self._f32 is not None, self._gemv is not None
 
     def attention_decode(self, q, k_cache, v_cache, meta: AttentionMeta, window: Optional[int] = None):
         """q [B, Hq, D] -> [B, Hq*D]; keys/values gathered from the paged cache by the step's slot table."""
@@ -240,3 +254,22 @@ class TorchOps:
         o = F.scaled_dot_product_attention(q.view(B, nkv, Hq // nkv, D), k, v,
                                            attn_mask=meta.decode_window_masks[window], scale=meta.scale)
         return o.reshape(B, Hq * D)
+
+    # ---- MLA (layers/mla.py): a paged cache of latents + rope keys ---------------------------------------
+    @staticmethod
+    def mla_write_cache(latent, k_pe, latent_cache, rope_cache, slot_mapping) -> None:
+        """latent [T, r], k_pe [T, 1, dr] into the layer's [blocks, block_size, 1, r] / [.., 1, dr] caches."""
+        from ..layers.mla import torch_mla_write_cache
+        torch_mla_write_cache(latent, k_pe, latent_cache, rope_cache, slot_mapping)
+
+    def mla_attention_prefill(self, q_nope, q_pe, latent, k_pe, latent_cache, rope_cache, kv_b, meta, m):
+        """q_nope [T, H, dn], q_pe [T, H, dr] over the expanded context -> [T, H, dv]."""
+        from ..layers.mla import torch_mla_attention_prefill
+        return torch_mla_attention_prefill(self, q_nope, q_pe, latent, k_pe, latent_cache, rope_cache, kv_b,
+                                           meta, m)
+
+    @staticmethod
+    def mla_attention_decode(q_lat, q_pe, latent_cache, rope_cache, meta, scale):
+        """Absorbed decode: q_lat [B, H, r], q_pe [B, H, dr] -> latent-space output [B, H, r]."""
+        from ..layers.mla import torch_mla_attention_decode
+        return torch_mla_attention_decode(q_lat, q_pe, latent_cache, rope_cache, meta, scale)

@@ -127,6 +127,8 @@ def detect(model_dir) -> Optional[CheckpointQuant]:
             return _gptq(qc)
         if method == "awq":
             return _awq(qc)
+        if method == "fp8" and qc.get("weight_block_size"):
+            return None     # block FP8 is dequantized while it streams in (fp8_block.py), a float load after that
         raise CheckpointRefused(f"{cfg_path}: quantization_config.quant_method {qc['quant_method']!r} is not "
                                 f"supported (pre-quantized checkpoints: gptq, awq, msmodelslim W8A16/W4A16)")
     if cfg.get("quantize") or descriptions or (isinstance(qc, dict) and "model_quant_type" in qc):

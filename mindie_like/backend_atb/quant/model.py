@@ -23,6 +23,7 @@ Options (ModelConfig keys, ``EngineConfig.quant`` fields; see docs/quantization.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -31,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from ...engine.types import QuantOptions
+from ...engine.types import NO_QUANTIZATION, QuantOptions
 from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
 from .quantize import INT4_GROUP_SIZES
 from .weight import (ACT_BITS, InputPermutedWeight, Int4Weight, QuantizedWeight, native_cpu_kernels,
@@ -98,8 +99,13 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
     if gguf_path is not None:
         from .gguf import load_gguf_weights
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
-        log.info("GGUF %s: weights kept from their blocks (%s), as %s", gguf_path.name,
-                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme)
+        kernels: dict[str, int] = {}
+        for w in [lin.weight for lin in model.linears()] + [model.lm_head]:
+            if isinstance(w, QuantizedWeight):
+                kernels[w.kernel] = kernels.get(w.kernel, 0) + 1
+        log.info("GGUF %s: weights kept from their blocks (%s), as %s; kernels: %s", gguf_path.name,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())), scheme,
+                 ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())))
     loaded = 0
 
     def take(w, **kw):
@@ -183,19 +189,49 @@ def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_
     return pol
 
 
+
+
+def default_gguf_scheme(model_path) -> Optional[str]:
+    """"gguf" for a GGUF source whose linear weights are quantized (served in their own block formats, no key
+    needed), None otherwise (a float GGUF, or not a GGUF). `"quantization": "none"` keeps the widened float model."""
+    from ..weights import find_gguf
+    try:
+        path = find_gguf(model_path)
+    except ValueError:
+        return None
+    if path is None:
+        return None
+    from gguf import GGUFReader
+    kinds = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if len(t.shape) > 1}
+    if not kinds - {"F32", "F16", "BF16"}:
+        return None
+    log.info("GGUF %s (%s): served in its own block formats (quantization \"gguf\"; \"none\" widens to float)",
+             path.name, ", ".join(sorted(kinds)))
+    return "gguf"
+
+
 def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optional[QuantPolicy]:
     """The runner's hook: quantizes when the config asks for it (`quantization`), else does nothing.
 
     `prequantized`: the scheme of a pre-quantized checkpoint already loaded into the model (quant/checkpoint.py):
     its quantized weights get the per-step policy; its float linears stay float unless `quantization` names that
     same scheme (a different one was refused at start)."""
-    q = config.quant
+    q = dataclasses.replace(config.quant)
+    if str(q.scheme or "").strip().lower() in NO_QUANTIZATION:
+        log.info("quantization %r: weights kept in float (a GGUF source stays widened)", q.scheme)
+        q.scheme = None
+    elif not q.scheme and not prequantized and q.from_gguf:
+        q.scheme = default_gguf_scheme(config.model_path)
     if not q.scheme and not prequantized:
         return None
     gguf = None
     if q.from_gguf and not prequantized:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
+        if gguf is not None and not all(hasattr(L.mlp, "gate_up_proj") for L in model.layers):
+            log.info("GGUF %s: weights from its own blocks are built for dense models only; quantizing the float "
+                     "import instead", gguf.name)
+            gguf = None
     with torch.inference_mode():
         return quantize_model(model, q.scheme or prequantized, q.group_size, q.dense, q.crossover, gguf,
                               q.dense_dtype, float_too=bool(q.scheme), act_bits=q.act_bits)

@@ -14,10 +14,12 @@ def _hf_greedy(hf, p, n):
     return out[0, len(p):].tolist()
 
 
-@pytest.mark.parametrize("family", ["olmo2", "glm4"])
-def test_generic_greedy_matches_transformers(family, tiny_model):
+# glm4 has own code now: forced onto the generic path (what a model_type without own code, ChatGLM3 with its
+# remote code for one, gets)
+@pytest.mark.parametrize("family,extra", [("olmo2", {}), ("glm4", {"force_generic": True})])
+def test_generic_greedy_matches_transformers(family, extra, tiny_model):
     path = tiny_model(family)
-    runner, hf = load_runner(path), load_hf(path)
+    runner, hf = load_runner(path, **extra), load_hf(path)
     assert runner.path == "generic" and not runner.supports_prefix_cache
     d = Driver(runner)
     p = prompt(20, 11)
@@ -52,3 +54,17 @@ def test_own_family_can_be_forced_generic(tiny_model):
     a, _ = Driver(gen_runner).greedy("x", p, 6)
     b, _ = Driver(own).greedy("x", p, 6)
     assert a == b
+
+
+def test_the_path_is_one_log_line(tiny_model, caplog):
+    """Which path serves a model is logged once at start: a model_type without a file in backend_atb/models/
+    starts on the generic transformers path, saying why; an own architecture names its class."""
+    import logging
+    with caplog.at_level(logging.INFO, logger="mindie_like.backend_atb"):
+        load_runner(tiny_model("olmo2"))
+        load_runner(tiny_model("qwen3_moe"))
+    lines = [r.getMessage() for r in caplog.records if "model_type" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "model_type olmo2" in lines[0] and \
+        "generic transformers path (model_type 'olmo2' has no own implementation)" in lines[0]
+    assert "model_type qwen3_moe" in lines[1] and "own model code Qwen3MoeForCausalLM" in lines[1]

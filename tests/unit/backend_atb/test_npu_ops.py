@@ -101,7 +101,8 @@ def test_wrong_argument_names_are_caught():
                                                        scale_valu=1.0)
 
 
-@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("mistral", {"sliding_window": 6})])
+@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("mistral", {"sliding_window": 6}),
+                                              ("glm4", {"vocab_size": 3001})])
 def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, family, overrides):
     """The tiny model run through the NPU op table (fake kernels) gives the reference logits: prefill, a cached
     prefix, mixed batches and decodes."""
@@ -124,6 +125,8 @@ def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, fam
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert "_npu_paged_attention" in fake_torch_npu.calls or family == "mistral"
+    if family == "glm4":        # partial interleaved rotary through npu_rotary_mul's interleave mode
+        assert "npu_rotary_mul" in fake_torch_npu.calls
 
 
 @pytest.mark.parametrize("device_name,casts", [("Ascend310P3", True), ("Ascend910B2", False)])
@@ -141,3 +144,96 @@ def test_fractal_nz_weights_on_310p_only(tiny_model, device_name, casts):
     assert fake_torch_npu.calls.count("npu_format_cast") == (4 * n_layers + 1 if casts else 0)
     outs = [Driver(r).step([("a", list(range(5, 18)))], all_logits=True) for r in (ref, npu_runner)]
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+
+
+# ---- MoE ------------------------------------------------------------------------------------------------------
+def _routing_specs():
+    from mindie_like.backend_atb.ops.torch_moe import RoutingSpec
+    return {"qwen": RoutingSpec(num_experts=8, top_k=2, norm_topk_prob=True),
+            "deepseek": RoutingSpec(num_experts=8, top_k=2, scoring="sigmoid", norm_topk_prob=True, n_group=4,
+                                    topk_group=2, routed_scaling_factor=2.5, renorm_eps=1e-20)}
+
+
+@pytest.mark.parametrize("kind", ["qwen", "deepseek"])
+def test_moe_gating_matches_reference(npu_ops, kind):
+    """Softmax top-k (Qwen-MoE) and sigmoid, correction bias, group-limited top-k (DeepSeek V3) through the NPU
+    gating ops give the reference's experts and weights."""
+    from mindie_like.backend_atb.ops.torch_moe import select_experts
+    spec = _routing_specs()[kind]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 8, generator=g)
+    bias = torch.randn(8, generator=g) * 0.1 if kind == "deepseek" else None
+    w, ids = npu_ops.moe_select(logits, spec, bias)
+    rw, rids = select_experts(logits, spec, bias)
+    order, rorder = ids.sort(-1), rids.sort(-1)
+    assert torch.equal(order.values, rorder.values)
+    torch.testing.assert_close(w.gather(1, order.indices), rw.gather(1, rorder.indices))
+    assert fake_torch_npu.calls == ["npu_moe_gating_top_k_softmax" if kind == "qwen" else "npu_moe_gating_top_k"]
+
+
+@pytest.mark.parametrize("first,n_local", [(0, 8), (4, 4)])
+def test_grouped_moe_experts_match_reference(npu_ops, first, n_local):
+    """init_routing -> grouped matmul -> swiglu -> grouped matmul -> finalize_routing equals the reference's
+    per-expert loop, for all experts on this rank and for half of them (expert parallelism)."""
+    from mindie_like.backend_atb.layers import ParallelSpec, Placement
+    from mindie_like.backend_atb.layers.moe import FusedMoE
+    from mindie_like.backend_atb.ops import TorchOps
+    g = torch.Generator().manual_seed(1)
+    par = ParallelSpec(rank=first // 4, size=8 // n_local, moe_ep=8 // n_local)
+    layer = FusedMoE("m.experts", 8, 16, 12, Placement(torch.float32, torch.float32, torch.device("cpu"), par))
+    assert (layer.first, layer.n_local) == (first, n_local)
+    for a, b in zip(layer.w13, layer.w2):
+        a.weight.copy_(torch.randn(a.weight.shape, generator=g) * 0.3)
+        b.weight.copy_(torch.randn(b.weight.shape, generator=g) * 0.3)
+    x = torch.randn(7, 16, generator=g)
+    weights = torch.rand(7, 2, generator=g)
+    ids = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(7)])
+    ref = TorchOps().moe_experts(x, weights, ids, layer)
+    npu_ops.stack_experts(layer)
+    fake_torch_npu.calls.clear()
+    out = npu_ops.moe_experts(x, weights, ids, layer)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert fake_torch_npu.calls == ["npu_moe_init_routing", "npu_moe_compute_expert_tokens", "npu_grouped_matmul",
+                                    "npu_swiglu", "npu_grouped_matmul", "npu_moe_finalize_routing"]
+
+
+def test_whole_moe_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
+    path = tiny_model("qwen2_moe", mlp_only_layers=[0], num_hidden_layers=3)
+    ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
+    npu_runner.ops = npu_runner.model.ops = npu_ops
+    npu_ops.prepare_weights(npu_runner.model)
+    outs = []
+    for r in (ref_runner, npu_runner):
+        d = Driver(r)
+        res = [d.step([("a", list(range(5, 18))), ("b", list(range(40, 47)))], all_logits=True)]
+        res.append(d.step([("a", [3]), ("b", [9])]))
+        outs.append(res)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert "npu_grouped_matmul" in fake_torch_npu.calls and "npu_moe_gating_top_k_softmax" in fake_torch_npu.calls
+
+
+def test_mla_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
+    """The MLA model (deepseek_v3) through the NPU table's MLA entries (latent + rope-key caches written by
+    _npu_reshape_and_cache, FIA's query_rope / key_rope form for prefill and decode) gives the reference logits."""
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
+    path = tiny_model("deepseek_v3", vocab_size=3001, first_k_dense_replace=3)     # MLA only: dense MLPs
+    ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
+    npu_runner.ops = npu_runner.model.ops = npu_ops
+    outs = []
+    for r in (ref_runner, npu_runner):
+        d = Driver(r)
+        res = [d.step([("a", list(range(5, 18))), ("b", list(range(40, 47)))], all_logits=True)]
+        res.append(d.step([("a", [3]), ("c", list(range(60, 65))), ("b", [9])]))
+        for _ in range(3):
+            res.append(d.step([("a", [11]), ("b", [12]), ("c", [13])]))
+        d.share_prefix("a", "d", 12)
+        res.append(d.step([("d", [70, 71, 72])], all_logits=True))
+        outs.append(res)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert fake_torch_npu.calls.count("_npu_reshape_and_cache") >= 3 * 6
+    assert "npu_fused_infer_attention_score" in fake_torch_npu.calls

@@ -131,3 +131,37 @@ def test_generic_path_models_are_refused(tiny_model):
     with pytest.raises(TPConfigError, match=r"worldSize: 2 needs the own model code .* model_type 'olmo2'"):
         check_model(EngineConfig(model_path=str(tiny_model("olmo2")), world_size=2, device_ids=[0, 1]), 2)
     check_model(EngineConfig(model_path=str(tiny_model("qwen3")), world_size=2, device_ids=[0, 1]), 2)
+
+
+def test_moe_parallel_keys():
+    """MindIE's moe_ep / moe_tp: either one implies the other; their product must be the world."""
+    from mindie_like.backend_atb.parallel import moe_expert_parallel
+
+    def cfg(**fields):
+        return EngineConfig(model_path="x", world_size=4, device_ids=[0, 1, 2, 3], **fields)
+    assert moe_expert_parallel(cfg(), 4) == 1
+    assert moe_expert_parallel(cfg(moe_ep=4), 4) == 4
+    assert moe_expert_parallel(cfg(moe_tp=2), 4) == 2
+    assert moe_expert_parallel(cfg(moe_ep=2, moe_tp=2), 4) == 2
+    with pytest.raises(TPConfigError, match=r"moe_ep x moe_tp: 2 x 1 must equal the world size 4"):
+        moe_expert_parallel(cfg(moe_ep=2, moe_tp=1), 4)
+    with pytest.raises(TPConfigError, match="moe_tp"):
+        moe_expert_parallel(cfg(moe_tp=3), 4)
+    with pytest.raises(TPConfigError, match="positive integer"):
+        moe_expert_parallel(cfg(moe_ep=0), 4)
+
+
+def test_moe_split_refusals(tiny_model):
+    from transformers import AutoConfig
+
+    from mindie_like.backend_atb.models import check_tensor_parallel
+    c = AutoConfig.from_pretrained(str(tiny_model("qwen3_moe")))       # 4 experts, moe_intermediate_size 32
+    assert check_tensor_parallel(c, 2, 2) is None and check_tensor_parallel(c, 4, 4) is None
+    c.num_experts = 6
+    assert "moe_ep 4 does not divide the model's num_experts 6" in check_tensor_parallel(c, 4, 4)
+    assert "moe_tp 4 (worldSize 4 / moe_ep 1) does not divide" not in (check_tensor_parallel(c, 4, 1) or "")
+    c.moe_intermediate_size = 30
+    assert "moe_tp 4 (worldSize 4 / moe_ep 1) does not divide the model's moe_intermediate_size 30" in \
+        check_tensor_parallel(c, 4, 1)
+    dense = AutoConfig.from_pretrained(str(tiny_model("llama")))
+    assert "has no experts" in check_tensor_parallel(dense, 2, 2)

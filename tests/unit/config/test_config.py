@@ -152,7 +152,8 @@ INVALID = [
                                          '"Error", "Critical"'),
     (lambda d: d.pop("BackendConfig"), "BackendConfig: missing (required)"),
     (_set("M.quantization", "int3"),
-     f'{MODEL}.quantization: "int3" is not one of "w8a16", "int8", "w8", "w4a16", "int4", "w4", "gguf"'),
+     f'{MODEL}.quantization: "int3" is not one of "w8a16", "int8", "w8", "w4a16", "int4", "w4", "gguf", "none", '
+     f'"float", "off"'),
     (_set("M.quant_act_bits", 4), f"{MODEL}.quant_act_bits: 4 is not one of 8, 16"),
 ]
 
@@ -177,7 +178,7 @@ def test_several_errors_give_several_lines():
 
 
 # -- accepted variations -----------------------------------------------------------------------------------------
-def test_unknown_keys_warn_and_model_extras_go_to_the_backend():
+def test_unknown_keys_warn_and_model_extras_are_accepted_unused():
     d = minimal()
     d["Surprise"] = 1
     d["ServerConfig"] = {"fancy": True}
@@ -187,6 +188,20 @@ def test_unknown_keys_warn_and_model_extras_go_to_the_backend():
     assert set(warn) == {"Surprise: unknown key, ignored", "ServerConfig.fancy: unknown key, ignored",
                          f"{MODEL}.models.qwen2.odd: unknown key, ignored"}
     assert debug == [f"{MODEL}.async_scheduler_wait_time: accepted, not used"]
+
+
+def test_a_typo_inside_model_config_warns_with_the_closest_key():
+    d = minimal()
+    d["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0].update(npuMemSzie=8, quantisation="w8a16",
+                                                                      worldsize=2, quant_act_bits=16)
+    d["ServerConfig"] = {"maxLinkNumber": 5}
+    _, warn, debug = validate_config(d, env={})
+    assert set(warn) == {
+        f"{MODEL}.npuMemSzie: unknown key (did you mean 'npuMemSize'?), accepted, not used",
+        f"{MODEL}.quantisation: unknown key (did you mean 'quantization'?), accepted, not used",
+        f"{MODEL}.worldsize: unknown key (did you mean 'worldSize'?), accepted, not used",
+        "ServerConfig.maxLinkNumber: unknown key, ignored (did you mean 'maxLinkNum'?)"}
+    assert debug == []      # quant_act_bits is a field of ModelConfig: validated, no line
 
 
 def test_top_level_model_deploy_config_is_accepted():

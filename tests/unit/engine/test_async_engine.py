@@ -145,6 +145,30 @@ def test_refusals_raise_on_first_iteration():
         engine.shutdown()
 
 
+def test_a_burst_that_fits_batch_and_queue_is_admitted():
+    """maxBatchSize 2 + maxQueueSize 2: four requests arriving together (none yet running) all fit; a fifth does
+    not."""
+    runner = FakeRunner(block_size=4)
+    runner.gate = threading.Event()
+    engine = engine_for(runner, max_queue_size=2, max_batch_size=2)
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+
+    async def main():
+        burst = [asyncio.create_task(collect(engine, [1, 2], params, f"r{i}")) for i in range(4)]
+        await asyncio.sleep(0.2)
+        with pytest.raises(EngineOverloaded):
+            await collect(engine, [3, 4], params, "fifth")
+        runner.gate.set()
+        return await asyncio.gather(*burst)
+
+    try:
+        outs = asyncio.run(main())
+        assert [o[-1].finish_reason for o in outs] == ["length"] * 4
+    finally:
+        runner.gate.set()
+        engine.shutdown()
+
+
 def test_stop_string_and_utf8_split_through_engine(qwen_tok):
     text = "ok 🎉 done STOP tail"
     script = qwen_tok.encode(text)

@@ -527,7 +527,7 @@ def test_generation_defaults_from_model_dir(tmp_path):
 def test_internal_errors_are_500_without_traceback(hf_tok, monkeypatch):
     serving, _ = make(hf_tok)
 
-    def broken(text):
+    def broken(text, fences=None):
         raise RuntimeError("tokenizer exploded")
 
     monkeypatch.setattr(serving.tokenizer, "encode_prompt", broken)

@@ -1,0 +1,127 @@
+"""GGUF blocks in their exact grouped-int8 form (quant/block_weight.py) and the own block kernel
+(csrc/block_gemm.cpp) on every instruction set this CPU has plus the forced portable one: dequantization equal to
+the `gguf` package's own, products against a float64 dequantize + matmul, odd shapes, 2 threads == 1 thread."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize, quantize
+
+from mindie_like.backend_atb import cpu_kernels
+from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight
+from mindie_like.backend_atb.quant.gguf import Blocks, block_parts, build_block_weight
+
+# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
+pytestmark = pytest.mark.isolated
+
+BYTES = {"Q6_K": 210, "Q4_K": 144}          # formats gguf's quants module cannot quantize: random blocks
+
+
+def _tensor(fmt, N, K, seed=0):
+    rng = np.random.default_rng(seed)
+    if fmt in BYTES:
+        nb = N * K // 256
+        data = rng.integers(0, 256, size=(nb, BYTES[fmt]), dtype=np.uint8)
+        if fmt == "Q6_K":
+            data[:, 208:210] = np.full((nb, 1), 0.003, np.float16).view(np.uint8)
+        else:
+            data[:, 0:2] = np.full((nb, 1), 0.01, np.float16).view(np.uint8)
+            data[:, 2:4] = np.full((nb, 1), 0.02, np.float16).view(np.uint8)
+        data = data.reshape(N, -1)
+    else:
+        data = quantize(rng.standard_normal((N, K)).astype(np.float32), getattr(T, fmt))
+    return SimpleNamespace(name=f"t.{fmt}", tensor_type=getattr(T, fmt), shape=np.array([K, N]), data=data)
+
+
+def _reference(t):
+    return torch.from_numpy(dequantize(t.data, t.tensor_type).astype(np.float32).reshape(int(t.shape[1]), -1))
+
+
+def _isas():
+    mod = cpu_kernels.load()
+    if mod is None:
+        return []
+    return list(cpu_kernels.ISAS[:int(mod.cpu_isa()) + 1])
+
+
+@pytest.mark.parametrize("fmt", ["Q8_0", "Q5_0", "Q6_K", "Q4_0", "Q4_1", "Q4_K"])
+def test_block_form_equals_gguf_dequantization(fmt):
+    t = _tensor(fmt, 12, 512)
+    q, s, z, g = block_parts(t)
+    w = BlockInt8Weight(q, s, z, g, dtype=torch.float32, backend="reference")
+    assert g == (16 if fmt == "Q6_K" else 32) and (z is None) == (fmt in ("Q8_0", "Q5_0", "Q6_K"))
+    ref = _reference(t)
+    if fmt in ("Q8_0", "Q5_0", "Q6_K"):
+        assert torch.equal(w.dequantize(torch.float32), ref)          # the same float32 products, bit for bit
+    else:
+        torch.testing.assert_close(w.dequantize(torch.float32), ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.fixture(params=["portable", "avx2", "avx512"])
+def isa(request, monkeypatch):
+    if request.param not in _isas():
+        pytest.skip(f"this CPU (or build) has no {request.param} path")
+    monkeypatch.setenv("MINDIE_LIKE_CPU_ISA", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("fmts,K", [(("Q6_K",), 256), (("Q5_0", "Q8_0"), 96), (("Q5_0", "Q6_K", "Q4_K"), 512),
+                                    (("Q4_1",), 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_kernel_matches_reference(isa, fmts, K, dtype):
+    """Fused parts of mixed formats (the finest group wins, zeros where any part has them), odd N, 1-17 rows."""
+    parts = [Blocks.of(_tensor(f, n, K, seed=i)) for i, (f, n) in enumerate(zip(fmts, (7, 50, 13)))]
+    w = build_block_weight(parts, dtype, "cpu")
+    assert w.kernel == f"mindie_like block_int8_linear ({isa})"
+    ref_w = torch.cat([_reference(_tensor(f, n, K, seed=i)) for i, (f, n) in enumerate(zip(fmts, (7, 50, 13)))])
+    assert torch.allclose(w.dequantize(torch.float32), ref_w, atol=1e-6, rtol=1e-6)
+    g = torch.Generator().manual_seed(K)
+    b = torch.randn(w.out_features, generator=g)
+    for M in (1, 2, 3, 4, 5, 17):
+        x = torch.randn(M, K, generator=g).to(dtype)
+        y = w.linear(x, b.to(dtype))
+        assert y.dtype == dtype and y.shape == (M, w.out_features)
+        ref = F.linear(x.double(), ref_w.double()) + b.to(dtype).double()
+        tol = 1e-5 if dtype == torch.float32 else 8e-3
+        assert float((y.double() - ref).abs().max() / ref.abs().max()) < tol
+
+
+def test_two_threads_equal_one(isa):
+    w = Blocks.of(_tensor("Q5_0", 3000, 256))
+    qw = build_block_weight([w], torch.float32, "cpu")
+    x = torch.randn(5, 256)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = qw.linear(x)
+        torch.set_num_threads(2)
+        two = qw.linear(x)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, two)
+
+
+def test_isa_choice_and_refusals(monkeypatch):
+    isas = _isas()
+    if not isas:
+        pytest.skip("no CPU kernels here")
+    monkeypatch.delenv("MINDIE_LIKE_CPU_ISA", raising=False)
+    assert cpu_kernels.isa() == isas[-1]                     # the widest this CPU runs
+    monkeypatch.setenv("MINDIE_LIKE_CPU_ISA", "portable")
+    assert cpu_kernels.isa() == "portable"
+    monkeypatch.setenv("MINDIE_LIKE_CPU_ISA", "avx512")
+    assert cpu_kernels.isa() == isas[-1]                     # never wider than the CPU
+    monkeypatch.setenv("MINDIE_LIKE_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="MINDIE_LIKE_CPU_ISA"):
+        cpu_kernels.isa()
+    mod = cpu_kernels.load()
+    q, s = torch.zeros(4, 32, dtype=torch.int8), torch.ones(4, 1)
+    with pytest.raises(RuntimeError, match="not available on this CPU"):
+        mod.block_int8_linear(torch.zeros(1, 32), q, s, torch.empty(0), 32, None, len(isas))
+    with pytest.raises(RuntimeError, match="group"):
+        mod.block_int8_linear(torch.zeros(1, 32), q, s, torch.empty(0), 8, None, 0)
