@@ -3,13 +3,15 @@
 torch has a floor, not a pin: Ascend users must pair torch with the torch_npu build their CANN supports.
 On CPU-only machines install `torch==2.13.0` first (bin/install does), so pip never pulls CUDA wheels.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="mindie_like",
     version="0.1.0",
     description="A MindIE-style LLM serving daemon: one config, mutual TLS, OpenAI API, function calling",
-    packages=find_packages(include=["mindie_like", "mindie_like.*"]),
+    # namespace packages too: backend_atb/csrc holds only C++ sources, and setuptools prints a long "Package would
+    # be ignored" warning for package data outside a listed package
+    packages=find_namespace_packages(include=["mindie_like", "mindie_like.*"], exclude=["*.__pycache__"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",

@@ -46,7 +46,7 @@ def run_block_size(model: Path, bs: int, threads: int, ps: list[list[int]], max_
     from mindie_like.engine.core import EngineCore
     from mindie_like.engine.types import EngineConfig, SamplingParams
     cfg = EngineConfig(model_path=str(model), dtype="auto", num_threads=threads, block_size=bs,
-                       extra={"num_kv_blocks": 4096 // bs * 8})
+                       num_kv_blocks=4096 // bs * 8)
     runner = ModelRunner.load(cfg)
     torch.set_num_threads(threads)
     core = EngineCore(cfg, runner)

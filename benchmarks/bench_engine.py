@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Engine benchmark (issue 4): our AsyncEngine vs transformers (and llama-cpp-python when installed).
+"""Engine benchmark: our AsyncEngine vs transformers (and llama-cpp-python when installed).
 
     PYTHONPATH=. python benchmarks/bench_engine.py [--model models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf]
         [--threads N] [--quick] [--skip-hf] [--skip-llamacpp] [--json out.json]
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mindie_like.engine.async_engine import AsyncEngine  # noqa: E402
-from mindie_like.engine.types import EngineConfig, SamplingParams  # noqa: E402
+from mindie_like.engine.types import EngineConfig, QuantOptions, SamplingParams  # noqa: E402
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")  # bin/fetch_models
 
@@ -183,9 +183,8 @@ def main() -> None:
     cfg = EngineConfig(model_path=a.model, dtype=a.dtype, device="cpu", num_threads=threads,
                        kv_cache_gb=a.kv_cache_gb, max_seq_len=4096, max_input_len=4000, max_iter_times=4096,
                        max_batch_size=64, max_prefill_tokens=2048, chunked_prefill=True,
-                       extra={"quantization": a.quantization, "quant_dense": a.quant_dense,
-                              "quant_from_gguf": a.quant_from_gguf.lower() in ("1", "true", "yes")}
-                       if a.quantization else {})
+                       quant=QuantOptions(scheme=a.quantization or None, dense=a.quant_dense,
+                                          from_gguf=a.quant_from_gguf.lower() in ("1", "true", "yes")))
     engine = AsyncEngine.from_config(cfg)
     res["ours_load_s"] = time.perf_counter() - t
     runner = engine.runner

@@ -24,7 +24,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from mindie_like.engine.core import EngineCore  # noqa: E402
@@ -36,7 +35,7 @@ SHAPE = dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=4, he
 
 
 def build(dest: Path, layers: int, dtype: str) -> Path:
-    from tiny_models import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
     if not (dest / "config.json").is_file():
         build_tiny_model(dest, "qwen3_moe", dtype=dtype, num_hidden_layers=layers, **SHAPE)
     return dest
@@ -49,10 +48,10 @@ def prompts(n: int, length: int) -> list[list[int]]:
 
 def ours(path: Path, streams: int, plen: int, steps: int, dtype: str, threads: int) -> float:
     cfg = EngineConfig(model_path=str(path), dtype=dtype, device="cpu", block_size=16, num_threads=threads,
-                       extra={"num_kv_blocks": 64 * streams})
+                       num_kv_blocks=64 * streams)
     runner = ModelRunner.load(cfg)
     core = EngineCore(EngineConfig(model_path=str(path), block_size=16, max_batch_size=streams,
-                                   extra={"num_kv_blocks": 64 * streams}), runner)
+                                   num_kv_blocks=64 * streams), runner)
     params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
     for i, p in enumerate(prompts(streams, plen)):
         core.add_request(core.make_request(f"r{i}", p, params))

@@ -7,10 +7,10 @@ The runner is the test suite's FakeRunner (paged bookkeeping, no model): this co
 """
 import os
 import sys
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from transformers import AutoTokenizer
 from benchmarks.loadgen import chat_messages, WEATHER_TOOLS
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
 from mindie_like.engine import scheduler as S
@@ -24,7 +24,7 @@ for bs in (128, 16):
     for dedupe in (False, True):
         S.Scheduler._next_block_in = orig if dedupe else (lambda *a: False)    # off: admit as before
         runner = FakeRunner(vocab_size=len(tok), block_size=bs)
-        core = EngineCore(EngineConfig(model_path="fake", block_size=bs, extra={"num_kv_blocks": 4096}), runner)
+        core = EngineCore(EngineConfig(model_path="fake", block_size=bs, num_kv_blocks=4096), runner)
         for i, p in enumerate(ps):
             params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
             core.add_request(core.make_request(f"r{i}", p, params))

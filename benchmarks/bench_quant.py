@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mindie_like.backend_atb import ForwardBatch, ModelRunner  # noqa: E402
-from mindie_like.engine.types import EngineConfig  # noqa: E402
+from mindie_like.engine.types import EngineConfig, QuantOptions  # noqa: E402
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "models" / "qwen2.5-coder-0.5b-instruct" / "qwen2.5-coder-0.5b-instruct.gguf")  # bin/fetch_models
 BLOCK = 128
@@ -109,13 +109,11 @@ class MiniDriver:
 
 
 def load(model, threads, scheme=None, dense="auto", from_gguf=True, dtype="bfloat16", act_bits=None):
-    extra = {}
-    if scheme:
-        extra = {"quantization": scheme, "quant_dense": dense, "quant_from_gguf": from_gguf}
-        if act_bits is not None:
-            extra["quant_act_bits"] = act_bits
+    quant = QuantOptions(scheme=scheme or None, dense=dense, from_gguf=from_gguf)
+    if act_bits is not None:
+        quant.act_bits = act_bits
     cfg = EngineConfig(model_path=model, dtype=dtype, device="cpu", block_size=BLOCK, num_threads=threads,
-                       extra=extra)
+                       quant=quant)
     t0 = time.time()
     r = ModelRunner.load(cfg)
     return r, time.time() - t0

@@ -89,8 +89,6 @@ class OurDaemon(Server):
     def start(self, timeout: float = 900) -> None:
         env = dict(os.environ, MINDIE_LLM_HOME_PATH=str(self.home), MINDIE_LOG_LEVEL="WARNING",
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        # the GGUF is imported once into the checkout's cache (a minute or more the first time)
-        env.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))
         self.proc = subprocess.Popen([sys.executable, "-m", "mindie_like.daemon", "--config-file",
                                       str(self.config_path)], cwd=str(self.home), env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -146,7 +144,7 @@ def token_counter(gguf: Path):
     from transformers import AutoTokenizer
 
     from mindie_like.backend_atb.weights import resolve_model_dir
-    folder = resolve_model_dir(gguf, cache_dir=os.environ.get("MINDIE_LIKE_CACHE_DIR", REPO / "cache"))
+    folder = resolve_model_dir(gguf)      # imported once into paths.cache_dir() (a minute or more the first time)
     tok = AutoTokenizer.from_pretrained(str(folder))
     return lambda text: len(tok.encode(text, add_special_tokens=False))
 

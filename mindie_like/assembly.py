@@ -12,12 +12,11 @@ serve it with the same `ROUTES`, so they run what the daemon runs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 from .config import ConfigError, LoadedConfig, to_engine_config
-from .engine.types import EngineConfig
+from .engine.types import EngineConfig, PromptLimits
 from .server.app import RouteTable
 from .server.compat import add_compat_routes, build_compat_servings
 from .server.context import Backend, Servings, ServingContext
@@ -44,13 +43,6 @@ class BackendLoadError(Exception):
     """The model could not be loaded (exit 1; the message names modelWeightPath)."""
 
 
-def cache_dir(loaded: LoadedConfig) -> Path:
-    """Where derived files go (a GGUF model imported as safetensors with its tokenizer): env
-    MINDIE_LIKE_CACHE_DIR, else <home>/cache."""
-    env = os.environ.get("MINDIE_LIKE_CACHE_DIR")
-    return Path(env).expanduser().resolve() if env else loaded.home / "cache"
-
-
 def build_backend(loaded: LoadedConfig) -> tuple[Backend, EngineConfig]:
     """Loads the model (a GGUF file is imported once into a safetensors folder under the cache dir), its tokenizer
     and HF config from the loaded folder, and starts the engine on it. Raises ConfigError for what the config
@@ -62,7 +54,6 @@ def build_backend(loaded: LoadedConfig) -> tuple[Backend, EngineConfig]:
     from .backend_atb.quant.checkpoint import CheckpointRefused
     from .engine import AsyncEngine
     engine_config = to_engine_config(loaded)
-    engine_config.extra["cache_dir"] = str(cache_dir(loaded))   # where a GGUF model is imported once
     model_path = Path(engine_config.model_path)
     t0 = time.monotonic()
     log.info("loading the model in %s", model_path)
@@ -100,16 +91,18 @@ def build_servings(ctx: ServingContext) -> Servings:
     from .serving.responses import ResponsesServing
     cfg, opts, backend = ctx.config, ctx.model_options, ctx.backend
     template = str(ctx.chat_template_path) if ctx.chat_template_path else None
-    limits = dict(max_input_len=cfg.deploy.maxInputTokenLen, max_seq_len=cfg.deploy.maxSeqLen,
-                  max_iter_times=cfg.schedule.maxIterTimes, truncation=int(cfg.deploy.truncation),
-                  token_timeout_s=float(cfg.ServerConfig.tokenTimeout) or None,
-                  e2e_timeout_s=float(cfg.ServerConfig.e2eTimeout) or None)
+    # the engine's limits include the model's context length and the KV cache; a scripted test engine has none
+    limits = getattr(backend.engine, "prompt_limits", None) or PromptLimits(
+        max_input_len=cfg.deploy.maxInputTokenLen, max_seq_len=cfg.deploy.maxSeqLen,
+        max_iter_times=cfg.schedule.maxIterTimes, truncation=int(cfg.deploy.truncation))
+    timeouts = dict(token_timeout_s=float(cfg.ServerConfig.tokenTimeout) or None,
+                    e2e_timeout_s=float(cfg.ServerConfig.e2eTimeout) or None)
     chat = ChatServing.from_model(
         backend.engine, backend.tokenizer, ctx.model_name, model_type=backend.model_type,
         hf_config=backend.hf_config, tool_call_parser=opts.tool_call_options.tool_call_parser or None,
         chat_template_path=template, enable_reasoning=opts.enable_reasoning,
         lenient_recovery=opts.tool_call_options.lenient_recovery, strict_tools=opts.tool_call_options.strict,
-        model_dir=backend.tokenizer_dir or backend.model_path, metrics=ctx.metrics, **limits)
+        model_dir=backend.tokenizer_dir or backend.model_path, metrics=ctx.metrics, limits=limits, **timeouts)
     log.info("tool-call parser: %s; constrained decoding: %s", chat.family,
              "llguidance" if chat.guided is not None else "off")
     completion = CompletionServing(backend.engine, backend.tokenizer, ctx.model_name, options=chat.options,

@@ -2,8 +2,9 @@
 
     bin/serviced_daemon [--config-file PATH] [--check-config] [--strict-permissions]
 
-Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for an invalid config or certificate (one line each on
-stderr; a worldSize the model's heads do not divide is one, so is a pre-quantized checkpoint that cannot be served),
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 2 for an invalid config or certificate (every problem the files
+show, one line each on stderr, all in one run: mindie_like.preflight, which --check-config runs too; a worldSize
+the model's heads do not divide is one, so is a pre-quantized checkpoint that cannot be served),
 1 when the model cannot be loaded, a port cannot be bound, or a tensor-parallel rank died or hung while serving
 (/health answers 503 until the daemon is gone).
 
@@ -25,8 +26,10 @@ from .cpu_threads import set_openmp_defaults
 set_openmp_defaults(os.environ)     # before torch is imported (below): OpenMP reads these when it loads
 
 from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory  # noqa: E402
-from .config import ConfigError, effective_config, load_config, to_engine_config  # noqa: E402
+from .config import ConfigError, effective_config, to_engine_config  # noqa: E402
+from .config.loader import ACCEPTED_WITHOUT_EFFECT  # noqa: E402
 from .config.logging_setup import setup_logging  # noqa: E402
+from .preflight import preflight  # noqa: E402
 
 log = logging.getLogger("mindie_like.daemon")
 
@@ -76,7 +79,8 @@ def parse_args(argv):
     p.add_argument("--config-file", help="config path (else MIES_CONFIG_JSON_PATH, "
                                          "$MINDIE_LLM_HOME_PATH/conf/config.json, the install's conf/config.json)")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the config (and certificates), print the effective config, exit")
+                   help="check the config, the certificates and the model's files as the daemon does at start "
+                        "(exit 2 with one line per problem), print the effective config, exit")
     p.add_argument("--strict-permissions", action="store_true",
                    help="refuse a config file that group or others may write, and private keys or passphrase "
                         "files that group or others may read (without it: warnings)")
@@ -107,32 +111,33 @@ def main(argv=None) -> int:
         return 0
 
 
+def _refuse(lines: list[str]) -> int:
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    return EXIT_CONFIG
+
+
 def _main(args) -> int:
-    try:
-        loaded = load_config(args.config_file, strict_permissions=args.strict_permissions)
-        setup_logging(loaded, stream=sys.stderr if args.check_config else None)   # --check-config: stdout is JSON
-        planes_needing_tls = ["business", "management", "metrics"] if loaded.config.ServerConfig.httpsEnabled else []
-        if planes_needing_tls:
-            from .server.tls import check_all_planes
-            check_all_planes(loaded, planes_needing_tls)
-    except ConfigError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr, flush=True)
-        return EXIT_CONFIG
+    # --check-config: stdout is the effective config as JSON, so logging goes to stderr
+    stream = sys.stderr if args.check_config else None
+    loaded, problems = preflight(args.config_file, strict_permissions=args.strict_permissions)
+    if loaded is not None:
+        try:
+            setup_logging(loaded, stream=stream)      # a log file path outside the home dir is refused here
+        except ConfigError as e:
+            problems = e.lines + problems
+    if problems:
+        return _refuse(problems)
     if args.check_config:
         print(json.dumps(effective_config(loaded.config), indent=2, ensure_ascii=False))
         return 0
     if loaded.config.BackendConfig.multiNodesInferEnabled:
-        from .backend_atb.parallel import TPConfigError, world_layout
+        from .backend_atb.parallel import world_layout
         engine_config = to_engine_config(loaded)
-        try:
-            layout = world_layout(engine_config)
-        except TPConfigError as e:
-            print(str(e), file=sys.stderr, flush=True)
-            return EXIT_CONFIG
-        if layout.node_rank > 0:        # this node only runs tensor-parallel ranks; node 0 serves
+        if world_layout(engine_config).node_rank > 0:   # this node only runs tensor-parallel ranks; node 0 serves
             from .backend_atb.tp_runner import serve_worker_node
             return serve_worker_node(engine_config)
+    log.info("%s", ACCEPTED_WITHOUT_EFFECT)
     if not loaded.config.ServerConfig.httpsEnabled:
         log.warning("ServerConfig.httpsEnabled is false: the planes serve plain HTTP without client authentication")
     from .server.connections import unbindable
@@ -147,16 +152,12 @@ def _main(args) -> int:
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_RUNTIME
     except ConfigError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr, flush=True)
-        return EXIT_CONFIG
+        return _refuse(e.lines)
     ctx = build_context(loaded, backend, engine_config)
     try:
         return asyncio.run(serve(ctx, ssl_factory(loaded)))
     except ConfigError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr, flush=True)
-        return EXIT_CONFIG
+        return _refuse(e.lines)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,11 @@
 """Session-wide fixtures shared by unit, integration and e2e tests."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (tiny_models) importable everywhere
-
-from tiny_models import build_tiny_model  # noqa: E402
+from tests.support.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ tests use it to cover the own kernels on any AVX2 machine); "0" forces them off 
   call per layer; `silu_mul_f32(x)`: the MLP's silu(gate) * up (csrc/decode_attn.cpp).
 
 Everything falls back to torch when the kernels are unavailable: no compiler, not x86/AVX2, or
-MINDIE_LIKE_CPU_KERNELS=0. Built into $MINDIE_LIKE_CACHE/torch_extensions.
+MINDIE_LIKE_CPU_KERNELS=0. Built once into <cache dir>/torch_extensions (mindie_like.paths.cache_dir).
 """
 from __future__ import annotations
 
@@ -126,12 +126,12 @@ def load():
 def _build():
     try:
         from torch.utils.cpp_extension import load as load_ext
-        from .weights import cache_root
+        from ..paths import cache_dir
         # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
         sources = sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(_CFLAGS + _LDFLAGS).encode()
                                 ).hexdigest()[:12]
-        build = cache_root() / "torch_extensions" / f"cpu_kernels-{digest}"
+        build = cache_dir() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
         mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],

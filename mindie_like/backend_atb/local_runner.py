@@ -28,12 +28,12 @@ def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = N
     device = select_device(config.device, (config.device_ids or [0])[0] if device_index is None else device_index)
     if device.type == "cpu":
         threads = configure_threads(threads or config.num_threads)
-    model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.extra.get("cache_dir"))
+    model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
     cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
     dtype = choose_dtype(config.dtype, cfg_dtype, device)
     ok, why = own_path_supports(cfg)
-    force_generic = bool(config.extra.get("force_generic", False)) if config.extra else False
+    force_generic = config.force_generic
     prequantized = quant_checkpoint.detect(model_dir)       # GPTQ / AWQ / msmodelslim: refused or loaded as is
     if prequantized is not None:
         quant_checkpoint.check_serving(prequantized, config, world_size=parallel.size if parallel else 1,

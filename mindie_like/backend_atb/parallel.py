@@ -65,7 +65,7 @@ def world_layout(config, env: Optional[Mapping[str, str]] = None) -> WorldLayout
     if len(config.device_ids) != ws:
         raise TPConfigError(f"BackendConfig.npuDeviceIds: {list(config.device_ids)} has {len(config.device_ids)} "
                             f"devices but worldSize is {ws}")
-    if not config.extra.get("multi_nodes"):
+    if not config.multi_nodes:
         return WorldLayout(ws)
     missing = [k for k in ("MASTER_ADDR", "NNODES", "NODE_RANK") if not env.get(k)]
     if missing:
@@ -74,7 +74,7 @@ def world_layout(config, env: Optional[Mapping[str, str]] = None) -> WorldLayout
                             f"0..NNODES-1)")
     try:
         nnodes, node_rank = int(env["NNODES"]), int(env["NODE_RANK"])
-        port = int(env.get("MASTER_PORT") or config.extra.get("multi_nodes_port", 1120))
+        port = int(env.get("MASTER_PORT") or config.multi_nodes_port)
     except ValueError:
         raise TPConfigError("BackendConfig.multiNodesInferEnabled: NNODES, NODE_RANK and MASTER_PORT must be "
                             "integers") from None
@@ -86,7 +86,7 @@ def world_layout(config, env: Optional[Mapping[str, str]] = None) -> WorldLayout
 
 def total_world_size(config) -> int:
     n = int(config.world_size)
-    if config.extra.get("multi_nodes"):
+    if config.multi_nodes:
         try:
             n *= int(os.environ.get("NNODES") or 1)
         except ValueError:
@@ -98,7 +98,7 @@ def moe_expert_parallel(config, world: int) -> int:
     """moe_ep from ModelConfig's `moe_ep` / `moe_tp` (MindIE's names): the experts split over moe_ep slots, each
     expert's intermediate dimension over moe_tp ranks, moe_ep x moe_tp = the world. Neither given: moe_ep 1
     (expert-TP over every rank)."""
-    ep, tp = config.extra.get("moe_ep"), config.extra.get("moe_tp")
+    ep, tp = config.moe_ep, config.moe_tp
     for key, v in (("moe_ep", ep), ("moe_tp", tp)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise TPConfigError(f"{MODEL_KEY}.{key}: {v!r} is not a positive integer")

@@ -67,11 +67,11 @@ class WorkerSpec:
 
 
 def collective_timeout(config: EngineConfig) -> float:
-    return float(config.extra.get("tp_collective_timeout") or DEFAULT_COLLECTIVE_TIMEOUT)
+    return float(config.tp_collective_timeout or DEFAULT_COLLECTIVE_TIMEOUT)
 
 
 def heartbeat_timeout(config: EngineConfig) -> float:
-    return float(config.extra.get("tp_heartbeat_timeout") or DEFAULT_HEARTBEAT_TIMEOUT)
+    return float(config.tp_heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT)
 
 
 def threads_per_rank(config: EngineConfig, local_size: int) -> int:
@@ -89,10 +89,10 @@ def rank_num_blocks(runner: BaseRunner, kv_cache_gb: float, local_size: int) -> 
 
 def check_model(config: EngineConfig, world: int) -> None:
     """Refuses, before any process starts, a model that cannot be split over `world` ranks (TPConfigError)."""
-    model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.extra.get("cache_dir"))
+    model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
     ok, why = own_path_supports(cfg)
-    if config.extra.get("force_generic"):
+    if config.force_generic:
         ok, why = False, "the generic path is forced"
     if not ok:
         raise TPConfigError(f"{MODEL_KEY}.worldSize: {world} needs the own model code "

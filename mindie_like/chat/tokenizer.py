@@ -131,9 +131,6 @@ class Tokenizer:
         """One token's text (for logprobs)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def token_string(self, token_id: int) -> str:
-        return self.token_text(token_id)
-
     def special_ids_for(self, strings) -> dict[str, int]:
         """{string: id} for the strings that are single tokens of the vocabulary."""
         out = {}

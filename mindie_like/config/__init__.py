@@ -5,7 +5,7 @@
     engine_cfg = to_engine_config(loaded)   # mindie_like.engine.types.EngineConfig
     opts = loaded.config.model.options_for(model_type)   # models.<model_type> block (DeepSeek keys aliased)
 """
-from .engine_map import gguf_file_in, to_engine_config
+from .engine_map import to_engine_config
 from .loader import (ConfigError, LoadedConfig, effective_config, find_config_path, home_dir, load_config,
                      resolve_path, validate_config)
 from .schema import (BackendSection, LogSection, MindIEConfig, ModelDeploySection, ModelEntry, ModelTypeOptions,
@@ -14,6 +14,6 @@ from .schema import (BackendSection, LogSection, MindIEConfig, ModelDeploySectio
 __all__ = [
     "BackendSection", "ConfigError", "LoadedConfig", "LogSection", "MindIEConfig", "ModelEntry",
     "ModelDeploySection", "ModelTypeOptions", "ScheduleSection", "ServerSection", "ToolCallOptions",
-    "effective_config", "find_config_path", "gguf_file_in", "home_dir", "load_config", "normalize_model_type",
+    "effective_config", "find_config_path", "home_dir", "load_config", "normalize_model_type",
     "resolve_path", "to_engine_config", "validate_config",
 ]

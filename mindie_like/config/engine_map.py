@@ -1,45 +1,15 @@
 """The one mapping from the daemon config to the engine's EngineConfig."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
-from ..engine.types import EngineConfig
+from ..engine.types import EngineConfig, QuantOptions
+from ..paths import cache_dir
 from .loader import LoadedConfig
-
-
-def gguf_file_in(folder: Path) -> Optional[str]:
-    """The name of the single .gguf file a weights folder holds (None when it holds config.json or no gguf)."""
-    if not folder.is_dir() or (folder / "config.json").is_file():
-        return None
-    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
-    return ggufs[0] if len(ggufs) == 1 else None
 
 
 def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
     cfg = loaded.config
     m, d, s = cfg.model, cfg.deploy, cfg.schedule
     model_path = loaded.model_path
-    extra = dict(m.model_extra or {})
-    extra["plugin_params"] = m.plugin_params
-    gguf = gguf_file_in(model_path)
-    if gguf:
-        extra["gguf_file"] = gguf
-    extra.update(
-        backend_type=m.backendType,
-        max_preempt_count=s.maxPreemptCount,
-        max_queue_delay_us=s.maxQueueDelayMicroseconds,
-        max_first_token_wait_ms=s.maxFirstTokenWaitTime,
-        token_timeout_s=cfg.ServerConfig.tokenTimeout,
-        e2e_timeout_s=cfg.ServerConfig.e2eTimeout,
-        multi_nodes=cfg.BackendConfig.multiNodesInferEnabled,
-        multi_nodes_port=cfg.BackendConfig.multiNodesInferPort,
-        tp_collective_timeout=float(m.tpCollectiveTimeout),
-        tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
-    )
-    for key in ("moe_ep", "moe_tp"):
-        if getattr(m, key) is not None:
-            extra[key] = getattr(m, key)
     prefix = s.enablePrefixCache is not False
     if isinstance(m.plugin_params, dict) and m.plugin_params.get("plugin_type") == "prefix_cache":
         prefix = True
@@ -65,5 +35,16 @@ def to_engine_config(loaded: LoadedConfig) -> EngineConfig:
         enable_prefix_cache=prefix,
         max_queue_size=s.maxQueueSize,
         num_threads=m.numThreads,
-        extra=extra,
+        cache_dir=str(cache_dir()),
+        quant=QuantOptions(scheme=m.quantization, group_size=m.quant_group_size, dense=m.quant_dense,
+                           crossover=m.quant_crossover, from_gguf=m.quant_from_gguf,
+                           dense_dtype=m.quant_dense_dtype, act_bits=m.quant_act_bits),
+        multi_nodes=cfg.BackendConfig.multiNodesInferEnabled,
+        multi_nodes_port=cfg.BackendConfig.multiNodesInferPort,
+        tp_collective_timeout=float(m.tpCollectiveTimeout),
+        tp_heartbeat_timeout=float(m.tpHeartbeatTimeout),
+        force_generic=m.force_generic,
+        num_kv_blocks=m.num_kv_blocks,
+        moe_ep=m.moe_ep,
+        moe_tp=m.moe_tp,
     )

@@ -27,9 +27,9 @@ from .schema import MindIEConfig, ModelEntry, TOP_LEVEL_MOVABLE, _show
 log = logging.getLogger("mindie_like.config")
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
-INSTALL_ROOT = Path(__file__).resolve().parents[2]          # the checkout / install (holds conf/, bin/)
+from ..paths import ENV_HOME, INSTALL_ROOT, find_gguf
+
 ENV_CONFIG = "MIES_CONFIG_JSON_PATH"
-ENV_HOME = "MINDIE_LLM_HOME_PATH"
 ENV_IP = "MIES_CONTAINER_IP"
 ENV_MGMT_IP = "MIES_CONTAINER_MANAGEMENT_IP"
 
@@ -58,12 +58,16 @@ class LoadedConfig:
         return self.resolve(self.config.model.modelWeightPath, MODEL_KEY + ".modelWeightPath")
 
 
+# MindIE scheduler knobs this engine has no counterpart for: validated, then ignored (said once at start)
+ACCEPTED_WITHOUT_EFFECT = ("ScheduleConfig.maxPreemptCount, maxQueueDelayMicroseconds and maxFirstTokenWaitTime are "
+                           "accepted without effect: the scheduler forms a batch every step without waiting, and "
+                           "preempts (recompute) whenever the KV cache is short, without a per-request limit")
 MODEL_KEY = "BackendConfig.ModelDeployConfig.ModelConfig[0]"
 
 
 def resolve_path(home: Path, value: str, key: str) -> Path:
     """Absolute paths are the operator's choice; relative ones resolve against `home` and may not climb out of it,
-    by `..` or through a symbolic link (the spec's rule for TLS paths, applied to every path the config names)."""
+    by `..` or through a symbolic link (MindIE's rule for TLS paths, applied to every path the config names)."""
     p = Path(os.path.expanduser(value))
     if p.is_absolute():
         return p
@@ -173,14 +177,10 @@ def format_validation_error(e: ValidationError) -> list[str]:
 
 
 # ModelConfig keys the backend reads from EngineConfig.extra (anything else there is passed along unread)
-BACKEND_MODEL_KEYS = ("quantization", "quant_group_size", "quant_act_bits", "quant_crossover", "quant_dense",
-                      "quant_dense_dtype", "quant_from_gguf", "force_generic", "num_kv_blocks")
-
-
 def _known_keys(model: BaseModel) -> list[str]:
     cls = type(model)
     keys = [f.alias or name for name, f in cls.model_fields.items()]
-    return keys + list(BACKEND_MODEL_KEYS) if isinstance(model, ModelEntry) else keys
+    return keys
 
 
 def _closest(key: str, known: list[str]) -> Optional[str]:
@@ -200,11 +200,11 @@ def _unknown_keys(obj: Any, path: str, out_warn: list[str], out_debug: list[str]
         known = _known_keys(obj) if extra else []
         for k in extra:
             where = f"{path}.{k}" if path else k
-            guess = _closest(k, known) if k not in BACKEND_MODEL_KEYS else None
+            guess = _closest(k, known)
             if isinstance(obj, ModelEntry) and guess is None:
-                out_debug.append(f"{where}: passed to the backend")
+                out_debug.append(f"{where}: accepted, not used")
             elif isinstance(obj, ModelEntry):
-                out_warn.append(f"{where}: unknown key (did you mean {guess!r}?), passed to the backend unread")
+                out_warn.append(f"{where}: unknown key (did you mean {guess!r}?), accepted, not used")
             else:
                 out_warn.append(f"{where}: unknown key, ignored" + (f" (did you mean {guess!r}?)" if guess else ""))
         for name in type(obj).model_fields:
@@ -274,24 +274,59 @@ def validate_config(data: dict, env: Optional[dict] = None) -> tuple[MindIEConfi
     return cfg, warn, debug
 
 
-def check_paths(loaded: LoadedConfig) -> None:
-    """Files the config names must exist: the weights folder and configured chat templates."""
+def path_problems(home: Path, weight_path: Any, chat_templates: dict) -> list[str]:
+    """Files the config names must exist: the weights folder (config.json or one .gguf) and the configured chat
+    templates. Works on raw values too (strings are checked, anything else is the schema's to refuse)."""
     errors = []
-    mp = loaded.model_path
-    if not mp.exists():
-        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} does not exist")
-    elif mp.is_dir() and not (mp / "config.json").is_file() and not list(mp.glob("*.gguf")):
-        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf file")
-    for mt, opts in loaded.config.model.models.items():
-        if opts.chat_template:
+    if isinstance(weight_path, str) and weight_path:
+        try:
+            mp = resolve_path(home, weight_path, f"{MODEL_KEY}.modelWeightPath")
+        except ConfigError as e:
+            errors += e.lines
+        else:
+            if not mp.exists():
+                errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} does not exist")
+            else:
+                try:
+                    gguf = find_gguf(mp)
+                except ValueError as e:          # several .gguf files
+                    errors.append(f"{MODEL_KEY}.modelWeightPath: {e}")
+                else:
+                    if gguf is None and not (mp / "config.json").is_file():
+                        errors.append(f"{MODEL_KEY}.modelWeightPath: {mp} holds neither config.json nor a .gguf "
+                                      f"file")
+    for mt, template in chat_templates.items():
+        if isinstance(template, str) and template:
             key = f"{MODEL_KEY}.models.{mt}.chat_template"
             try:
-                p = loaded.resolve(opts.chat_template, key)
+                p = resolve_path(home, template, key)
             except ConfigError as e:
                 errors += e.lines
                 continue
             if not p.is_file():
                 errors.append(f"{key}: {p} is not a readable file")
+    return errors
+
+
+def _raw_model_entry(data: Any) -> dict:
+    try:
+        entry = data["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
+    except (KeyError, IndexError, TypeError):
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def _raw_chat_templates(entry: dict) -> dict:
+    models = entry.get("models")
+    if not isinstance(models, dict):
+        return {}
+    return {mt: o.get("chat_template") for mt, o in models.items() if isinstance(o, dict)}
+
+
+def check_paths(loaded: LoadedConfig) -> None:
+    """Raises ConfigError with every path_problems line of a validated config."""
+    m = loaded.config.model
+    errors = path_problems(loaded.home, m.modelWeightPath, {mt: o.chat_template for mt, o in m.models.items()})
     if errors:
         raise ConfigError(errors)
 
@@ -302,8 +337,21 @@ def load_config(cli_path: Optional[str] = None, *, env: Optional[dict] = None, s
     env = os.environ if env is None else env
     path = find_config_path(cli_path, env)
     data, warnings = read_config_file(path, strict_permissions=strict_permissions)
-    cfg, warn, debug = validate_config(data, env)
-    loaded = LoadedConfig(config=cfg, path=path, home=home_dir(path, env), warnings=warnings + warn,
+    home = home_dir(path, env)
+    try:
+        cfg, warn, debug = validate_config(data, env)
+    except ConfigError as e:
+        if not check_files:
+            raise
+        # the files named by the raw values too, so one run reports every problem
+        try:
+            raw = normalize_raw(data, env) if isinstance(data, dict) else data
+        except ConfigError:
+            raw = data
+        entry = _raw_model_entry(raw)
+        raise ConfigError(e.lines + path_problems(home, entry.get("modelWeightPath"), _raw_chat_templates(entry))
+                          ) from None
+    loaded = LoadedConfig(config=cfg, path=path, home=home, warnings=warnings + warn,
                           strict_permissions=strict_permissions)
     for w in loaded.warnings:
         log.warning("%s", w)

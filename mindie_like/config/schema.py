@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
                       StrictStr, field_validator, model_validator)
 
+from ..engine.types import NO_QUANTIZATION, QUANT_SCHEME_ALIASES
+
 INT32_MAX = 2**31 - 1
 
 
@@ -183,7 +185,7 @@ def normalize_model_type(model_type: str) -> str:
 
 class ToolCallOptions(_Section):
     tool_call_parser: StrictStr = ""
-    lenient_recovery: StrictBool = True     # ours (spec §6)
+    lenient_recovery: StrictBool = True     # ours: report a bare/fenced JSON call the family format missed
     strict: StrictBool = False              # ours: tools without their own "strict" are strict (grammar in auto)
 
 
@@ -221,8 +223,16 @@ def _positive_or_minus_one(v):
     raise ValueError(f"{_show(v)} must be -1 (a fraction of the free device memory) or > 0")
 
 
+def _quantization(v):
+    allowed = (*QUANT_SCHEME_ALIASES, *NO_QUANTIZATION)
+    if not isinstance(v, str) or v.lower().strip() not in allowed:
+        raise ValueError(f"{_show(v)} is not one of {', '.join(_show(a) for a in allowed)}")
+    return v
+
+
 class ModelEntry(_Section):
-    """One entry of ModelDeployConfig.ModelConfig. Unknown keys are passed to the backend (EngineConfig.extra)."""
+    """One entry of ModelDeployConfig.ModelConfig. Other MindIE keys (e.g. async_scheduler_wait_time) are accepted
+    and not used (logged at DEBUG)."""
     modelInstanceType: Annotated[StrictStr, one_of("Standard", "StandardMock")] = "Standard"
     modelName: Annotated[StrictStr, AfterValidator(_model_name)]
     modelWeightPath: Annotated[StrictStr, Field(min_length=1)]
@@ -239,6 +249,17 @@ class ModelEntry(_Section):
     numThreads: Annotated[StrictInt, in_range(0, 1024)] = 0
     tpCollectiveTimeout: Annotated[Number, in_range(5, 3600)] = 120   # seconds a tensor-parallel collective waits
     tpHeartbeatTimeout: Annotated[Number, in_range(1, 600)] = 10      # seconds of silence that mark a rank hung
+    # weight-only quantization (docs/quantization.md)
+    quantization: Optional[Annotated[Any, AfterValidator(_quantization)]] = None
+    quant_group_size: Annotated[StrictInt, one_of(32, 64, 128, 256)] = 32
+    quant_dense: Annotated[StrictStr, one_of("auto", "never", "always")] = "auto"
+    quant_crossover: Optional[Annotated[Number, in_range(0, INT32_MAX)]] = None
+    quant_from_gguf: StrictBool = True
+    quant_dense_dtype: Annotated[StrictStr, one_of("auto", "model")] = "auto"
+    quant_act_bits: Annotated[StrictInt, one_of(8, 16)] = 8
+    # test and tuning knobs the backend reads: the generic transformers path forced, a fixed KV block count
+    force_generic: StrictBool = False
+    num_kv_blocks: Optional[Annotated[StrictInt, in_range(1, INT32_MAX)]] = None
     # MindIE's MoE parallel split: experts over moe_ep slots, each expert's intermediate dimension over moe_tp
     # ranks; moe_ep x moe_tp = the world (checked at start, where the node count is known)
     moe_ep: Optional[Annotated[StrictInt, in_range(1, 4096)]] = None

@@ -1,10 +1,10 @@
 """mindie_like.engine: requests, KV block manager (prefix caching), continuous-batching scheduler, sampler, and the
 AsyncEngine the server talks to (see types.py for the contract)."""
-from .types import (Engine, EngineConfig, EngineError, EngineOverloaded, EngineStats, LogitsMask, RequestOutput,
-                    SamplingParams, TokenLogprob)
+from .types import (Engine, EngineConfig, EngineError, EngineOverloaded, EngineStats, LogitsMask, PromptLimits,
+                    PromptRefused, RequestOutput, SamplingParams, TokenLogprob)
 
 __all__ = ["AsyncEngine", "EngineCore", "Engine", "EngineConfig", "EngineError", "EngineOverloaded", "EngineStats",
-           "LogitsMask", "RequestOutput", "SamplingParams", "TokenLogprob"]
+           "LogitsMask", "PromptLimits", "PromptRefused", "RequestOutput", "SamplingParams", "TokenLogprob"]
 
 
 def __getattr__(name):  # lazy: importing the types must not pull torch

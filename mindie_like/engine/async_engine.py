@@ -104,6 +104,11 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self.core.stats()
 
+    @property
+    def prompt_limits(self) -> PromptLimits:
+        """The limits every request is fitted to (the config's, the model's context length, the KV cache's)."""
+        return self.core.limits
+
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stops the loop: outstanding requests end with finish_reason "abort"."""
         with self._cv:

@@ -186,13 +186,6 @@ class BlockManager:
         seq.num_computed_tokens = 0
         seq.num_cached_block_marks = 0
 
-    def reset_prefix_cache(self) -> None:
-        for blk in self.blocks:
-            if blk.ref_count == 0 and blk.block_hash is not None:
-                blk.block_hash = None
-                blk.token_ids = None
-        self.cached = {h: b for h, b in self.cached.items() if self.blocks[b].block_hash == h}
-
     # ------------------------------------------------------------------ slots
     def slot(self, seq, position: int) -> int:
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size

@@ -23,7 +23,8 @@ from .block_manager import BlockManager
 from .request import Request, RequestStatus
 from .sampler import Sampler, SamplingRow, new_generator
 from .scheduler import Scheduler, SchedulerOutput
-from .types import EngineConfig, EngineError, EngineStats, RequestOutput, SamplingParams
+from .types import (EngineConfig, EngineError, EngineStats, PromptLimits, PromptRefused, RequestOutput,
+                    SamplingParams)
 
 logger = logging.getLogger("mindie_like.engine")
 
@@ -36,8 +37,7 @@ class EngineCore:
         self.runner = runner
         self.tokenizer = tokenizer
         self.block_size = int(getattr(runner, "block_size", None) or config.block_size)
-        forced = config.extra.get("num_kv_blocks")
-        num_blocks = int(forced) if forced else int(runner.determine_num_blocks(config.kv_cache_gb))
+        num_blocks = int(config.num_kv_blocks) if config.num_kv_blocks else int(runner.determine_num_blocks(config.kv_cache_gb))
         if num_blocks < 1:
             raise EngineError(f"no room for a KV cache: npuMemSize={config.kv_cache_gb} GB gives {num_blocks} blocks")
         runner.allocate_kv_cache(num_blocks)
@@ -57,6 +57,9 @@ class EngineCore:
         model_len = getattr(runner, "max_model_len", None) or config.max_seq_len
         self.max_seq_len = min(config.max_seq_len, int(model_len))
         self.capacity_tokens = num_blocks * self.block_size
+        self.limits = PromptLimits(max_input_len=config.max_input_len, max_seq_len=self.max_seq_len,
+                                   max_iter_times=config.max_iter_times, truncation=config.truncation,
+                                   kv_capacity=self.capacity_tokens)
         self.special_ids = special_token_ids(tokenizer) if tokenizer is not None else set()
         self.generation_tokens_total = 0
         self.requests_finished_total = 0
@@ -70,10 +73,7 @@ class EngineCore:
     def make_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
         """Validates and builds a request (applies maxInputTokenLen / maxSeqLen / truncation). EngineError if
         it is refused. Thread-safe (reads config only)."""
-        cfg = self.config
         ids = [int(t) for t in prompt_token_ids]
-        if not ids:
-            raise EngineError("the prompt is empty")
         bad = [t for t in ids if t < 0 or t >= self.vocab_size]
         if bad:
             raise EngineError(f"prompt token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
@@ -83,18 +83,10 @@ class EngineCore:
             raise EngineError("invalid sampling parameters (temperature >= 0, 0 < top_p <= 1, 0 <= min_p <= 1)")
         if params.repetition_penalty <= 0:
             raise EngineError("repetition_penalty must be > 0")
-        limit = min(cfg.max_input_len, self.max_seq_len - 1, self.capacity_tokens - 1)
-        if len(ids) > limit:
-            if cfg.truncation == 0:
-                raise EngineError(
-                    f"the prompt has {len(ids)} tokens, more than the limit of {limit} "
-                    f"(maxInputTokenLen {cfg.max_input_len}, maxSeqLen {self.max_seq_len}, "
-                    f"KV cache {self.capacity_tokens} tokens)")
-            ids = ids[-limit:] if cfg.truncation < 0 else ids[:limit]
-        room = min(self.max_seq_len, self.capacity_tokens) - len(ids)
-        max_new = min(room, cfg.max_iter_times if cfg.max_iter_times > 0 else room)
-        if params.max_tokens is not None:
-            max_new = min(max_new, params.max_tokens)
+        try:
+            ids, max_new = self.limits.fit(ids, params.max_tokens)
+        except PromptRefused as e:
+            raise EngineError(str(e)) from None
         req = Request(request_id, ids, params, max_new, self.eos_token_ids)
         req.generator = new_generator(params.seed) if params.temperature > 0 else None
         if self.tokenizer is not None:

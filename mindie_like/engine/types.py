@@ -95,9 +95,79 @@ class EngineStats:
     requests_finished_total: int = 0
 
 
+class PromptRefused(ValueError):
+    """A prompt the limits refuse (empty, or too long with truncation off); str() is the client's message."""
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    """The one statement of the prompt and output limits: maxInputTokenLen, maxSeqLen (prompt + output),
+    maxIterTimes (output), truncation, and what the loaded model adds (its context length folded into
+    `max_seq_len`, the KV cache's token capacity). None / 0: no limit. The engine applies it to every request
+    and the serving layer applies the engine's (`AsyncEngine.prompt_limits`) before it, so a refusal reaches
+    the client as a 422 with the same words either way."""
+    max_input_len: Optional[int] = None
+    max_seq_len: Optional[int] = None
+    max_iter_times: Optional[int] = None
+    truncation: int = 0                        # 0 refuse a too-long prompt, -1 keep its tail, 1 keep its head
+    kv_capacity: Optional[int] = None          # tokens the whole KV cache holds
+
+    def _input_limit(self) -> tuple[Optional[int], str]:
+        candidates = [(self.max_input_len, "maxInputTokenLen")]
+        if self.max_seq_len:
+            candidates.append((self.max_seq_len - 1, "maxSeqLen"))
+        if self.kv_capacity:
+            candidates.append((self.kv_capacity - 1, f"the KV cache holds {self.kv_capacity} tokens"))
+        limits = [(n, why) for n, why in candidates if n]
+        return min(limits, key=lambda x: x[0]) if limits else (None, "")
+
+    def input_limit(self) -> Optional[int]:
+        """The most prompt tokens a request may have, or None."""
+        return self._input_limit()[0]
+
+    def fit(self, ids: list[int], max_tokens: Optional[int]) -> tuple[list[int], Optional[int]]:
+        """(prompt ids truncated as configured, max_tokens capped to what fits; None: uncapped). Raises
+        PromptRefused for an empty prompt or a too-long one with truncation off."""
+        limit, why = self._input_limit()
+        if limit and len(ids) > limit:
+            if self.truncation == -1:
+                ids = ids[-limit:]
+            elif self.truncation == 1:
+                ids = ids[:limit]
+            else:
+                raise PromptRefused(f"prompt: {len(ids)} tokens is more than the limit of {limit} ({why})")
+        if not ids:
+            raise PromptRefused("prompt: the prompt is empty")
+        caps = [c for c in (self.max_seq_len, self.kv_capacity) if c]
+        room = [min(caps) - len(ids)] if caps else []
+        cap = min(room + ([self.max_iter_times] if self.max_iter_times else []), default=None)
+        if cap is not None:
+            max_tokens = min(max_tokens, cap) if max_tokens is not None else cap
+        return ids, max_tokens
+
+
+# quantization spellings accepted in ModelConfig.quantization → the scheme ("gguf": each tensor at its own class)
+QUANT_SCHEME_ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16",
+                        "w4": "w4a16", "gguf": "gguf"}
+# ModelConfig.quantization values that keep the weights in float (a GGUF source stays widened)
+NO_QUANTIZATION = ("none", "float", "off")
+
+
+@dataclass
+class QuantOptions:
+    """Weight-only quantization (ModelConfig.quantization and quant_* keys; docs/quantization.md)."""
+    scheme: Optional[str] = None              # None: float weights, or a pre-quantized checkpoint's own format
+    group_size: int = 32                      # int4 group size
+    dense: str = "auto"                       # "auto" | "never" | "always": dense copies for large batches
+    crossover: Optional[float] = None         # rows: a fixed dense/quantized crossover instead of measuring
+    from_gguf: bool = True                    # with a .gguf model, build the weights from its own blocks
+    dense_dtype: str = "auto"                 # "auto" | "model"
+    act_bits: int = 8                         # the own int4 kernel's activation bits (8 or 16)
+
+
 @dataclass
 class EngineConfig:
-    """What the engine needs, mapped from the daemon config (ModelDeployConfig/ModelConfig/ScheduleConfig)."""
+    """What the engine and the backend read, mapped from the daemon config (config/engine_map.py)."""
     model_path: str
     model_name: str = "model"
     dtype: str = "auto"                       # "auto" (from the weights' config), "float32", "bfloat16", "float16"
@@ -119,7 +189,16 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     max_queue_size: int = 0                   # 0 = unbounded waiting queue
     num_threads: int = 0                      # 0 = the cores actually available
-    extra: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Optional[str] = None           # where a GGUF model is imported once (None: paths.cache_dir())
+    num_kv_blocks: Optional[int] = None       # a fixed KV block count instead of sizing from memory (tests)
+    force_generic: bool = False               # the transformers model code even where an own one exists
+    quant: QuantOptions = field(default_factory=QuantOptions)
+    multi_nodes: bool = False                 # BackendConfig.multiNodesInferEnabled
+    multi_nodes_port: int = 1120              # BackendConfig.multiNodesInferPort (MASTER_PORT beats it)
+    tp_collective_timeout: float = 120.0      # ModelConfig.tpCollectiveTimeout, seconds
+    tp_heartbeat_timeout: float = 10.0        # ModelConfig.tpHeartbeatTimeout, seconds
+    moe_ep: Optional[int] = None              # ModelConfig.moe_ep: expert-parallel slots (parallel.py)
+    moe_tp: Optional[int] = None              # ModelConfig.moe_tp: ranks splitting each expert
 
 
 class EngineError(Exception):
@@ -163,10 +242,6 @@ class ForwardBatch:
     @property
     def num_seqs(self) -> int:
         return len(self.query_lens)
-
-    @property
-    def is_decode_only(self) -> bool:
-        return all(q == 1 for q in self.query_lens)
 
 
 class Runner(Protocol):

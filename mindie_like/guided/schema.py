@@ -22,7 +22,8 @@ _NONNEG_INT = ("minLength", "maxLength", "minItems", "maxItems", "minProperties"
 _NUMBER = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 # The JSON text the models write: `{"a": 1, "b": "x"}` (Python's json.dumps) or the compact `{"a":1,"b":"x"}`;
-# never newlines, tabs or `\r\n` (NOTES.md: flexible whitespace lets a model wander into `{\r\n` tokens).
+# never newlines, tabs or `\r\n` (a grammar that allows any whitespace lets a model wander into `{\r\n` tokens
+# and never close the object).
 DEFAULT_SEPARATORS = (", ?", ": ?")   # regexes: item separator, key separator
 
 

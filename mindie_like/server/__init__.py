@@ -12,7 +12,7 @@ mindie_like.assembly.ROUTES):
 from .app import PLANES, Listener, RouteHook, RouteTable, build_listeners
 from .context import CTX_KEY, Backend, Servings, ServingContext, get_context
 from .errors import (GENERATION_ERROR, INCOMPLETE_GENERATION, INPUT_VALIDATION_ERROR, SERVICE_UNAVAILABLE, ApiError,
-                     error_body, error_response, sse_error_event)
+                     error_body, error_response)
 from .guard import get_json
 from .handler import serve_request
 from .lifecycle import Server
@@ -22,5 +22,5 @@ __all__ = [
     "ApiError", "Backend", "CTX_KEY", "GENERATION_ERROR", "INCOMPLETE_GENERATION", "INPUT_VALIDATION_ERROR",
     "Listener", "Metrics", "PLANES", "RouteHook", "RouteTable", "SERVICE_UNAVAILABLE", "Server", "Servings",
     "ServingContext", "build_listeners", "error_body", "error_response", "get_context", "get_json",
-    "serve_request", "sse_error_event",
+    "serve_request",
 ]

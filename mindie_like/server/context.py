@@ -34,7 +34,6 @@ class Backend:
     hf_config: Any
     model_type: str
     model_path: Path
-    gguf_file: Optional[str] = None
     tokenizer_dir: Optional[str] = None   # the folder the tokenizer and generation_config.json were read from
     engine: Optional[Engine] = None
 

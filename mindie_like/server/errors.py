@@ -1,4 +1,5 @@
-"""MindIE's error body `{"error": "<message>", "error_type": "<type>"}`, the one helper every route uses.
+"""MindIE's error body `{"error": "<message>", "error_type": "<type>"}` as an HTTP response (the table of
+error types per status is protocol/errors.py's).
 
     from mindie_like.server.errors import ApiError, error_response
     raise ApiError(422, "temperature: -1 is not >= 0")         # the middleware turns it into the error body
@@ -11,35 +12,12 @@ from typing import Callable, Optional
 import orjson
 from aiohttp import web
 
-# MindIE's error_type for each status (spec §5)
-ERROR_TYPES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Request Entity Too Large",
-    415: "Unsupported Media Type",
-    422: "Input Validation Error",
-    424: "Generation Error",
-    429: "Too Many Requests",
-    500: "Incomplete Generation",
-    503: "Service Unavailable",
-}
+from ..protocol.errors import (ERROR_TYPES, GENERATION_ERROR, INCOMPLETE_GENERATION, INPUT_VALIDATION_ERROR,
+                               SERVICE_UNAVAILABLE, error_body, error_type_for)
 
-INPUT_VALIDATION_ERROR = "Input Validation Error"
-GENERATION_ERROR = "Generation Error"
-INCOMPLETE_GENERATION = "Incomplete Generation"
-SERVICE_UNAVAILABLE = "Service Unavailable"
-
-
-def error_type_for(status: int) -> str:
-    return ERROR_TYPES.get(status, "Internal Server Error" if status >= 500 else "Bad Request")
-
-
-def error_body(message: str, error_type: str) -> dict:
-    return {"error": message, "error_type": error_type}
+__all__ = ["ApiError", "ERROR_TYPES", "GENERATION_ERROR", "INCOMPLETE_GENERATION", "INPUT_VALIDATION_ERROR",
+           "SERVICE_UNAVAILABLE", "error_body", "error_response", "error_response_for", "error_type_for",
+           "register_error_shape"]
 
 
 def error_response(status: int, message: str, error_type: Optional[str] = None, *,
@@ -68,11 +46,6 @@ def error_response_for(path: str, status: int, message: str, error_type: Optiona
             return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                                 headers=headers)
     return error_response(status, message, error_type, headers=headers)
-
-
-def sse_error_event(message: str, error_type: str = INCOMPLETE_GENERATION) -> bytes:
-    """An error after a stream started: one `data: {"error": ...}` event (send `data: [DONE]` after it)."""
-    return b"data: " + orjson.dumps(error_body(message, error_type)) + b"\n\n"
 
 
 class ApiError(Exception):

@@ -164,7 +164,7 @@ class ChatServing(ObservedServing):
         tool-call processor (`tool_call_parser`, else the model's default), the grammar engine (`guided=True`
         builds a GuidedDecoding for the tokenizer when mindie_like.guided is available; an object is used as
         is; None/False: none), sampling defaults from `<model_dir>/generation_config.json`, and ServingOptions
-        fields (`max_n`, `max_input_len`, `max_seq_len`, `max_iter_times`, `truncation`, timeouts) as keywords."""
+        fields (`max_n`, `limits`, timeouts) as keywords."""
         from .common import defaults_from_model_dir
         tok = ensure_tokenizer(tokenizer)
         template = ChatTemplate.from_tokenizer(tok, override=chat_template_path or None)

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     def dumps(obj) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
-from ..engine.types import EngineError, EngineOverloaded, RequestOutput, SamplingParams
+from ..engine.types import EngineError, EngineOverloaded, PromptLimits, PromptRefused, RequestOutput, SamplingParams
 from ..protocol.errors import (GENERATION_ERROR, INCOMPLETE_GENERATION, SERVICE_UNAVAILABLE, ValidationFailure,
                                invalid)
 
@@ -36,10 +36,7 @@ class ServingOptions:
     enable_reasoning: bool = False            # models.<type>.enable_reasoning
     lenient_recovery: bool = True             # models.<type>.tool_call_options.lenient_recovery
     max_n: int = 16                           # upper bound of `n`
-    max_input_len: Optional[int] = None       # ModelDeployConfig.maxInputTokenLen
-    max_seq_len: Optional[int] = None         # ModelDeployConfig.maxSeqLen (prompt + output)
-    max_iter_times: Optional[int] = None      # ScheduleConfig.maxIterTimes (cap on generated tokens)
-    truncation: int = 0                       # 0 reject a too-long prompt, -1 keep its tail, 1 keep its head
+    limits: PromptLimits = field(default_factory=PromptLimits)   # the engine's (maxInputTokenLen, maxSeqLen...)
     default_sampling: dict[str, Any] = field(default_factory=dict)  # generation_config.json: temperature, top_p...
     token_timeout_s: Optional[float] = None   # ServerConfig.tokenTimeout
     e2e_timeout_s: Optional[float] = None     # ServerConfig.e2eTimeout
@@ -96,11 +93,8 @@ def sse_error(exc: ValidationFailure) -> bytes:
 # ----------------------------------------------------------------------------------------------- prompt
 
 def input_token_limit(options: ServingOptions) -> Optional[int]:
-    """The most prompt tokens a request may have (maxInputTokenLen, and maxSeqLen less one), or None."""
-    limit = options.max_input_len
-    if options.max_seq_len:
-        limit = min(limit, options.max_seq_len - 1) if limit else options.max_seq_len - 1
-    return limit or None
+    """The most prompt tokens a request may have (options.limits), or None."""
+    return options.limits.input_limit()
 
 
 def refuse_untokenizable_length(n_chars: int, options: ServingOptions, tokenizer) -> None:
@@ -109,31 +103,17 @@ def refuse_untokenizable_length(n_chars: int, options: ServingOptions, tokenizer
     too-long prompts are refused anyway (truncation 0)."""
     limit = input_token_limit(options)
     per_token = getattr(tokenizer, "max_token_chars", None)
-    if options.truncation == 0 and limit and per_token and n_chars > limit * per_token:
+    if options.limits.truncation == 0 and limit and per_token and n_chars > limit * per_token:
         raise invalid(f"prompt: {n_chars} characters is more than the limit of {limit} tokens can hold "
                       f"(maxInputTokenLen)")
 
 
 def fit_prompt(ids: list[int], options: ServingOptions, max_tokens: Optional[int]) -> tuple[list[int], Optional[int]]:
-    """Apply maxInputTokenLen / truncation / maxSeqLen; return (prompt ids, max_tokens capped to what fits)."""
-    limit = input_token_limit(options)
-    if limit and len(ids) > limit:
-        if options.truncation == -1:
-            ids = ids[-limit:]
-        elif options.truncation == 1:
-            ids = ids[:limit]
-        else:
-            raise invalid(f"prompt: {len(ids)} tokens is more than the limit of {limit} (maxInputTokenLen)")
-    if not ids:
-        raise invalid("prompt: the prompt is empty")
-    cap = None
-    if options.max_seq_len:
-        cap = options.max_seq_len - len(ids)
-    if options.max_iter_times:
-        cap = min(cap, options.max_iter_times) if cap is not None else options.max_iter_times
-    if cap is not None:
-        max_tokens = min(max_tokens, cap) if max_tokens is not None else cap
-    return ids, max_tokens
+    """options.limits.fit, a refusal as a 422: (prompt ids, max_tokens capped to what fits)."""
+    try:
+        return options.limits.fit(ids, max_tokens)
+    except PromptRefused as e:
+        raise invalid(str(e)) from None
 
 
 def build_sampling_params(req, options: ServingOptions, *, max_tokens: Optional[int], choice: int,

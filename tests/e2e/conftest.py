@@ -169,7 +169,8 @@ class DaemonHandle:
         return ctx
 
     def openai_client(self, *, async_client: bool = False, **kw):
-        """The official `openai` client over mutual TLS (the certificate goes in an SSLContext: NOTES.md)."""
+        """The official `openai` client over mutual TLS (the client certificate goes in an SSLContext:
+        httpx 0.28's `cert=(cert, key)` silently drops it and the server refuses the handshake)."""
         import openai
         if async_client:
             return openai.AsyncOpenAI(base_url=self.base_url + "/v1", api_key="x",

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import torch
 
-from arch_parity import NEAR_TIE, REUSED, SHARED, STEPS, waves
+from tests.support.arch_parity import NEAR_TIE, REUSED, SHARED, STEPS, waves
 
 VOCAB = 3001
 DS = dict(vocab_size=VOCAB)

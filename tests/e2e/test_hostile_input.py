@@ -71,7 +71,7 @@ def test_oversized_headers_are_refused(d, name, headers):
             t.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + (headers or b"") + b"\r\n")
             return read_all(t)
     response = measure(f"oversized headers ({name})", send)
-    assert status_of(response) in (400, 413, 431), response[:300]
+    assert status_of(response) == 400, response[:300]      # aiohttp's header limits, before any route
     still_serving(d)
 
 
@@ -161,14 +161,23 @@ def test_invalid_utf8_is_422(d, name, raw):
     still_serving(d)
 
 
-@pytest.mark.parametrize("content", ["\ud800", "a\udfffb", "\x00\x01\x1b[31m", "\u202e\ufeff" * 100])
-def test_escaped_lone_surrogates_and_control_characters_are_answered(d, content):
-    """Valid JSON that is not valid Unicode text (`"\\ud800"`): a clean 200 or 422, never a 500."""
+@pytest.mark.parametrize("content", ["\ud800", "a\udfffb"])
+def test_escaped_lone_surrogates_are_422(d, content):
+    """Valid JSON that is not valid Unicode text (`"\\ud800"`): the JSON parser refuses it, never a 500."""
     body = json.dumps(chat(d, max_tokens=4) | {"messages": [{"role": "user", "content": content}]})
     status, raw = measure(f"escaped {content[:6]!r}", lambda: d.request("POST", "/v1/chat/completions", body))
-    assert status in (200, 422), raw
-    if status == 422:
-        assert json.loads(raw)["error_type"] == "Input Validation Error"
+    assert status == 422, raw
+    assert json.loads(raw) == {"error": "Failed to parse request context to json",
+                               "error_type": "Input Validation Error"}
+    still_serving(d)
+
+
+@pytest.mark.parametrize("content", ["\x00\x01\x1b[31m", "\u202e\ufeff" * 100])
+def test_control_and_bidi_characters_are_an_ordinary_prompt(d, content):
+    body = json.dumps(chat(d, max_tokens=4) | {"messages": [{"role": "user", "content": content}]})
+    status, raw = measure(f"escaped {content[:6]!r}", lambda: d.request("POST", "/v1/chat/completions", body))
+    assert status == 200, raw
+    assert json.loads(raw)["object"] == "chat.completion"
     still_serving(d)
 
 
@@ -254,11 +263,9 @@ def test_deeply_nested_tool_schema(d, depth):
     answer = json.loads(raw)
     if depth > 48:
         assert status == 422 and "maxJsonDepth" in answer["error"], raw[:300]
-    else:
-        assert status in (200, 422), raw[:300]
-        if status == 200:
-            call = answer["choices"][0]["message"]["tool_calls"]
-            assert call == [] or call[0]["function"]["name"] == "tool_0"
-        else:
-            assert answer["error_type"] == "Input Validation Error"
+    else:           # the grammar compiles; within max_tokens 8 the forced call may be cut short (no call then)
+        assert status == 200, raw[:300]
+        choice = answer["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        assert [c["function"]["name"] for c in calls] == ["tool_0"] or choice["finish_reason"] == "length", raw
     still_serving(d)

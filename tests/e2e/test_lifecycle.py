@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,9 @@ import pytest
 from mindie_like.server import certgen
 
 from .conftest import REPO, daemon_env, new_daemon
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \[[A-Z]+\] ")   # the daemon's log format
 
 
 def run_daemon(home, *args, timeout=120):
@@ -49,6 +53,43 @@ def test_check_config_prints_the_effective_config(configured):
     assert eff["ServerConfig"]["maxJsonDepth"] == 10                       # a default filled in
     assert eff["BackendConfig"]["ScheduleConfig"]["maxIterTimes"] == 512
     assert eff["BackendConfig"]["npuDeviceIds"] == [[0]]
+
+
+def test_check_config_reports_every_problem_the_start_would_refuse_in_one_run(configured):
+    """Schema errors of several sections, a missing weights folder, a quantization value the backend has no
+    kernel for: one line each, exit 2, from --check-config and from the daemon's start alike."""
+    m = configured.config["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
+    configured.config["ServerConfig"]["port"] = 80
+    configured.config["BackendConfig"]["ScheduleConfig"]["cacheBlockSize"] = 96
+    m["quantization"] = "int3"
+    m["modelWeightPath"] = "no/such/weights"
+    write_conf(configured)
+    for args in (["--check-config"], []):
+        r = run_daemon(configured.home, *args)
+        assert r.returncode == 2, r.stderr
+        lines = sorted(r.stderr.strip().splitlines())
+        assert lines == sorted([
+            "ServerConfig.port: 80 is not in [1024, 65535]",
+            "BackendConfig.ScheduleConfig.cacheBlockSize: 96 is not a power of two",
+            'BackendConfig.ModelDeployConfig.ModelConfig[0].quantization: "int3" is not one of "w8a16", "int8", '
+            '"w8", "w4a16", "int4", "w4", "gguf", "none", "float", "off"',
+            f"BackendConfig.ModelDeployConfig.ModelConfig[0].modelWeightPath: "
+            f"{(configured.home / 'no/such/weights').resolve()} does not exist"]), r.stderr
+        assert r.stdout == "" if args else "Daemon start success!" not in r.stdout
+
+
+def test_check_config_refuses_a_world_size_the_model_cannot_split(configured):
+    """Known from the weights' config.json without loading them: the check says what the start would."""
+    configured.config["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]["worldSize"] = 3
+    configured.config["BackendConfig"]["npuDeviceIds"] = [[0, 1, 2]]
+    write_conf(configured)
+    r = run_daemon(configured.home, "--check-config")
+    assert r.returncode == 2 and r.stdout == ""
+    problems = [ln for ln in r.stderr.strip().splitlines() if not LOG_LINE.match(ln)]
+    assert len(problems) == 1, r.stderr
+    line = problems[0]
+    assert line.startswith("BackendConfig.ModelDeployConfig.ModelConfig[0].worldSize: worldSize 3 does not divide "
+                           "the model's heads"), line
 
 
 @pytest.mark.parametrize("script", ["serviced_daemon", "mindieservice_daemon"])

@@ -233,7 +233,8 @@ def test_clients_disconnecting_mid_stream_free_their_blocks_and_others_are_unaff
 
 def test_an_exception_in_one_forward_step_fails_that_batch_only(fault_daemon):
     """Six requests decode together (four streams, two plain); one forward step raises. The streams get one
-    error event then [DONE], the plain ones a 500 body (an internal error, not the request's: MINDIE_COMPAT §5);
+    error event then [DONE], the plain ones a 500 body (MindIE's class for an internal error,
+    not the request's);
     requests sent
     afterwards are answered, the daemon keeps running and frees every block."""
     h = fault_daemon

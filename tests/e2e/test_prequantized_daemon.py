@@ -6,15 +6,13 @@
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "quant"))
 
-import ckpt_writers as cw  # noqa: E402
+import tests.support.ckpt_writers as cw  # noqa: E402
 
 from .test_tensor_parallel_daemon import refusal  # noqa: E402
 

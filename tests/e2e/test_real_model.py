@@ -31,9 +31,9 @@ SEED_MESSAGES = [
 def demo(daemon_factory):
     if not any(DEMO.glob("*.gguf")) and not (DEMO / "config.json").is_file():
         pytest.fail(f"the demo model is not at {DEMO}: run bin/fetch_models (or set MINDIE_LIKE_DEMO_MODEL)")
-    # share the imported model with the checkout's own runs (the first import of a GGUF takes a minute or more)
-    return daemon_factory(DEMO, env={"MINDIE_LIKE_CACHE_DIR": os.environ.get("MINDIE_LIKE_CACHE_DIR",
-                                                                             str(REPO / "cache"))})
+    # the imported model is shared with the user's other runs (paths.cache_dir: the first import of a GGUF takes
+    # a minute or more)
+    return daemon_factory(DEMO)
 
 
 @pytest.fixture(scope="module")

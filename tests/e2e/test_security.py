@@ -58,15 +58,21 @@ def d(daemon_factory, tiny_model, tmp_path_factory):
 
 
 def refused(d, ctx: ssl.SSLContext) -> str:
-    """'' when the request went through, else the error that stopped it."""
+    """'' when the request went through; "tls" when the connection ended before any HTTP byte came back (the
+    handshake failed, or the server closed it right after: TLS 1.3 checks the client certificate then); else
+    what came back instead."""
     try:
         with socket.create_connection((d.host, d.port), timeout=30) as s:
             with ctx.wrap_socket(s, server_hostname=d.host) as t:
                 t.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
                 data = t.recv(4096)
-    except (ssl.SSLError, OSError) as e:
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return "tls"
+    except OSError as e:                   # a timeout, a refused connection: not a TLS refusal
         return f"{type(e).__name__}: {e}"
-    return "" if data.startswith(b"HTTP/1.1 200") else f"closed without an answer ({data[:40]!r})"
+    if data.startswith(b"HTTP/1.1 200"):
+        return ""
+    return "tls" if data == b"" else f"answered {data[:40]!r}"
 
 
 def client_ctx(d, tmp_path, issued: certgen.Issued) -> ssl.SSLContext:
@@ -103,9 +109,7 @@ def test_bad_client_certificates_from_the_right_ca_are_refused(d, tmp_path, kind
                                     not_after=now + dt.timedelta(days=30))
     else:   # extendedKeyUsage serverAuth: not a client certificate
         issued = certgen.issue_cert(ca, "a server", server=True)
-    why = refused(d, client_ctx(d, tmp_path, issued))
-    print(f"{kind}: {why}")
-    assert why
+    assert refused(d, client_ctx(d, tmp_path, issued)) == "tls"
     assert refused(d, d.ssl_context()) == ""
 
 
@@ -115,9 +119,7 @@ def test_a_client_limited_to_tls_1_0_or_1_1_is_refused(d):
     ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    why = refused(d, ctx)
-    print(f"ssl module, TLS 1.0-1.1 only: {why}")
-    assert why
+    assert refused(d, ctx) == "tls"
 
 
 def _client_hello(version: tuple[int, int]) -> bytes:
@@ -160,12 +162,11 @@ def test_hostile_template_fails_safely(d, attack):
     status, raw = d.request("POST", "/v1/chat/completions", body, timeout=120)
     print(f"MEASURE template attack {attack!r}: {status} in {time.perf_counter() - t0:.2f} s")
     text = raw.decode("utf-8", "replace")
-    assert status in (200, 422), text[:300]
+    assert status == 422, text[:300]       # the template was stopped, or what it rendered is no usable prompt
     assert not _leaks(text), (_leaks(text), text[:500])
-    if status == 422:      # the template was stopped, or what it rendered is no usable prompt
-        err = json.loads(raw)
-        assert err["error_type"] == "Input Validation Error"
-        assert err["error"].startswith(("messages: the chat template", "prompt: ")), err
+    err = json.loads(raw)
+    assert err["error_type"] == "Input Validation Error"
+    assert err["error"].startswith(("messages: the chat template", "prompt: ")), err
     assert d.proc.poll() is None
     assert refused(d, d.ssl_context()) == ""
     assert CANARY not in d.output

@@ -10,15 +10,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "backend"))
 
-from driver import Driver  # noqa: E402
+from tests.support.driver import Driver  # noqa: E402
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from mindie_like.engine import AsyncEngine  # noqa: E402
@@ -30,10 +27,10 @@ BLOCK = 16
 MAX_TOKENS = 12
 
 
-def engine_config(path, world_size: int, **extra) -> EngineConfig:
+def engine_config(path, world_size: int, **fields) -> EngineConfig:
     return EngineConfig(model_path=str(path), dtype="float32", device="cpu", block_size=BLOCK, num_threads=1,
                         world_size=world_size, device_ids=list(range(world_size)), max_prefill_tokens=48,
-                        chunked_prefill=True, extra={"num_kv_blocks": 96, **extra})
+                        chunked_prefill=True, num_kv_blocks=96, **fields)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "backend"))
 
-from driver import Driver  # noqa: E402
+from tests.support.driver import Driver  # noqa: E402
 from test_tensor_parallel import engine_config  # noqa: E402
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402

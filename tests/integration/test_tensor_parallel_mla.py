@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "backend"))
 
-from driver import Driver  # noqa: E402
+from tests.support.driver import Driver  # noqa: E402
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from test_tensor_parallel import engine_config, first_divergence_is_near_tie, prompts, run_engine  # noqa: E402

@@ -1,6 +1,6 @@
-"""Hostile model output through every tool-call processor, beyond tests/unit/tool_call/test_toolcall_fuzz.py:
-any Unicode (lone surrogates and control characters included), calls with arbitrary JSON arguments (marker
-strings inside their strings), and huge inputs. Each processor must never raise, streaming must equal decode
+"""Hostile model output through every tool-call processor: any Unicode (lone surrogates and control characters
+included) and random joins of every family's markup, calls with arbitrary JSON arguments (marker strings inside
+their strings), and huge inputs. Each processor must never raise, streaming must equal decode
 for any split, and a well-formed call must come back with exactly its arguments.
 
 Time-boxed: the default run keeps a few dozen examples each; `-m fuzz` runs MINDIE_FUZZ_EXAMPLES (default 2000).
@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tool_call.tc_helpers import ALL_FAMILIES, MARKERS_TEXT, assemble, calls_of, proc, render, run_stream
+from tool_call.tc_helpers import (ALL_FAMILIES, FUZZ_PIECES, MARKERS_TEXT, assemble, calls_of, proc, render,
+                                  run_stream)
 
 FULL = int(os.environ.get("MINDIE_FUZZ_EXAMPLES", "2000"))
 # JSON-argument formats: render() writes their arguments as JSON text, so any JSON value must survive
@@ -24,6 +25,7 @@ JSON_FAMILIES = ("qwen2_5", "qwen3", "llama3", "mistral", "deepseek_v3", "deepse
 any_char = st.characters(codec=None, categories=None)     # every code point, lone surrogates too
 hostile_text = st.one_of(
     st.text(any_char, max_size=200),
+    st.lists(st.sampled_from(FUZZ_PIECES), max_size=14).map("".join),
     st.lists(st.one_of(st.sampled_from(MARKERS_TEXT + ("{", "}", '"', "\\", "\n", "\x00", "\ud800", "\u202e")),
                        st.text(any_char, max_size=5)), max_size=40).map("".join))
 json_args = st.dictionaries(
@@ -65,7 +67,7 @@ def _stream_equals_decode(family: str, text: str, tools, seed: int) -> dict:
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
-@pytest.mark.parametrize("cfg", _sizes(30))
+@pytest.mark.parametrize("cfg", _sizes(60))
 def test_any_unicode_through_every_processor(cfg):
     @cfg
     @given(text=hostile_text, tools=st.sampled_from([None, TOOLS]), seed=st.integers(0, 2**16))
@@ -74,6 +76,8 @@ def test_any_unicode_through_every_processor(cfg):
             res = _stream_equals_decode(family, text, tools, seed)
             for c in res["tool_calls"]:
                 assert isinstance(json.loads(c["function"]["arguments"]), dict)
+            if not res["tool_calls"]:
+                assert res["content"] == text, (family, text)     # no call parsed: the text comes back whole
     prop()
 
 

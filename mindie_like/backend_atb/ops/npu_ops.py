@@ -14,8 +14,8 @@
                    sliding window, atten_mask=<2048x2048 compressed causal mask>)
     decode         torch_npu._npu_paged_attention(query=, key_cache=, value_cache=, num_kv_heads=, num_heads=,
                    scale_value=, block_table=, context_lens=, out=)   (ATB; sliding-window layers use FIA)
-    linear         torch.nn.functional.linear (weight-only quantized variants will call
-                   torch_npu.npu_weight_quant_batchmatmul, issue 9)
+    linear         torch.nn.functional.linear (a quantized weight runs its own linear, which calls
+                   torch_npu.npu_weight_quant_batchmatmul: quant/weight.py)
     prepare_weights  on SoCs whose matmul wants it (Atlas 300I Duo, Ascend 310P), the linear weights are cast once
                    to FRACTAL_NZ: torch_npu.npu_format_cast(w, 29); A2/A3 (910B/910C) keep ND. Dense MoE experts
                    are stacked once, transposed, for the grouped matmul (the per-expert weights become views)

@@ -105,8 +105,8 @@ class TorchOps:
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [M, K] @ w[N, K].T + b. Small batches of bf16 on CPUs without native bf16 use the C++ GEMV.
-        (Weight-only int8/int4 variants plug in here: issue 9.)"""
-        if getattr(w, "is_quantized_weight", False):      # quant/ QuantizedWeight: its own kernels (issue 9)
+        Weight-only int8/int4 weights (quant/ QuantizedWeight) run their own kernels."""
+        if getattr(w, "is_quantized_weight", False):
             return w.linear(x, b)
         if self._gemv is not None and x.shape[0] <= 8 and w.dtype == torch.bfloat16:
             return self._gemv(x, w, b)

@@ -194,8 +194,7 @@ def _msmodelslim(model_dir: Path, cfg: dict, descriptions: list[Path]) -> Checkp
 def check_serving(ckq: CheckpointQuant, config, *, world_size: int, own_path: bool, why_not_own: str = "") -> None:
     """Refuses what this checkpoint cannot be served with (a conflicting `quantization` key, tensor parallelism,
     a model outside the own model code)."""
-    extra = dict(getattr(config, "extra", None) or {})
-    asked = getattr(config, "quantization", None) or extra.get("quantization")
+    asked = config.quant.scheme
     if asked:
         try:
             scheme = normalize_scheme(asked)

@@ -6,7 +6,7 @@ The model code is unchanged: its op table's ``linear`` is ``F.linear(x, w, b)`` 
 ``F.embedding(ids, table)``, both of which a `QuantizedWeight` answers through torch's ``__torch_function__``
 protocol. The only hook is the call to `quantize_model` after the weights are loaded (runner.py).
 
-Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quantization.md):
+Options (ModelConfig keys, ``EngineConfig.quant`` fields; see docs/quantization.md):
     quantization          "w8a16" | "w4a16" (aliases int8 / int4); none = float weights
     quant_group_size      int4 group size along K (32, 64, 128, 256); default 32
     quant_dense           "auto" (default): keep a dense copy and use it for steps at or above the crossover
@@ -23,6 +23,7 @@ Options (``EngineConfig.quantization`` / ``EngineConfig.extra``, see docs/quanti
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -31,6 +32,7 @@ from typing import Optional
 
 import torch
 
+from ...engine.types import NO_QUANTIZATION, QuantOptions
 from .policy import QuantPolicy, dense_allowed, faster_dense_dtype, measure_crossover
 from .quantize import INT4_GROUP_SIZES
 from .weight import (ACT_BITS, InputPermutedWeight, Int4Weight, QuantizedWeight, native_cpu_kernels,
@@ -38,10 +40,10 @@ from .weight import (ACT_BITS, InputPermutedWeight, Int4Weight, QuantizedWeight,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_SIZE = 32
+DEFAULT_GROUP_SIZE = QuantOptions.group_size
 # the own AVX2 int4 kernel's activations: 8 bits is ~1.3x faster than 16 there, and on the demo model its cost
 # (mean KL 0.00025 against 16 bits) is ~1% of the int4 weights' own (0.027 against bf16): docs/benchmarks.md
-DEFAULT_ACT_BITS = 8
+DEFAULT_ACT_BITS = QuantOptions.act_bits
 
 
 def _group_for(k: int, wanted: int) -> Optional[int]:
@@ -68,16 +70,6 @@ def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep
         group_size = g
     return quantize_linear_weight(w, scheme, group_size, dtype=dtype, device=device, keep_rows=keep_rows,
                                   keep_dense=keep_dense)
-
-
-def options_from_config(config) -> dict:
-    extra = dict(getattr(config, "extra", None) or {})
-    scheme = getattr(config, "quantization", None) or extra.get("quantization")
-    return {"scheme": scheme, "group_size": int(extra.get("quant_group_size", DEFAULT_GROUP_SIZE)),
-            "dense": str(extra.get("quant_dense", "auto")), "crossover": extra.get("quant_crossover"),
-            "from_gguf": bool(extra.get("quant_from_gguf", True)),
-            "dense_dtype": str(extra.get("quant_dense_dtype", "auto")),
-            "act_bits": int(extra.get("quant_act_bits", DEFAULT_ACT_BITS))}
 
 
 def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, dense: str = "auto",
@@ -197,7 +189,6 @@ def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_
     return pol
 
 
-NO_QUANTIZATION = ("none", "float", "off")
 
 
 def default_gguf_scheme(model_path) -> Optional[str]:
@@ -225,16 +216,16 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
     `prequantized`: the scheme of a pre-quantized checkpoint already loaded into the model (quant/checkpoint.py):
     its quantized weights get the per-step policy; its float linears stay float unless `quantization` names that
     same scheme (a different one was refused at start)."""
-    opts = options_from_config(config)
-    if str(opts["scheme"] or "").strip().lower() in NO_QUANTIZATION:
-        log.info("quantization %r: weights kept in float (a GGUF source stays widened)", opts["scheme"])
-        opts["scheme"] = None
-    elif not opts["scheme"] and not prequantized and opts["from_gguf"]:
-        opts["scheme"] = default_gguf_scheme(config.model_path)
-    if not opts["scheme"] and not prequantized:
+    q = dataclasses.replace(config.quant)
+    if str(q.scheme or "").strip().lower() in NO_QUANTIZATION:
+        log.info("quantization %r: weights kept in float (a GGUF source stays widened)", q.scheme)
+        q.scheme = None
+    elif not q.scheme and not prequantized and q.from_gguf:
+        q.scheme = default_gguf_scheme(config.model_path)
+    if not q.scheme and not prequantized:
         return None
     gguf = None
-    if opts["from_gguf"] and not prequantized:
+    if q.from_gguf and not prequantized:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
         if gguf is not None and not all(hasattr(L.mlp, "gate_up_proj") for L in model.layers):
@@ -242,6 +233,5 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
                      "import instead", gguf.name)
             gguf = None
     with torch.inference_mode():
-        return quantize_model(model, opts["scheme"] or prequantized, opts["group_size"], opts["dense"],
-                              opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]),
-                              act_bits=opts["act_bits"])
+        return quantize_model(model, q.scheme or prequantized, q.group_size, q.dense, q.crossover, gguf,
+                              q.dense_dtype, float_too=bool(q.scheme), act_bits=q.act_bits)

@@ -43,6 +43,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ...engine.types import QUANT_SCHEME_ALIASES
+
 from .quantize import (check_group_size, dequantize_int4, dequantize_int8, pack_nibbles, quantize_int4_grouped,
                        quantize_int8_per_channel, unpack_nibbles)
 from .torch_cpu_limits import int8pack_limits, int8pack_refusal
@@ -562,7 +564,7 @@ def quantize_linear_weight(weight: torch.Tensor, scheme: str, group_size: int = 
                                  keep_rows=keep_rows, keep_dense=keep_dense)
 
 
-_ALIASES = {"w8a16": "w8a16", "int8": "w8a16", "w8": "w8a16", "w4a16": "w4a16", "int4": "w4a16", "w4": "w4a16"}
+_ALIASES = {k: v for k, v in QUANT_SCHEME_ALIASES.items() if v != "gguf"}
 
 
 def normalize_scheme(scheme: str) -> str:

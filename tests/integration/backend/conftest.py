@@ -1,14 +1,9 @@
 """Fixtures for the backend integration tests (helpers live in helpers.py, the driver in driver.py)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers import load_hf, load_runner  # noqa: E402
+from tests.support.backend_helpers import load_hf, load_runner
 
 
 @pytest.fixture

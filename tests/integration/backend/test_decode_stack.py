@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from driver import Driver
-from helpers import load_runner, prompt
+from tests.support.driver import Driver
+from tests.support.backend_helpers import load_runner, prompt
 
 # the own C++ kernels run here: a crash fails this module only (one subprocess for it)
 pytestmark = pytest.mark.isolated

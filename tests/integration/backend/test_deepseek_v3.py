@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
-from arch_parity import STEPS, check_request, waves
-from driver import Driver
-from fp8_writer import write_fp8_pair
-from helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
+from tests.support.arch_parity import STEPS, check_request, waves
+from tests.support.driver import Driver
+from tests.support.fp8_writer import write_fp8_pair
+from tests.support.backend_helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
 
 VOCAB = 3001
 DS = dict(vocab_size=VOCAB)

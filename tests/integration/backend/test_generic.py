@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import load_hf, load_runner, prompt
-from driver import Driver
+from tests.support.backend_helpers import load_hf, load_runner, prompt
+from tests.support.driver import Driver
 
 
 def _hf_greedy(hf, p, n):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from driver import Driver
-from gguf_writer import build_small_vocab_qwen2, write_tiny_qwen2_gguf
-from helpers import load_runner, prompt
+from tests.support.driver import Driver
+from tests.support.gguf_writer import build_small_vocab_qwen2, write_tiny_qwen2_gguf
+from tests.support.backend_helpers import load_runner, prompt
 from mindie_like.backend_atb import weights
 
 REAL_GGUF = Path(os.environ.get("MINDIE_LIKE_DEMO_GGUF", "/work/models/qwen2.5-coder-0.5b-instruct.gguf"))

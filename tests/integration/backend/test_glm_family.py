@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arch_parity import REUSED, SHARED, STEPS, check_request, waves
-from helpers import load_hf, load_runner
+from tests.support.arch_parity import REUSED, SHARED, STEPS, check_request, waves
+from tests.support.backend_helpers import load_hf, load_runner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
 
@@ -17,7 +17,7 @@ PARAMS = SamplingParams(temperature=0, max_tokens=STEPS, ignore_eos=True, logpro
 def serve(runner, path, prompts, core=None):
     if core is None:
         cfg = EngineConfig(model_path=str(path), block_size=runner.block_size, max_prefill_tokens=24,
-                           chunked_prefill=True, extra={"num_kv_blocks": 160})
+                           chunked_prefill=True, num_kv_blocks=160)
         core = EngineCore(cfg, runner)
     toks, tops, cached = {}, {}, {}
     for i, p in enumerate(prompts):

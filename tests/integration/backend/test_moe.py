@@ -11,8 +11,8 @@ import random
 import pytest
 import torch
 
-from helpers import NEAR_TIE, load_hf, load_runner, prompt
-from driver import Driver
+from tests.support.backend_helpers import NEAR_TIE, load_hf, load_runner, prompt
+from tests.support.driver import Driver
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
 
@@ -39,7 +39,7 @@ def _prompts():
 
 def _serve(runner, ps):
     cfg = EngineConfig(model_path="x", block_size=runner.block_size, chunked_prefill=True, max_prefill_tokens=32,
-                       extra={"num_kv_blocks": 512})
+                       num_kv_blocks=512)
     core = EngineCore(cfg, runner)
     params = SamplingParams(temperature=0, max_tokens=N_OUT, ignore_eos=True, logprobs=1)
     toks, lps, cached = {}, {}, {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
-from driver import Driver
+from tests.support.backend_helpers import check_continuation, hf_logits, load_hf, load_runner, prompt
+from tests.support.driver import Driver
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 STEPS = 32
@@ -101,7 +101,7 @@ ROPE_SCALINGS = {
 
 @pytest.mark.parametrize("kind", sorted(ROPE_SCALINGS))
 def test_rope_scaling(kind, tmp_path):
-    from tiny_models import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
     rs = dict(ROPE_SCALINGS[kind], rope_theta=10000.0)
     path = build_tiny_model(tmp_path, "llama", rope_parameters=rs)
     runner, hf = load_runner(path), load_hf(path)

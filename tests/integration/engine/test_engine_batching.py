@@ -10,7 +10,7 @@ import torch
 
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, SamplingParams
-from reference_runner import ReferenceRunner
+from tests.support.reference_runner import ReferenceRunner
 
 NEAR_TIE = 1e-3
 N_OUT = 12
@@ -22,7 +22,7 @@ def load_runner(kind: str, path, block_size: int):
         return ReferenceRunner(path, block_size=block_size)
     from mindie_like.backend_atb.runner import ModelRunner
     cfg = EngineConfig(model_path=str(path), dtype="float32", device="cpu", block_size=block_size,
-                       num_threads=torch.get_num_threads(), extra={"force_generic": kind == "generic"})
+                       num_threads=torch.get_num_threads(), force_generic=kind == "generic")
     return ModelRunner.load(cfg)
 
 
@@ -38,7 +38,7 @@ def kind(request):
 
 def make_core(kind, path, block_size=16, num_blocks=256, **kw):
     runner = load_runner(kind, path, block_size)
-    cfg = EngineConfig(model_path=str(path), block_size=block_size, extra={"num_kv_blocks": num_blocks}, **kw)
+    cfg = EngineConfig(model_path=str(path), block_size=block_size, num_kv_blocks=num_blocks, **kw)
     return EngineCore(cfg, runner), runner
 
 

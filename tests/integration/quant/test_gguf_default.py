@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from driver import Driver  # noqa: E402
-from gguf_writer import build_small_vocab_qwen2, write_tiny_qwen2_gguf  # noqa: E402
-from helpers import load_runner, prompt  # noqa: E402
+from tests.support.driver import Driver  # noqa: E402
+from tests.support.gguf_writer import build_small_vocab_qwen2, write_tiny_qwen2_gguf  # noqa: E402
+from tests.support.backend_helpers import load_runner, prompt  # noqa: E402
 
 from mindie_like.backend_atb import cpu_kernels  # noqa: E402
 from mindie_like.backend_atb.quant import QuantizedWeight  # noqa: E402

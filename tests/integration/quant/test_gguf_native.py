@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from driver import Driver
-from helpers import load_runner, prompt
+from tests.support.driver import Driver
+from tests.support.backend_helpers import load_runner, prompt
 
 from mindie_like.backend_atb import cpu_kernels
 from mindie_like.backend_atb.quant import Int4Weight, Int8Weight

@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from driver import Driver
-from helpers import prompt
+from tests.support.driver import Driver
+from tests.support.backend_helpers import prompt
 
 from mindie_like.backend_atb import ModelRunner, cpu_kernels
 from mindie_like.backend_atb.quant import Int8Weight
 from mindie_like.backend_atb.quant.weight import NATIVE_INT8
-from mindie_like.engine.types import EngineConfig
+from tests.support.engine_fakes import make_engine_config
 
 pytestmark = pytest.mark.isolated
 
@@ -23,9 +23,9 @@ SHAPES = dict(hidden_size=104, intermediate_size=120, num_attention_heads=4, num
 LINEARS = ("qkv", "o", "gate_up", "down")
 
 
-def _runner(path, dtype, **extra):
-    return ModelRunner.load(EngineConfig(model_path=str(path), dtype=dtype, device="cpu", block_size=16,
-                                         num_threads=torch.get_num_threads(), extra=extra))
+def _runner(path, dtype, **options):
+    return ModelRunner.load(make_engine_config(path, dtype=dtype, device="cpu", block_size=16,
+                                               num_threads=torch.get_num_threads(), **options))
 
 
 def _logits(runner, seqs):

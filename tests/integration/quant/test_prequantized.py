@@ -1,6 +1,6 @@
 """Pre-quantized checkpoints (GPTQ v1/v2, AWQ, msmodelslim W8A16/W4A16) loaded into the quantized weights.
 
-Each checkpoint is written from a tiny random model by the packers in ckpt_writers.py (from the published layouts)
+Each checkpoint is written from a tiny random model by the packers in tests/support/ckpt_writers.py (from the published layouts)
 and checked three ways: the loaded weights dequantize to exactly what the tool's own reference formula gives
 (quoted in ckpt_writers.py); the loaded model's logits equal the float model run on those dequantized weights;
 and what cannot be served is refused with one line naming it.
@@ -13,9 +13,9 @@ import logging
 import pytest
 import torch
 
-import ckpt_writers as cw
-from driver import Driver
-from helpers import load_runner, prompt
+import tests.support.ckpt_writers as cw
+from tests.support.driver import Driver
+from tests.support.backend_helpers import load_runner, prompt
 
 from mindie_like.backend_atb.quant import InputPermutedWeight, Int4Weight, Int8Weight, QuantizedWeight
 from mindie_like.backend_atb.quant.checkpoint import CheckpointRefused, detect

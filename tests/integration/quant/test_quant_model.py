@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from driver import Driver
-from helpers import load_runner, prompt
+from tests.support.driver import Driver
+from tests.support.backend_helpers import load_runner, prompt
 
 from mindie_like.backend_atb.quant import Int4Weight, Int8Weight, QuantizedWeight
 from mindie_like.backend_atb.quant.model import quantize_model

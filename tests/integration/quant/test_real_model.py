@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from driver import Driver
+from tests.support.driver import Driver
 
 from mindie_like.backend_atb import ModelRunner
-from mindie_like.engine.types import EngineConfig
+from tests.support.engine_fakes import make_engine_config
 
 MODEL = Path(os.environ.get("MINDIE_LIKE_DEMO_GGUF", "/work/models/qwen2.5-coder-0.5b-instruct.gguf"))
 THREADS = int(os.environ.get("MINDIE_LIKE_REAL_MODEL_THREADS", "1"))
@@ -39,9 +39,8 @@ pytestmark = [pytest.mark.real_model,
               pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} not present (shared/models/fetch_models.sh)")]
 
 
-def _runner(**extra):
-    cfg = EngineConfig(model_path=str(MODEL), dtype="bfloat16", device="cpu", block_size=16,
-                       num_threads=THREADS, extra=extra)
+def _runner(**options):
+    cfg = make_engine_config(MODEL, dtype="bfloat16", device="cpu", block_size=16, num_threads=THREADS, **options)
     return ModelRunner.load(cfg)
 
 

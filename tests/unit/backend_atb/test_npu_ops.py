@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "backend"))
 
 import fake_torch_npu  # noqa: E402
 
@@ -109,8 +106,8 @@ def test_wrong_argument_names_are_caught():
 def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, family, overrides):
     """The tiny model run through the NPU op table (fake kernels) gives the reference logits: prefill, a cached
     prefix, mixed batches and decodes."""
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model(family, **overrides)
     ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     npu_runner.ops = npu_ops
@@ -136,8 +133,8 @@ def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, fam
 def test_fractal_nz_weights_on_310p_only(tiny_model, device_name, casts):
     """Atlas 300I Duo (310P): the dense linear weights go to FRACTAL_NZ (format 29) once at load, an untied
     lm_head too; A2/A3 (910B) keep ND. The model still computes the same logits through the op table."""
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model("llama")
     ref, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     ops = make_npu_ops(device_name)
@@ -201,8 +198,8 @@ def test_grouped_moe_experts_match_reference(npu_ops, first, n_local):
 
 
 def test_whole_moe_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model("qwen2_moe", mlp_only_layers=[0], num_hidden_layers=3)
     ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     npu_runner.ops = npu_runner.model.ops = npu_ops
@@ -221,8 +218,8 @@ def test_whole_moe_model_on_the_npu_table_matches_reference(npu_ops, tiny_model)
 def test_mla_model_on_the_npu_table_matches_reference(npu_ops, tiny_model):
     """The MLA model (deepseek_v3) through the NPU table's MLA entries (latent + rope-key caches written by
     _npu_reshape_and_cache, FIA's query_rope / key_rope form for prefill and decode) gives the reference logits."""
-    from helpers import load_runner
-    from driver import Driver
+    from tests.support.backend_helpers import load_runner
+    from tests.support.driver import Driver
     path = tiny_model("deepseek_v3", vocab_size=3001, first_k_dense_replace=3)     # MLA only: dense MLPs
     ref_runner, npu_runner = load_runner(path, block_size=4), load_runner(path, block_size=4)
     npu_runner.ops = npu_runner.model.ops = npu_ops

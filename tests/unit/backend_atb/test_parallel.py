@@ -13,9 +13,9 @@ from mindie_like.backend_atb.parallel import (TPConfigError, claim_npu_devices, 
 from mindie_like.engine.types import EngineConfig
 
 
-def cfg(ws=2, ids=None, **extra) -> EngineConfig:
+def cfg(ws=2, ids=None, **fields) -> EngineConfig:
     return EngineConfig(model_path="x", world_size=ws, device_ids=ids if ids is not None else list(range(ws)),
-                        extra=extra)
+                        **fields)
 
 
 def test_single_node_layout():
@@ -137,8 +137,8 @@ def test_moe_parallel_keys():
     """MindIE's moe_ep / moe_tp: either one implies the other; their product must be the world."""
     from mindie_like.backend_atb.parallel import moe_expert_parallel
 
-    def cfg(**extra):
-        return EngineConfig(model_path="x", world_size=4, device_ids=[0, 1, 2, 3], extra=extra)
+    def cfg(**fields):
+        return EngineConfig(model_path="x", world_size=4, device_ids=[0, 1, 2, 3], **fields)
     assert moe_expert_parallel(cfg(), 4) == 1
     assert moe_expert_parallel(cfg(moe_ep=4), 4) == 4
     assert moe_expert_parallel(cfg(moe_tp=2), 4) == 2

@@ -151,6 +151,10 @@ INVALID = [
     (_set("LogConfig.logLevel", "Loud"), 'LogConfig.logLevel: "Loud" is not one of "Debug", "Info", "Warning", '
                                          '"Error", "Critical"'),
     (lambda d: d.pop("BackendConfig"), "BackendConfig: missing (required)"),
+    (_set("M.quantization", "int3"),
+     f'{MODEL}.quantization: "int3" is not one of "w8a16", "int8", "w8", "w4a16", "int4", "w4", "gguf", "none", '
+     f'"float", "off"'),
+    (_set("M.quant_act_bits", 4), f"{MODEL}.quant_act_bits: 4 is not one of 8, 16"),
 ]
 
 
@@ -164,10 +168,6 @@ def test_invalid_config_is_refused_with_one_line(mutate, line):
     assert e.value.lines == [line]
 
 
-def test_at_least_15_distinct_refusals():
-    assert len({line for _, line in INVALID}) >= 15
-
-
 def test_several_errors_give_several_lines():
     d = minimal()
     d["ServerConfig"] = {"port": 1, "metricsPort": 2}
@@ -178,7 +178,7 @@ def test_several_errors_give_several_lines():
 
 
 # -- accepted variations -----------------------------------------------------------------------------------------
-def test_unknown_keys_warn_and_model_extras_go_to_the_backend():
+def test_unknown_keys_warn_and_model_extras_are_accepted_unused():
     d = minimal()
     d["Surprise"] = 1
     d["ServerConfig"] = {"fancy": True}
@@ -187,7 +187,7 @@ def test_unknown_keys_warn_and_model_extras_go_to_the_backend():
     cfg, warn, debug = validate_config(d, env={})
     assert set(warn) == {"Surprise: unknown key, ignored", "ServerConfig.fancy: unknown key, ignored",
                          f"{MODEL}.models.qwen2.odd: unknown key, ignored"}
-    assert debug == [f"{MODEL}.async_scheduler_wait_time: passed to the backend"]
+    assert debug == [f"{MODEL}.async_scheduler_wait_time: accepted, not used"]
 
 
 def test_a_typo_inside_model_config_warns_with_the_closest_key():
@@ -197,11 +197,11 @@ def test_a_typo_inside_model_config_warns_with_the_closest_key():
     d["ServerConfig"] = {"maxLinkNumber": 5}
     _, warn, debug = validate_config(d, env={})
     assert set(warn) == {
-        f"{MODEL}.npuMemSzie: unknown key (did you mean 'npuMemSize'?), passed to the backend unread",
-        f"{MODEL}.quantisation: unknown key (did you mean 'quantization'?), passed to the backend unread",
-        f"{MODEL}.worldsize: unknown key (did you mean 'worldSize'?), passed to the backend unread",
+        f"{MODEL}.npuMemSzie: unknown key (did you mean 'npuMemSize'?), accepted, not used",
+        f"{MODEL}.quantisation: unknown key (did you mean 'quantization'?), accepted, not used",
+        f"{MODEL}.worldsize: unknown key (did you mean 'worldSize'?), accepted, not used",
         "ServerConfig.maxLinkNumber: unknown key, ignored (did you mean 'maxLinkNum'?)"}
-    assert debug == [f"{MODEL}.quant_act_bits: passed to the backend"]     # a key the backend reads
+    assert debug == []      # quant_act_bits is a field of ModelConfig: validated, no line
 
 
 def test_top_level_model_deploy_config_is_accepted():
@@ -338,20 +338,21 @@ def test_missing_chat_template_is_refused(tmp_path):
                              f"readable file"]
 
 
-def test_engine_config_mapping(tmp_path):
+def test_engine_config_mapping(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINDIE_LIKE_CACHE_DIR", raising=False)
     d = minimal()
     m = d["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
-    m.update(worldSize=2, npuMemSize=3, cpuMemSize=0, trustRemoteCode=True, dtype="bfloat16", kv_extra=7)
+    m.update(worldSize=2, npuMemSize=3, cpuMemSize=0, trustRemoteCode=True, dtype="bfloat16", quantization="int4",
+             quant_dense="never", tpHeartbeatTimeout=4)
     d["BackendConfig"]["ScheduleConfig"] = {"cacheBlockSize": 16, "templateType": "Mix", "maxPrefillTokens": 512,
                                             "enablePrefixCache": False, "maxIterTimes": 64}
     d["BackendConfig"]["npuDeviceIds"] = [[2, 3]]
     d["BackendConfig"]["ModelDeployConfig"]["truncation"] = True
     cfg, _, _ = validate_config(d, env={})
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "model.gguf").write_bytes(b"GGUF")
     ec = to_engine_config(LoadedConfig(config=cfg, path=tmp_path / "c.json", home=tmp_path))
     assert ec.model_path == str(tmp_path.resolve() / "w") and ec.model_name == "m"
     assert (ec.world_size, ec.device_ids, ec.block_size, ec.kv_cache_gb, ec.swap_gb) == (2, [2, 3], 16, 3.0, 0.0)
     assert ec.chunked_prefill and not ec.enable_prefix_cache and ec.truncation == -1 and ec.max_iter_times == 64
     assert ec.trust_remote_code and ec.dtype == "bfloat16" and ec.max_prefill_tokens == 512
-    assert ec.extra["kv_extra"] == 7 and ec.extra["gguf_file"] == "model.gguf"
+    assert (ec.quant.scheme, ec.quant.dense, ec.quant.group_size, ec.tp_heartbeat_timeout) == ("int4", "never", 32, 4.0)
+    assert ec.cache_dir == str(Path.home() / ".cache" / "mindie_like") and not ec.multi_nodes

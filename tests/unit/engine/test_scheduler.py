@@ -3,18 +3,19 @@ import random
 
 import pytest
 
-from engine_fakes import FakeRunner
+from tests.support.engine_fakes import FakeRunner
 from mindie_like.engine.core import EngineCore
 from mindie_like.engine.types import EngineConfig, EngineError, SamplingParams
+from mindie_like.protocol.errors import ValidationFailure
+from mindie_like.serving.common import ServingOptions, fit_prompt
 
 GREEDY = dict(temperature=0, ignore_eos=True)
 
 
 def make_core(runner=None, **kw):
-    extra = {"num_kv_blocks": kw.pop("num_blocks", 256)}
     kw.setdefault("block_size", 4)
     runner = runner or FakeRunner(block_size=kw["block_size"], supports_prefix_cache=kw.pop("prefix", True))
-    cfg = EngineConfig(model_path="fake", extra=extra, **kw)
+    cfg = EngineConfig(model_path="fake", num_kv_blocks=kw.pop("num_blocks", 256), **kw)
     return EngineCore(cfg, runner), runner
 
 
@@ -165,6 +166,17 @@ def test_lengths_and_truncation():
         core.make_request("c", [], SamplingParams())
     with pytest.raises(EngineError):
         core.make_request("d", [1, 999], SamplingParams())
+
+
+def test_engine_and_serving_refuse_a_long_prompt_with_the_same_words():
+    core, _ = make_core(max_input_len=10, max_seq_len=20)
+    with pytest.raises(EngineError) as engine_refusal:
+        core.make_request("a", list(range(1, 13)), SamplingParams())
+    with pytest.raises(ValidationFailure) as serving_refusal:
+        fit_prompt(list(range(1, 13)), ServingOptions(limits=core.limits), None)
+    assert serving_refusal.value.status == 422
+    assert str(engine_refusal.value) == serving_refusal.value.message == \
+        "prompt: 12 tokens is more than the limit of 10 (maxInputTokenLen)"
 
 
 def test_max_iter_times_caps_generation():

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import torch
-from tiny_models import TOKENIZERS  # noqa: F401 - tests/data/tokenizers
+from tests.support.tiny_models import TOKENIZERS  # noqa: F401 - tests/data/tokenizers
 
 DS_CALLS_BEGIN, DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 DS_CALL_BEGIN, DS_CALL_END, DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"

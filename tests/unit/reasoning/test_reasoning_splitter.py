@@ -1,4 +1,4 @@
-"""<think> splitting (spec §7), its streaming form, and reasoning -> tool-call composition."""
+"""<think> splitting, its streaming form, and reasoning -> tool-call composition."""
 from __future__ import annotations
 
 import random

@@ -7,7 +7,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mindie_like.engine.types import EngineStats
-from mindie_like.server.errors import ApiError, error_body, error_response, sse_error_event
+from mindie_like.protocol.errors import ValidationFailure
+from mindie_like.server.errors import ApiError, error_body, error_response
 from mindie_like.server.guard import json_max_depth, parse_json, value_max_depth
 from mindie_like.server.metrics import CONTENT_TYPE, Metrics
 
@@ -71,11 +72,12 @@ def test_error_body_shapes():
     assert json.loads(error_response(500, "x").body)["error_type"] == "Incomplete Generation"
     assert json.loads(error_response(422, "x").body)["error_type"] == "Input Validation Error"
     assert error_body("m", "t") == {"error": "m", "error_type": "t"}
-    ev = sse_error_event("boom")
-    assert ev.startswith(b"data: ") and ev.endswith(b"\n\n")
-    assert json.loads(ev[6:]) == {"error": "boom", "error_type": "Incomplete Generation"}
+    assert json.loads(error_response(413, "x").body)["error_type"] == "Request Entity Too Large"
     e = ApiError(422, "temperature: -1 is not >= 0")
     assert json.loads(e.response().body)["error_type"] == "Input Validation Error"
+    # one table: the serving layer's failures and the HTTP layer's errors spell a status the same way
+    for status in (400, 404, 413, 422, 424, 500, 503, 599):
+        assert ValidationFailure(status, "m").error_type == ApiError(status, "m").error_type
 
 
 def test_metrics_names_labels_and_parse():

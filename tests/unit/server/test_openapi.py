@@ -14,7 +14,7 @@ from mindie_like.assembly import ROUTES, build_context
 from mindie_like.config import LoadedConfig, to_engine_config, validate_config
 from mindie_like.server import PLANES, Backend
 from mindie_like.server.app import build_app
-from serving_fakes import FakeEngine, load_test_tokenizer  # tests/ is on sys.path (tests/conftest.py)
+from tests.support.serving_fakes import FakeEngine, load_test_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head")

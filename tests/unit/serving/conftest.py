@@ -1,6 +1,6 @@
 import pytest
 
-from serving_fakes import load_test_tokenizer  # tests/serving_fakes.py (tests/ is on sys.path: tests/conftest.py)
+from tests.support.serving_fakes import load_test_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from mindie_like.serving.anthropic import MessagesServing, ThinkingSigner
 from mindie_like.serving.response_store import ResponseStore
 from mindie_like.serving.responses import ResponsesServing
 from mindie_like.tool_call import ToolsCallProcessorManager
-from serving_fakes import FakeEngine
+from tests.support.serving_fakes import FakeEngine
 
 MODEL = "m"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

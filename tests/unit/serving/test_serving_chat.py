@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from mindie_like.engine.types import EngineError, EngineOverloaded
+from mindie_like.engine.types import EngineError, EngineOverloaded, PromptLimits
 from mindie_like.protocol import ChatCompletionChunk, ChatCompletionResponse, ValidationFailure, parse_chat_request
 from mindie_like.serving import ChatServing, ServingOptions
-from serving_fakes import (FakeChatOutputParser, FakeEngine, FakeGuided, FakePlan, FakeQwenProcessor, collect_sse,
+from tests.support.serving_fakes import (FakeChatOutputParser, FakeEngine, FakeGuided, FakePlan, FakeQwenProcessor, collect_sse,
                            reassemble)
 
 MODEL = "qwen-test"
@@ -338,14 +338,16 @@ def test_error_after_stream_started(hf_tok):
 
 
 def test_prompt_too_long(hf_tok):
-    serving, _ = make(hf_tok, options=ServingOptions(max_input_len=10))
+    serving, _ = make(hf_tok, options=ServingOptions(limits=PromptLimits(max_input_len=10)))
     with pytest.raises(ValidationFailure) as e:
         run(serving.create(body(), "r1"))
     assert e.value.status == 422 and "maxInputTokenLen" in e.value.message
-    serving, engine = make(hf_tok, "ok", options=ServingOptions(max_input_len=10, truncation=-1))
+    serving, engine = make(hf_tok, "ok",
+                           options=ServingOptions(limits=PromptLimits(max_input_len=10, truncation=-1)))
     run(serving.create(body(), "r1"))
     assert len(engine.calls[0][0]) == 10
-    serving, engine = make(hf_tok, "ok", options=ServingOptions(max_seq_len=100, max_iter_times=50))
+    serving, engine = make(hf_tok, "ok",
+                           options=ServingOptions(limits=PromptLimits(max_seq_len=100, max_iter_times=50)))
     run(serving.create(body(max_tokens=1000), "r1"))
     assert engine.calls[0][1].max_tokens == min(50, 100 - len(engine.calls[0][0]))
 

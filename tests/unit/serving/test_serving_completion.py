@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 
-from mindie_like.engine.types import EngineOverloaded
+from mindie_like.engine.types import EngineOverloaded, PromptLimits
 from mindie_like.protocol import CompletionResponse, ValidationFailure
 from mindie_like.serving import CompletionServing, ServingOptions
-from serving_fakes import FakeEngine, collect_sse
+from tests.support.serving_fakes import FakeEngine, collect_sse
 
 MODEL = "qwen-test"
 
@@ -81,7 +81,7 @@ def test_completion_errors(hf_tok):
     serving, _ = make(hf_tok, "a b c d e f", fail_after=2)
     events = run(collect_sse(serving.stream({"model": MODEL, "prompt": "x", "stream": True}, "c1")))
     assert events[-2] == {"error": "device fell over", "error_type": "Generation Error"} and events[-1] == "[DONE]"
-    serving, _ = make(hf_tok, options=ServingOptions(max_input_len=2))
+    serving, _ = make(hf_tok, options=ServingOptions(limits=PromptLimits(max_input_len=2)))
     with pytest.raises(ValidationFailure) as e:
         run(serving.create({"model": MODEL, "prompt": "one two three four"}, "c1"))
     assert e.value.status == 422 and "maxInputTokenLen" in e.value.message

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("mindie_like.reasoning", reason="needs the tool-call branch")
+from mindie_like.engine.types import PromptLimits  # noqa: E402
 from mindie_like.reasoning import ChatOutputParser  # noqa: E402
 from mindie_like.serving import ChatServing, ServingOptions  # noqa: E402
 from mindie_like.tool_call import ToolsCallProcessorManager  # noqa: E402
-from serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
+from tests.support.serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
 
 MODEL = "m"
 REPO = Path(__file__).resolve().parents[3]
@@ -183,7 +184,7 @@ def test_from_model_builds_everything(hf_tok, tmp_path):
     (tmp_path / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.9}')
     engine = FakeEngine(hf_tok, CASES["qwen2_5"][0])
     serving = ChatServing.from_model(engine, hf_tok, MODEL, model_type="qwen2", tool_call_parser="",
-                                     guided=None, model_dir=tmp_path, max_n=2, max_seq_len=4096)
+                                     guided=None, model_dir=tmp_path, max_n=2, limits=PromptLimits(max_seq_len=4096))
     assert serving.tool_processor.family == "qwen2_5"  # the template has <tool_call>: Qwen2.5
     assert serving.options.default_sampling == {"temperature": 0.6, "top_p": 0.9} and serving.options.max_n == 2
     resp = run(serving.create(body(), "r1"))

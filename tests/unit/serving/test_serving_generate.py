@@ -15,7 +15,7 @@ from mindie_like.protocol import ValidationFailure
 from mindie_like.serving import GenerateServing, InflightRegistry, ServingOptions
 from mindie_like.serving.generate import TypicalMask, finish_reason_of
 from mindie_like.server.compat import InferRenderer, TgiRenderer, TritonRenderer, VllmRenderer
-from serving_fakes import FakeEngine
+from tests.support.serving_fakes import FakeEngine
 
 MODEL = "qwen-test"
 SCRIPT = " héllo wörld, and more."   # non-ASCII: byte-level tokens hold text back until a character completes

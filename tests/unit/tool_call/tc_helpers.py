@@ -7,7 +7,8 @@ from pathlib import Path
 
 from mindie_like.tool_call import ToolsCallProcessorManager
 from mindie_like.tool_call.families import (
-    DS_CALL_BEGIN, DS_CALL_END, DS_CALLS_BEGIN, DS_CALLS_END, DS_SEP, DSML_CALLS_BEGIN, DSML_CALLS_END,
+    DS_CALL_BEGIN, DS_CALL_END, DS_CALLS_BEGIN, DS_CALLS_END, DS_SEP, DSML_CALLS_BEGIN, DSML_CALLS_END, DSML_INVOKE,
+    DSML_INVOKE_END, DSML_PARAM, DSML_PARAM_END,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "data" / "fixtures"
@@ -198,3 +199,14 @@ def render(family: str, calls, before: str = "", between: str = "", after: str =
     else:
         raise ValueError(family)
     return before + between.join(parts) + after
+
+
+# markup fragments of every family, joined at random by the fuzz properties
+FUZZ_PIECES = [
+    "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>", "<|assistant|>", "✿FUNCTION✿",
+    "✿ARGS✿", "✿RESULT✿", DS_CALLS_BEGIN, DS_CALL_BEGIN, DS_SEP, DS_CALL_END, DS_CALLS_END, DSML_CALLS_BEGIN,
+    DSML_INVOKE, ' name="f">', DSML_PARAM, DSML_PARAM_END, DSML_INVOKE_END, "<function=f>", "<parameter=a>",
+    "</parameter>", "</function>", "```json\n", "```", '{"name": "f", "arguments": {"a": 1}}',
+    '{"name": "f", "parameters": {', '"name"', '"arguments"', ": ", ", ", "{", "}", "[", "]", '"', "\\",
+    "f\n", "function", "\n", " ", ";", "tool_call(a=1)", "杭州😀", "x", "1", "null", "tru",
+    '{"type": "function", "function": ', '"description": "d", ', '{"a": ', '"name": "f"']

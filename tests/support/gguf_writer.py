@@ -99,10 +99,9 @@ def write_tiny_qwen2_gguf(hf_dir: Path, out: Path, fmt_of=None) -> Path:
 
 def build_small_vocab_qwen2(dest: Path, vocab: int = 300, seed: int = 0) -> Path:
     """A tiny random qwen2 HF model with a `vocab`-token vocabulary (to pair with `write_tiny_qwen2_gguf`)."""
-    import sys
     from transformers import AutoModelForCausalLM, Qwen2Config
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tiny_models import BASE
+
+    from tests.support.tiny_models import BASE
     cfg = Qwen2Config(**{**BASE, "vocab_size": vocab, "tie_word_embeddings": False, "bos_token_id": vocab - 1,
                          "eos_token_id": vocab - 1, "pad_token_id": None})
     torch.manual_seed(seed)

@@ -1,8 +1,8 @@
 """Test doubles for the serving layer: a scripted engine over a real tokenizer, and a small output parser
 implementing the ChatOutputParser API (used until/unless mindie_like.reasoning provides the real one).
 
-Shared by tests/unit/serving (through ChatServing directly) and tests/e2e/test_parser_wiring_http.py (through
-HTTP); tests/ is on sys.path (tests/conftest.py), so `from serving_fakes import ...` works everywhere."""
+Shared by tests/unit/serving (through ChatServing directly) and tests/integration/server/test_parser_wiring_http.py (through
+HTTP): `from tests.support.serving_fakes import ...`."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 from mindie_like.engine.types import (EngineError, EngineOverloaded, EngineStats, RequestOutput, SamplingParams,
                                       TokenLogprob)
 
-from tiny_models import TOKENIZERS
+from tests.support.tiny_models import TOKENIZERS
 
 QWEN_TOKENIZER = TOKENIZERS / "qwen2.5"
 SMOL_TOKENIZER = TOKENIZERS / "smollm2"

@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mindie_like.chat.detokenizer import IncrementalDetokenizer
-from tiny_models import tokenizer_dir
+from tests.support.tiny_models import tokenizer_dir
 
 TEXT = 'héllo 你好 <tool_call>{"a": 1}</tool_call> 🎉 world\n  def f(x):\n\treturn x ∑∫ 日本語テキスト END tail'
 

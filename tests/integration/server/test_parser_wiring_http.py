@@ -1,9 +1,10 @@
 """Parser wiring through HTTP: every family's tool calls come out right over mutual TLS, streaming and not.
+In-process (no daemon subprocess, no model): an integration test of the assembled server.
 
 The daemon's own assembly runs in-process around a test backend: the repo's conf/config.json (loaded by
 mindie_like.config, with `models.<model_type>.tool_call_options.tool_call_parser` set per family) →
 `assembly.build_context` → `server.Server` with the daemon's route table and TLS factory, on free ports. The backend is the real Qwen2.5 tokenizer with the families' special tokens added, an hf_config with
-the family's model_type, and a FakeEngine (tests/serving_fakes.py) that replays what a model of that family writes,
+the family's model_type, and a FakeEngine (tests/support/serving_fakes.py) that replays what a model of that family writes,
 one token per step, detokenizing as the request's skip_special_tokens / the serving layer's keep list say.
 Requests go through the official `openai` client (raw bodies read as well, so the wire format is checked exactly).
 """
@@ -26,9 +27,9 @@ from mindie_like.config import load_config, to_engine_config  # noqa: E402
 from mindie_like.assembly import ROUTES, build_context, ssl_factory  # noqa: E402
 from mindie_like.server import Backend, Server  # noqa: E402
 from mindie_like.server.tls import client_ssl_context  # noqa: E402
-from serving_fakes import QWEN_TOKENIZER, FakeEngine, load_test_tokenizer  # noqa: E402
+from tests.support.serving_fakes import QWEN_TOKENIZER, FakeEngine, load_test_tokenizer  # noqa: E402
 
-from .conftest import free_ports, gen_certs, make_config  # noqa: E402
+from tests.e2e.conftest import free_ports, gen_certs, make_config  # noqa: E402
 
 TOOLS = [{"type": "function", "function": {"name": n, "description": d, "parameters": {
     "type": "object", "properties": p, "required": list(p)}}}

@@ -1,5 +1,6 @@
-"""AsyncEngine: streaming, text deltas, concurrency, abort / cancel freeing blocks, errors, overload, stop
-strings and UTF-8 through the whole engine, seeds, the LogitsMask hook."""
+"""AsyncEngine over fake runners: abort / cancel freeing blocks, errors, overload, stop strings and UTF-8 through
+the whole engine, seeds, the LogitsMask hook (the same engine on a tiny real model:
+tests/integration/engine/test_async_engine_model.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,10 @@ import threading
 import pytest
 from transformers import AutoTokenizer
 
-from engine_fakes import FakeRunner, ScriptedRunner
+from tests.support.engine_fakes import FakeRunner, ScriptedRunner
 from mindie_like.engine.async_engine import AsyncEngine
 from mindie_like.engine.types import EngineConfig, EngineError, EngineOverloaded, SamplingParams
-from reference_runner import ReferenceRunner
-from tiny_models import tokenizer_dir
+from tests.support.tiny_models import tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def qwen_tok():
 
 
 def engine_for(runner, tokenizer=None, num_blocks=64, **kw):
-    cfg = EngineConfig(model_path="x", block_size=runner.block_size, extra={"num_kv_blocks": num_blocks}, **kw)
+    cfg = EngineConfig(model_path="x", block_size=runner.block_size, num_kv_blocks=num_blocks, **kw)
     return AsyncEngine(cfg, runner, tokenizer)
 
 
@@ -39,39 +39,6 @@ async def wait_idle(engine, timeout=10.0):
             return st
         await asyncio.sleep(0.01)
     raise AssertionError("engine did not go idle")
-
-
-def test_stream_text_timing_and_concurrency(tiny_model):
-    path = tiny_model("qwen2")
-    tok = AutoTokenizer.from_pretrained(path)
-    engine = AsyncEngine.from_config(EngineConfig(model_path=str(path), block_size=16, extra={"num_kv_blocks": 128}),
-                                     runner=ReferenceRunner(path, block_size=16))
-    assert engine.tokenizer is not None
-    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, skip_special_tokens=False)
-    prompts = [tok.encode(t) for t in ("hello there", "the quick brown fox jumps", "1 2 3 4 5 6 7 8 9", "你好")]
-
-    async def main():
-        alone = [await collect(engine, p, params, f"a{i}") for i, p in enumerate(prompts)]
-        together = await asyncio.gather(*(collect(engine, p, params, f"t{i}") for i, p in enumerate(prompts)))
-        return alone, together
-
-    try:
-        alone, together = asyncio.run(main())
-        for a, t in zip(alone, together):
-            ids = [x for o in a for x in o.new_token_ids]
-            assert ids == [x for o in t for x in o.new_token_ids] and len(ids) == 10
-            assert "".join(o.text_delta for o in a) == tok.decode(ids, skip_special_tokens=False)
-            assert a[0].prefill_time_ms is not None and a[0].decode_time_ms is None
-            assert all(o.decode_time_ms is not None and o.prefill_time_ms is None for o in a[1:])
-            assert a[-1].finished and a[-1].finish_reason == "length" and a[-1].num_output_tokens == 10
-            assert not any(o.finished for o in a[:-1])
-            assert a[0].num_prompt_tokens == len(prompts[alone.index(a)])
-        st = engine.stats()
-        assert st.free_blocks == st.total_blocks and st.requests_finished_total == 8
-        assert st.generation_tokens_total == 80
-    finally:
-        engine.shutdown()
-    assert not engine.is_running
 
 
 def test_abort_mid_decode_frees_all_blocks():

@@ -7,7 +7,7 @@ engine's paging, not just its outputs. With `supports_prefix_cache=False` they i
 (positions say where the new tokens go; a preempted sequence restarts at position 0), like the generic HF path.
 
 `FakeRunner`: logits are a cheap deterministic function of the whole context (fast scheduler/engine tests).
-The transformers-backed oracle is tests/integration/engine/reference_runner.py.
+The transformers-backed oracle is tests/support/reference_runner.py.
 """
 from __future__ import annotations
 
@@ -162,3 +162,16 @@ class ScriptedRunner(PagedRunnerBase):
             nxt = self.script[n_out] if n_out < len(self.script) else self.script[-1]
             out[r, nxt] = 10.0
         return out
+
+
+QUANT_KEYS = {"quantization": "scheme", "quant_group_size": "group_size", "quant_dense": "dense",
+              "quant_crossover": "crossover", "quant_from_gguf": "from_gguf", "quant_dense_dtype": "dense_dtype",
+              "quant_act_bits": "act_bits"}
+
+
+def make_engine_config(model_path, **kw):
+    """An EngineConfig from keywords, the ModelConfig spellings of the quantization keys (`quantization`,
+    `quant_dense`, ...) gathered into its QuantOptions."""
+    from mindie_like.engine.types import EngineConfig, QuantOptions
+    quant = {QUANT_KEYS[k]: kw.pop(k) for k in list(kw) if k in QUANT_KEYS}
+    return EngineConfig(model_path=str(model_path), quant=QuantOptions(**quant), **kw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from engine_fakes import PagedRunnerBase
+from tests.support.engine_fakes import PagedRunnerBase
 
 
 class ReferenceRunner(PagedRunnerBase):

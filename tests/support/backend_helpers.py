@@ -1,13 +1,10 @@
 """Helpers for the backend tests: load our runner and the transformers oracle on a tiny model."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-from mindie_like.backend_atb import ModelRunner  # noqa: E402
-from mindie_like.engine.types import EngineConfig  # noqa: E402
+from mindie_like.backend_atb import ModelRunner
+from tests.support.engine_fakes import make_engine_config
 
 torch.set_num_threads(1 if torch.get_num_threads() < 2 else 2)
 
@@ -16,9 +13,10 @@ ATOL = 2e-5
 RTOL = 1e-4
 
 
-def load_runner(path, block_size: int = 16, **extra) -> ModelRunner:
-    cfg = EngineConfig(model_path=str(path), dtype="float32", device="cpu", block_size=block_size,
-                       num_threads=torch.get_num_threads(), extra=extra)
+def load_runner(path, block_size: int = 16, **options) -> ModelRunner:
+    """options: EngineConfig fields, or quantization keys as ModelConfig spells them (engine_fakes)."""
+    cfg = make_engine_config(path, dtype="float32", device="cpu", block_size=block_size,
+                             num_threads=torch.get_num_threads(), **options)
     return ModelRunner.load(cfg)
 
 
