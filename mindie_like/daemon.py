@@ -24,8 +24,8 @@ from .cpu_threads import set_openmp_defaults
 
 set_openmp_defaults(os.environ)     # before torch is imported (below): OpenMP reads these when it loads
 
-from .assembly import ROUTES  # noqa: E402, BackendLoadError, build_backend, build_context, ssl_factory
-from .config import ConfigError  # noqa: E402, effective_config, load_config, to_engine_config
+from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory  # noqa: E402
+from .config import ConfigError, effective_config, load_config, to_engine_config  # noqa: E402
 from .config.logging_setup import setup_logging  # noqa: E402
 
 log = logging.getLogger("mindie_like.daemon")
