@@ -13,7 +13,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
-        "transformers>=4.45",
+        # 5.x: `rope_parameters` (partial rotary, yarn's mscale) and the deepseek_v3 / glm4_moe configs as the own
+        # model code reads them; tested with 5.25
+        "transformers>=5.0,<6",
         "tokenizers>=0.19",
         "safetensors>=0.4",
         "gguf>=0.10",

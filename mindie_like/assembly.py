@@ -108,7 +108,7 @@ def build_servings(ctx: ServingContext) -> Servings:
         backend.engine, backend.tokenizer, ctx.model_name, model_type=backend.model_type,
         hf_config=backend.hf_config, tool_call_parser=opts.tool_call_options.tool_call_parser or None,
         chat_template_path=template, enable_reasoning=opts.enable_reasoning,
-        lenient_recovery=opts.tool_call_options.lenient_recovery,
+        lenient_recovery=opts.tool_call_options.lenient_recovery, strict_tools=opts.tool_call_options.strict,
         model_dir=backend.tokenizer_dir or backend.model_path, metrics=ctx.metrics, **limits)
     log.info("tool-call parser: %s; constrained decoding: %s", chat.family,
              "llguidance" if chat.guided is not None else "off")

@@ -25,6 +25,12 @@ FAMILY_SPECIAL_TOKENS = [
     "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
     "<｜end▁of▁sentence｜>", "<|python_tag|>", "<|eot_id|>", "<|eom_id|>", "[TOOL_CALLS]", "[ARGS]",
     "<|assistant|>", "<|observation|>", "</s>",
+    # the 2025-2026 families: Kimi K2, GLM-4.5/4.7, MiniMax-M2, gpt-oss harmony, Seed-OSS, Llama 4
+    "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>", "<|tool_call_end|>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
+    "<|user|>", "<minimax:tool_call>", "</minimax:tool_call>", "[e~[", "<|start|>", "<|channel|>", "<|message|>",
+    "<|constrain|>", "<|end|>", "<|call|>", "<|return|>", "<seed:tool_call>", "</seed:tool_call>", "<seed:think>",
+    "</seed:think>", "<seed:eos>", "<|python_start|>", "<|python_end|>", "<|eot|>",
 ]
 
 

@@ -6,9 +6,18 @@ from typing import Any, Optional
 
 from .user_text import Fences
 
-# Strings that end a turn in the families we serve; only those that are single tokens of the vocab are used.
-END_OF_TURN_STRINGS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<｜end▁of▁sentence｜>", "<|end_of_text|>",
-                       "<|endoftext|>", "<|end|>", "</s>", "<|observation|>", "<|user|>", "<|return|>")
+
+
+def _end_of_turn_strings() -> tuple[str, ...]:
+    """Strings that end a turn: every tool-call family's own (its definition lists them), and a few more."""
+    from ..tool_call.families import FAMILIES
+    return tuple(dict.fromkeys(("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<｜end▁of▁sentence｜>", "<|end_of_text|>",
+                                "<|endoftext|>", "<|end|>", "</s>", "<|observation|>", "<|user|>", "<|return|>")
+                               + tuple(t for f in FAMILIES for t in f.end_of_turn)))
+
+
+# Only those that are single tokens of the vocab are used.
+END_OF_TURN_STRINGS = _end_of_turn_strings()
 
 
 class Tokenizer:

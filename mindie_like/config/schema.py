@@ -184,6 +184,7 @@ def normalize_model_type(model_type: str) -> str:
 class ToolCallOptions(_Section):
     tool_call_parser: StrictStr = ""
     lenient_recovery: StrictBool = True     # ours (spec §6)
+    strict: StrictBool = False              # ours: tools without their own "strict" are strict (grammar in auto)
 
 
 class ModelTypeOptions(_Section):

@@ -1,121 +1,36 @@
-"""The per-family tool-call formats and the one mechanism that turns them into llguidance Lark grammars.
+"""The one mechanism that turns a tool-call family's CallFormat (mindie_like.tool_call: each family carries its
+own) into an llguidance Lark grammar.
 
-Every family is a row of FAMILY_FORMATS: a prefix written once before the calls, a per-call template (markers,
-literal text, the tool's name, its arguments), a separator between calls, a suffix after them, and whether the
-format can hold several calls at all. Markers (`<tool_call>`, `[TOOL_CALLS]`, DeepSeek's `<｜tool▁sep｜>`, ...)
-are written as token references (`<[id]>`) when the tokenizer has them as a single added token, else as literal
-text: llguidance only matches an added token through such a reference, never through its spelling.
+Markers (`<tool_call>`, `[TOOL_CALLS]`, DeepSeek's `<｜tool▁sep｜>`, ...) are written as token references
+(`<[id]>`) when the tokenizer has them as a single added token, else as literal text: llguidance only matches an
+added token through such a reference, never through its spelling.
 
 Arguments are either one JSON value constrained by the tool's schema (`%json {...}`), or, for the formats that
-write arguments parameter by parameter (qwen3_coder's `<parameter=K>`, DeepSeek-V3.2's DSML), one rule per
-declared property: string properties as raw text up to the closing tag, others as JSON.
+write arguments parameter by parameter (qwen3_coder's `<parameter=K>`, GLM's `<arg_key>`, DSML, ...), one rule
+per declared property in the family's ParamStyle: string properties as raw text up to the closing tag, others as
+JSON.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..tool_call.call_format import CallFormat, ParamStyle, json_call
+from ..tool_call.families import FAMILIES
 from .schema import GuidedDecodingError, schema_types, with_format
 
-# ---- template parts -------------------------------------------------------------------------------------------
-# ("m", text)   a marker: the special token when the tokenizer has it as one added token, else the text
-# ("s", text)   literal text
-# ("opt", part) the part, optionally
-# ("name",)     the tool name, raw;  ("qname",) the tool name as a JSON string
-# ("args",)     the arguments, one JSON value;  ("params",) the arguments parameter by parameter
-# ("ks",) / ("is",)  the JSON key / item separators
+FamilyFormat = CallFormat   # the name this type had when the formats were a table here
 
-
-def M(text: str):
-    return ("m", text)
-
-
-def S(text: str):
-    return ("s", text)
-
-
-def OPT(part):
-    return ("opt", part)
-
-
-NAME, QNAME, ARGS, PARAMS, KS, IS = ("name",), ("qname",), ("args",), ("params",), ("ks",), ("is",)
-
-
-def json_call(key: str = "arguments") -> tuple:
-    """`{"name": "<n>", "<key>": <args>}`."""
-    return (S('{"name"'), KS, QNAME, IS, S(json.dumps(key)), KS, ARGS, S("}"))
-
-
-@dataclass(frozen=True)
-class FamilyFormat:
-    family: str
-    call: tuple = ()
-    prefix: tuple = ()
-    sep: tuple = ()
-    suffix: tuple = ()
-    multi: bool = True                 # the format can carry several calls in one answer
-    params_style: Optional[str] = None  # "qwen3_coder" | "dsml": PARAMS is written parameter by parameter
-    expressible: bool = True           # False: only the arguments JSON is constrained (output_kind arguments_json)
-    # Prefix used instead of `prefix` when the calls are in a union with a JSON reply (tool_choice auto +
-    # response_format): llguidance decides between a Lark literal and a %json at their first shared byte, so a
-    # format whose calls start with `{` must then start with a marker (the bare-JSON call stays possible as a
-    # JSON reply, which the family processor reports as a call).
-    json_union_prefix: Optional[tuple] = None
-
-
-_DS_CALLS_BEGIN, _DS_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
-_DS_CALL_BEGIN, _DS_CALL_END, _DS_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
-_DSML = "｜DSML｜"
-
-_HERMES = dict(call=(M("<tool_call>"), S("\n"), *json_call("arguments"), S("\n"), M("</tool_call>")),
-               sep=(OPT(S("\n")),))
-
-FAMILY_FORMATS: dict[str, FamilyFormat] = {f.family: f for f in [
-    FamilyFormat("qwen2_5", **_HERMES),
-    FamilyFormat("qwen3", **_HERMES),
-    FamilyFormat("qwen3_coder",
-                 call=(M("<tool_call>"), S("\n<function="), NAME, S(">\n"), PARAMS, S("</function>\n"),
-                       M("</tool_call>")),
-                 sep=(OPT(S("\n")),), params_style="qwen3_coder"),
-    FamilyFormat("qwen1_5_or_2", call=(S("✿FUNCTION✿: "), NAME, S("\n✿ARGS✿: "), ARGS), sep=(S("\n"),)),
-    FamilyFormat("llama3", prefix=(OPT(M("<|python_tag|>")),), call=json_call("parameters"), sep=(S("; "),),
-                 json_union_prefix=(M("<|python_tag|>"),)),
-    FamilyFormat("mistral", prefix=(M("[TOOL_CALLS]"), OPT(S(" ")), S("[")), call=json_call("arguments"),
-                 sep=(IS,), suffix=(S("]"),)),
-    FamilyFormat("deepseek_v3", prefix=(M(_DS_CALLS_BEGIN),),
-                 call=(M(_DS_CALL_BEGIN), S("function"), M(_DS_SEP), NAME, S("\n```json\n"), ARGS, S("\n```"),
-                       M(_DS_CALL_END)),
-                 sep=(OPT(S("\n")),), suffix=(M(_DS_CALLS_END),)),
-    FamilyFormat("deepseek_v31", prefix=(M(_DS_CALLS_BEGIN),),
-                 call=(M(_DS_CALL_BEGIN), NAME, M(_DS_SEP), ARGS, M(_DS_CALL_END)),
-                 suffix=(M(_DS_CALLS_END),)),
-    FamilyFormat("deepseek_v32", prefix=(M(f"<{_DSML}function_calls>"), S("\n")),
-                 call=(M(f"<{_DSML}invoke"), S(' name="'), NAME, S('">\n'), PARAMS, M(f"</{_DSML}invoke>")),
-                 sep=(S("\n"),), suffix=(S("\n"), M(f"</{_DSML}function_calls>")), params_style="dsml"),
-    FamilyFormat("glm4", call=(NAME, S("\n"), ARGS), multi=False),
-    FamilyFormat("chatglm3", expressible=False),
-    FamilyFormat("chatglm2", expressible=False),
-    FamilyFormat("passthrough", expressible=False),
-]}
-
-# Variants chosen by the tokenizer: (a special token whose presence selects it, the format). Mistral's v11+
-# tokenizers (Magistral, Devstral, Mistral Small 3.2) have [ARGS] and write `[TOOL_CALLS]name[ARGS]{json}` per call;
-# older ones the JSON array after [TOOL_CALLS].
-FAMILY_VARIANTS: dict[str, list[tuple[str, FamilyFormat]]] = {
-    "mistral": [("[ARGS]", FamilyFormat("mistral", call=(M("[TOOL_CALLS]"), NAME, M("[ARGS]"), ARGS)))],
-}
-
-FAMILY_ALIASES = {
-    "hermes": "qwen3", "qwen3_moe": "qwen3", "qwen25": "qwen2_5", "qwen_2_5": "qwen2_5",
-    "qwen1_5": "qwen1_5_or_2", "qwen_1_5": "qwen1_5_or_2", "qwen2": "qwen1_5_or_2", "qwen_2": "qwen1_5_or_2",
-    "qwen_1_5_or_2": "qwen1_5_or_2", "llama": "llama3", "llama3_1": "llama3",
-    "deepseek_v2": "deepseek_v3", "deepseekv2": "deepseek_v3", "deepseekv3": "deepseek_v3",
-    "deepseekv31": "deepseek_v31", "deepseekv32": "deepseek_v32",
-    "chatglm4_9b": "glm4", "chatglm_v4_9b": "glm4", "glm_4": "glm4", "glm_4_9b": "glm4",
-    "chatglm3_6b": "chatglm3", "chatglm_v3_6b": "chatglm3", "chatglm_v3": "chatglm3",
-    "chatglm2_6b": "chatglm2", "chatglm_v2_6b": "chatglm2", "chatglm_v2": "chatglm2",
-}
+FAMILY_FORMATS: dict[str, CallFormat] = {f.family: f.guided for f in FAMILIES}
+FAMILY_ALIASES: dict[str, str] = {a: f.family for f in FAMILIES for a in f.aliases if a != f.family}
+FAMILY_VARIANTS: dict[str, list[tuple[str, CallFormat]]] = {f.family: list(f.guided_variants) for f in FAMILIES
+                                                           if f.guided_variants}
+FAMILY_REASONING: dict[str, tuple[str, str]] = {
+    f.family: tuple(f.guided.reasoning or f.reasoning or ("<think>", "</think>")) for f in FAMILIES}
+# families whose reasoning is a message of its own (optional, opened explicitly)
+EXPLICIT_REASONING = frozenset(f.family for f in FAMILIES if f.guided.reasoning)
+# End-of-turn tokens of every family; those present in a tokenizer (as one token) join its EOS.
+END_OF_TURN: tuple[str, ...] = tuple(dict.fromkeys(t for f in FAMILIES for t in f.end_of_turn))
 
 # Raw string values longer than this are left unbounded in the regex (a `.{0,100000}` automaton is huge).
 _MAX_REGEX_REPEAT = 4096
@@ -196,7 +111,7 @@ class GrammarWriter:
         return self._lark_pieces(self.split(text)) if text else ""
 
     # ---- template rendering ----
-    def render(self, parts: tuple, tool: Optional[dict] = None, fmt: Optional[FamilyFormat] = None) -> str:
+    def render(self, parts: tuple, tool: Optional[dict] = None, fmt: Optional[CallFormat] = None) -> str:
         out = []
         for p in parts:
             r = self.render_part(p, tool, fmt)
@@ -204,10 +119,12 @@ class GrammarWriter:
                 out.append(r)
         return " ".join(out)
 
-    def render_part(self, p: tuple, tool: Optional[dict], fmt: Optional[FamilyFormat]) -> str:
+    def render_part(self, p: tuple, tool: Optional[dict], fmt: Optional[CallFormat]) -> str:
         kind = p[0]
         if kind in ("m", "s"):
             return self.lit(p[1])
+        if kind == "rx":
+            return f"/{p[1]}/"
         if kind == "opt":
             inner = self.render_part(p[1], tool, fmt)
             return f"({inner})?" if inner else ""
@@ -222,11 +139,11 @@ class GrammarWriter:
         if kind == "args":
             return self.json_rule("args", tool["parameters"])
         if kind == "params":
-            return self.params(tool, fmt.params_style)
+            return self.params(tool, fmt.params)
         raise ValueError(f"unknown template part {p!r}")
 
     # ---- parameter-by-parameter formats ----
-    def params(self, tool: dict, style: str) -> str:
+    def params(self, tool: dict, style: ParamStyle) -> str:
         schema = tool["parameters"]
         props = schema.get("properties") if isinstance(schema, dict) else None
         required = set(schema.get("required") or ()) if isinstance(schema, dict) else set()
@@ -237,27 +154,24 @@ class GrammarWriter:
                 check_name(key, f"tool {tool['name']} parameter")
                 r = self.param(style, key, sub, defs)
                 items.append(r if key in required else f"{r}?")
-        else:   # free-form object: any keys, values as text
-            open_, close = self._param_tags(style, None, is_string=True)
-            val = self.raw_value({}, close)
+        else:   # free-form object: any keys, values as text (JSON where the style needs it)
+            open_, close = self._param_tags(style, None, is_string=not style.json_strings)
+            val = self.raw_value({}, close) if not style.json_strings else \
+                f"{self.json_rule('pjson', {})} {self.lit(close)}"
             items.append(f"({open_} {val})*")
-        return self.rule(self.fresh("params"), " ".join(items))
+        return self.rule(self.fresh("params"), " ".join(items)) if items else '""'
 
-    def _param_tags(self, style: str, key: Optional[str], is_string: bool) -> tuple[str, str]:
+    def _param_tags(self, style: ParamStyle, key: Optional[str], is_string: bool) -> tuple[str, str]:
         """Lark for the opening of a parameter, and the text that closes its value."""
         key_lark = self.lit(key) if key is not None else "/[A-Za-z0-9_.\\-]{1,64}/"
-        if style == "qwen3_coder":
-            before, after, close = "<parameter=", ">\n", "\n</parameter>\n"
-        elif style == "dsml":
-            flag = "true" if is_string else "false"
-            before, after, close = f'<{_DSML}parameter name="', f'" string="{flag}">', f"</{_DSML}parameter>\n"
-        else:
-            raise ValueError(style)
-        return f"{self.lit(before)} {key_lark} {self.lit(after)}", close
+        before, after = style.open.replace("{string}", "true" if is_string else "false").split("{key}", 1)
+        parts = [x for x in (self.lit(before), key_lark, self.lit(after)) if x]
+        return " ".join(parts), style.close
 
-    def param(self, style: str, key: str, sub: Any, defs: dict) -> str:
+    def param(self, style: ParamStyle, key: str, sub: Any, defs: dict) -> str:
         types = schema_types(sub)
-        is_string = types == {"string"}
+        # raw text where the parser reads a string: a string type (with null, "null" reads as null)
+        is_string = "string" in types and types <= {"string", "null"} and not style.json_strings
         open_, close = self._param_tags(style, key, is_string)
         if is_string:
             val = self.raw_value(sub, close)
@@ -266,7 +180,7 @@ class GrammarWriter:
             for k, v in defs.items():
                 full.setdefault(k, v)
             j = self.json_rule("pjson", full)
-            val = f"{j} {self.lit(close)}"
+            val = f"{j} {self.lit(close)}" if close else j
         return self.rule(self.fresh("param"), f"{open_} {val}")
 
     def raw_value(self, sub: Any, close: str) -> str:
@@ -301,15 +215,35 @@ def arguments_json_call_rule(w: GrammarWriter, tool: dict) -> str:
     return w.rule(w.fresh("call"), w.render(json_call("arguments"), tool))
 
 
-def think_prefix(w: GrammarWriter) -> str:
-    """An optional `<think>`, free reasoning text, `</think>`, up to two newlines."""
-    open_p, close_p = w.split("<think>"), w.split("</think>")
+def think_prefix(w: GrammarWriter, tags: tuple[str, str] = ("<think>", "</think>"), explicit: bool = False) -> str:
+    """The reasoning block: an optional open tag (`<think>`, or the family's own; the template may have opened it),
+    free reasoning text, the close tag, up to two newlines. explicit: the whole block is optional and starts with
+    its open tag (a format whose reasoning is a message of its own, gpt-oss's analysis channel)."""
+    open_t, close_t = tags
+    open_p, close_p = w.split(open_t), w.split(close_t)
     if any(isinstance(x, int) for x in close_p):
         w.rules.append("THINK_TEXT: /(?s:.*)/")
-        opt = f"({w.lit('<think>')})? " if any(isinstance(x, int) for x in open_p) else ""
-        body = f"{opt}THINK_TEXT {w.lit('</think>')}"
+        if explicit:
+            opt = f"{w.lit(open_t)} "
+        else:
+            opt = f"({w.lit(open_t)})? " if any(isinstance(x, int) for x in open_p) else ""
+        body = f"{opt}THINK_TEXT {w.lit(close_t)}"
     else:
         name = w.fresh("think_text")
-        w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal('</think>')}/")
-        body = name
+        w.rules.append(f"{name}[lazy]: /(?s:.*){regex_literal(close_t)}/")
+        body = f"{w.lit(open_t)} {name}" if explicit else name
+    if explicit:
+        return w.rule("reasoning", f"({body} /\\n{{0,2}}/)?")
     return w.rule("reasoning", f"{body} /\\n{{0,2}}/")
+
+
+def free_text_rule(w: GrammarWriter, trigger: str) -> str:
+    """A terminal for free text that cannot start a call: any text without `trigger` (text never holds a
+    special token, so a trigger that is one needs no exclusion)."""
+    name = w.fresh("FREE").upper()
+    pieces = w.split(trigger)
+    if pieces and isinstance(pieces[0], int):
+        w.rules.append(f"{name}: /(?s:.*)/")
+    else:
+        w.rules.append(f"{name}: /(?s:.*)/ & ~/(?s:.*){regex_literal(trigger)}(?s:.*)/")
+    return name

@@ -1,4 +1,4 @@
-"""mindie_like.reasoning: <think> splitter (spec §7) and the reasoning -> tool-call composition.
+"""mindie_like.reasoning: reasoning splitter (<think> or the family's tags) and the reasoning -> tool-call composition.
 
     p = ChatOutputParser(processor=proc_or_None, tools=tools_or_None, reasoning=True)
     p.parse(text) -> {"reasoning_content", "content", "tool_calls"}

@@ -193,9 +193,9 @@ class ChatServing(ObservedServing):
     def wants_stream(request_dict: Any) -> bool:
         return isinstance(request_dict, dict) and request_dict.get("stream") is True
 
-    async def _prepare_checked(self, request_dict, request_id: str):
+    async def _prepare_checked(self, request_dict, request_id: str, strict_tools: Optional[bool] = None):
         try:
-            return await self._prepare(request_dict, request_id)
+            return await self._prepare(request_dict, request_id, strict_tools)
         except ValidationFailure:
             raise
         except Exception as e:  # noqa: BLE001 - a bug or a broken tokenizer: never a traceback to the client
@@ -203,9 +203,12 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
 
 
-    async def _create(self, request_dict: dict, request_id: str, obs: Observer) -> dict:
-        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503)."""
-        prep = await self._prepare_checked(request_dict, request_id)
+    async def _create(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> dict:
+        """Non-streaming answer (a chat.completion dict). Raises ValidationFailure (422/424/500/503).
+        `strict_tools`: this request's default for tools without a "strict" of their own (None: the model's
+        option; the Responses API, where strict defaults to true, passes True)."""
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=False) for i in range(len(prep.jobs))]
         try:
             async with aclosing(self._pump(prep)) as events:
@@ -229,7 +232,8 @@ class ChatServing(ObservedServing):
             raise ValidationFailure(500, f"internal error ({type(e).__name__})", INCOMPLETE_GENERATION) from None
         return self._response(prep, choices)
 
-    async def _stream(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[bytes]:
+    async def _stream(self, request_dict: dict, request_id: str, obs: Observer,
+                      strict_tools: Optional[bool] = None) -> AsyncIterator[bytes]:
         """SSE bytes: `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`.
 
         Validation, prompt rendering and the engine's refusal (overloaded, failed first step) raise
@@ -237,7 +241,7 @@ class ChatServing(ObservedServing):
         `data: {"error": ..., "error_type": ...}` event before `[DONE]`. Closing or cancelling the iterator
         (the client went away) aborts the engine requests.
         """
-        async with aclosing(self.chunks(request_dict, request_id, obs)) as objs:
+        async with aclosing(self.chunks(request_dict, request_id, obs, strict_tools=strict_tools)) as objs:
             async for obj in objs:
                 yield sse(obj)
         yield DONE
@@ -245,9 +249,11 @@ class ChatServing(ObservedServing):
     # ============================================================================================ other APIs
     # /v1/responses and /v1/messages (serving/responses.py, serving/anthropic.py) run this same pipeline: they
     # translate their request into a chat request, consume the chunk objects and shape their own answer.
-    async def chunks(self, request_dict: dict, request_id: str, obs: Observer) -> AsyncIterator[dict]:
-        """The stream's chat.completion.chunk objects (no `[DONE]`), errors raised as ValidationFailure."""
-        prep = await self._prepare_checked(request_dict, request_id)
+    async def chunks(self, request_dict: dict, request_id: str, obs: Observer,
+                     strict_tools: Optional[bool] = None) -> AsyncIterator[dict]:
+        """The stream's chat.completion.chunk objects (no `[DONE]`), errors raised as ValidationFailure.
+        `strict_tools`: as for create()."""
+        prep = await self._prepare_checked(request_dict, request_id, strict_tools)
         choices = [self._new_choice(prep, i, streaming=True) for i in range(len(prep.jobs))]
         async with aclosing(self._pump(prep)) as events:
             async for idx, out in events:
@@ -282,7 +288,7 @@ class ChatServing(ObservedServing):
             return True
         return bool(self.options.enable_reasoning)
 
-    async def _prepare(self, request_dict: dict, request_id: str) -> _Prepared:
+    async def _prepare(self, request_dict: dict, request_id: str, strict_tools: Optional[bool] = None) -> _Prepared:
         req = parse_chat_request(request_dict, max_n=self.options.max_n)
         if req.model != self.model_name:
             raise invalid(f"model: Model not found: {json.dumps(req.model, ensure_ascii=False)}")
@@ -296,6 +302,9 @@ class ChatServing(ObservedServing):
         plan = None
         if self.guided is not None and (tools is not None or response_format is not None):
             extra = {"reasoning": True} if reasoning else {}
+            strict = self.options.strict_tools if strict_tools is None else strict_tools
+            if strict:
+                extra["strict"] = True
             try:
                 plan = self.guided.plan(family=self.family, tools=all_tools if tools else None,
                                         tool_choice=tool_choice, parallel_tool_calls=req.parallel_tool_calls,
@@ -320,10 +329,11 @@ class ChatServing(ObservedServing):
         args_function = getattr(plan, "function_name", None) if args_mode else None
         parse_tools = tools is not None and not args_mode
         keep = set()
-        if parse_tools and self.tool_processor is not None:
+        channels = self._channels()
+        if (parse_tools or channels) and self.tool_processor is not None:
             keep |= set(getattr(self.tool_processor, "special_markers", ()) or ())
         if reasoning:
-            keep |= REASONING_MARKERS
+            keep |= set(getattr(self.tool_processor, "reasoning_markers", ()) or ()) or REASONING_MARKERS
 
         jobs = []
         n = req.num_choices
@@ -367,10 +377,15 @@ class ChatServing(ObservedServing):
         return ValidationFailure(500, f"{what}: constrained decoding failed ({type(e).__name__})",
                                  INCOMPLETE_GENERATION)
 
+    def _channels(self) -> bool:
+        """The family's grammar sorts reasoning / content / calls itself (gpt-oss): it always parses the output."""
+        return bool(getattr(getattr(self.tool_processor, "spec", None), "channels", False))
+
     def _make_parser(self, prep: _Prepared):
-        if not (prep.parse_tools or prep.reasoning):
+        channels = self._channels() and not prep.args_mode
+        if not (prep.parse_tools or prep.reasoning or channels):
             return None
-        return self._parser_cls(processor=self.tool_processor if prep.parse_tools else None,
+        return self._parser_cls(processor=self.tool_processor if (prep.parse_tools or channels) else None,
                                 tools=prep.tools if prep.parse_tools else None, reasoning=prep.reasoning,
                                 lenient=self.options.lenient_recovery, request_id=prep.request_id)
 
@@ -382,8 +397,9 @@ class ChatServing(ObservedServing):
         if st.parser is not None and streaming:
             st.stream = st.parser.new_stream()
         elif prep.reasoning:  # non-streaming: a reasoning-only stream just to count reasoning tokens
-            st.stream = self._parser_cls(processor=None, tools=None, reasoning=True, lenient=False,
-                                         request_id=prep.request_id).new_stream()
+            counter = self._channels() and not prep.args_mode
+            st.stream = self._parser_cls(processor=self.tool_processor if counter else None, tools=None,
+                                         reasoning=True, lenient=False, request_id=prep.request_id).new_stream()
         return st
 
     # ============================================================================================ per output

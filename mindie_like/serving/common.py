@@ -5,8 +5,6 @@ import asyncio
 from contextlib import aclosing
 import logging
 import os
-import random
-import string
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Container, Optional
@@ -30,7 +28,6 @@ log = logging.getLogger("mindie_like.serving")
 
 BENCHMARK_ENV = "MINDIE_LLM_BENCHMARK_ENABLE"
 DONE = b"data: [DONE]\n\n"
-_ALNUM = string.ascii_letters + string.digits
 
 
 @dataclass
@@ -47,6 +44,8 @@ class ServingOptions:
     token_timeout_s: Optional[float] = None   # ServerConfig.tokenTimeout
     e2e_timeout_s: Optional[float] = None     # ServerConfig.e2eTimeout
     benchmark: Optional[bool] = None          # None: env MINDIE_LLM_BENCHMARK_ENABLE in ("1", "2") per request
+    strict_tools: bool = False                # models.<type>.tool_call_options.strict: tools without a "strict"
+                                              # of their own are strict (grammar from the call marker on in auto)
 
 
 GENERATION_CONFIG_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
@@ -81,9 +80,9 @@ def benchmark_enabled(options: ServingOptions) -> bool:
 
 
 def new_call_id(family: Optional[str] = None) -> str:
-    if family == "mistral":
-        return "".join(random.choices(_ALNUM, k=9))
-    return "call_" + "".join(random.choices(_ALNUM, k=8))
+    """An id for a call the server makes up, in the style of the family (its own definition says which)."""
+    from ..tool_call import call_id_for
+    return call_id_for(family)
 
 
 def sse(obj) -> bytes:
@@ -406,11 +405,12 @@ class ObservedServing:
         return pump(self.engine, prep.jobs, token_timeout=self.options.token_timeout_s,
                     e2e_timeout=self.options.e2e_timeout_s)
 
-    async def create(self, request_dict: dict, request_id: str) -> dict:
-        """Non-streaming answer. Raises ValidationFailure (422/424/500/503)."""
+    async def create(self, request_dict: dict, request_id: str, **options) -> dict:
+        """Non-streaming answer. Raises ValidationFailure (422/424/500/503). `options`: per-request serving
+        options of the subclass (ChatServing: `strict_tools`)."""
         obs = Observer(self.metrics)
         try:
-            body = await self._create(request_dict, request_id, obs)
+            body = await self._create(request_dict, request_id, obs, **options)
         except BaseException:
             obs.finish(False)
             raise
@@ -423,13 +423,13 @@ class ObservedServing:
         """What a stream sends for an error after its first byte: one SSE error event, then `[DONE]`."""
         return [sse_error(failure), DONE]
 
-    async def stream(self, request_dict: dict, request_id: str) -> AsyncIterator[bytes]:
+    async def stream(self, request_dict: dict, request_id: str, **options) -> AsyncIterator[bytes]:
         """SSE bytes ending with `data: [DONE]`. ValidationFailure comes from the first `__anext__`, before any
         byte; later errors are one error event before `[DONE]`. aclose()/cancel aborts the engine requests."""
         obs = Observer(self.metrics)
         ok = sent = False
         try:
-            agen = self._stream(request_dict, request_id, obs)
+            agen = self._stream(request_dict, request_id, obs, **options)
             async with aclosing(agen):
                 try:
                     async for chunk in agen:

@@ -5,7 +5,8 @@ import logging
 from typing import Callable
 
 from .engine import ToolCallStream
-from .families import BY_FAMILY, FamilySpec
+from .primitives import make_call_id
+from .families import BY_FAMILY, FAMILIES, FamilySpec
 
 logger = logging.getLogger("mindie_like.tool_call")
 
@@ -26,22 +27,35 @@ class ToolsCallProcessor:
     def special_markers(self) -> frozenset[str]:
         return self.spec.special_markers
 
-    def new_stream(self, tools=None, *, lenient: bool = True, request_id=None) -> ToolCallStream:
-        return ToolCallStream(self.spec, tools, lenient=lenient, request_id=request_id)
+    @property
+    def reasoning_markers(self) -> frozenset[str]:
+        return self.spec.reasoning_markers
 
-    def decode(self, text: str, tools=None, *, lenient: bool = True, request_id=None) -> dict:
-        """Non-streaming parse: {"content": str, "tool_calls": [...]}. Never raises."""
+    def new_stream(self, tools=None, *, lenient: bool = True, request_id=None,
+                   report_calls: bool = True) -> ToolCallStream:
+        return ToolCallStream(self.spec, tools, lenient=lenient, request_id=request_id, report_calls=report_calls)
+
+    def new_call_id(self) -> str:
+        """An id for a call the server makes up for this family (guided arguments-only output)."""
+        return make_call_id(self.spec.id_style)
+
+    def decode(self, text: str, tools=None, *, lenient: bool = True, request_id=None,
+               report_calls: bool = True) -> dict:
+        """Non-streaming parse: {"content": str, "tool_calls": [...]} (and "reasoning_content" for a family that
+        sorts channels). Never raises."""
         text = text or ""
         try:
-            stream = self.new_stream(tools, lenient=lenient, request_id=request_id)
+            stream = self.new_stream(tools, lenient=lenient, request_id=request_id, report_calls=report_calls)
             stream.feed(text)
             stream.finish()
             if stream.dead:
-                return {"content": text, "tool_calls": []}
+                return {"content": text, "tool_calls": []} if not self.spec.channels else \
+                    {"content": "", "tool_calls": [], "reasoning_content": ""}
             return stream.result()
         except Exception:  # pragma: no cover - the stream already guards itself
             logger.exception("tool-call decode failed (request %s); text returned as content", request_id)
-            return {"content": text, "tool_calls": []}
+            return {"content": text, "tool_calls": []} if not self.spec.channels else \
+                {"content": "", "tool_calls": [], "reasoning_content": ""}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(family={self.family!r})"
@@ -90,81 +104,22 @@ PROCESSOR_CLASSES: dict[str, type[ToolsCallProcessor]] = {s.family: _processor(s
 globals().update({c.__name__: c for c in PROCESSOR_CLASSES.values()})
 
 
-def _default_family(model_type: str | None, hf_config: dict | None, chat_template: str | None) -> str | None:
+def detect_family(model_type: str | None, hf_config: dict | None = None, chat_template: str | None = None) -> str | None:
+    """The family a model writes, from its config and chat template (each family's `detect`, most specific
+    first); None when no family claims it."""
     mt = (model_type or (hf_config or {}).get("model_type") or "").lower().replace("-", "_")
-    tpl = chat_template or ""
-    cfg = hf_config or {}
-    name_hint = str(cfg.get("_name_or_path", "")).lower()
-    if mt in ("qwen3", "qwen3_moe"):
-        return "qwen3_coder" if "<function=" in tpl and "<parameter=" in tpl else "qwen3"
-    if mt in ("qwen2", "qwen2_moe"):
-        if "<tool_call>" in tpl:
-            return "qwen2_5"
-        if "✿FUNCTION✿" in tpl:
-            return "qwen1_5_or_2"
-        if tpl:  # a template without <tool_call>: Qwen1.5 / Qwen2 (tools go through Qwen-Agent's prompt)
-            return "qwen1_5_or_2"
-        return _qwen2_by_config(cfg)
-    if mt == "qwen":
-        return "qwen1_5_or_2"
-    if mt in ("llama", "llama3", "llama4"):
-        return "mistral" if "[TOOL_CALLS]" in tpl else "llama3"
-    if mt in ("mistral", "mixtral", "ministral", "mistral3"):
-        return "mistral"
-    if mt == "chatglm":
-        if cfg.get("padded_vocab_size") == 151552 or "glm-4" in name_hint or "glm4" in name_hint:
-            return "glm4"
-        if "chatglm2" in name_hint:
-            return "chatglm2"
-        return "chatglm3"
-    if mt in ("glm4", "glm"):
-        return "glm4"
-    if mt == "glm4_moe":        # GLM-4.5 / 4.6 / 4.7
-        return _registered_or("glm45", "glm4", mt)
-    if mt == "kimi_k2":         # the DeepSeek V3 architecture with Kimi's own call format
-        return _registered_or("kimi_k2", _deepseek_by_template(tpl), mt)
-    if mt in ("deepseek_v2", "deepseek_v3", "deepseekv2", "deepseekv3"):
-        return _deepseek_by_template(tpl)
-    if mt in ("deepseek_v32", "deepseekv32"):
-        return "deepseek_v32"
+    cfg, tpl = hf_config or {}, chat_template or ""
+    for fam in sorted(FAMILIES, key=lambda f: -f.priority):
+        if fam.detect is not None and fam.detect(mt, cfg, tpl):
+            return fam.family
     return None
 
-
-def _deepseek_by_template(tpl: str) -> str:
-    """V3 / R1 templates write a call as `function<｜tool▁sep｜>NAME` then a ```json block; V3.1's writes
-    `NAME<｜tool▁sep｜>ARGS` with no fence. Without a template: V3's format."""
-    if "<｜tool▁sep｜>" in tpl and "```json" not in tpl:
-        return "deepseek_v31"
-    return "deepseek_v3"
-
-
-def _registered_or(alias: str, fallback: str, model_type: str) -> str:
-    """The family registered under `alias` when this build knows it, else `fallback` (said once in the log)."""
-    key = alias.lower()
-    if key in ToolsCallProcessorManager._registry:
-        return ToolsCallProcessorManager._registry[key].spec.family
-    logger.info("model_type %r: no %r tool-call family in this build; using the closest one, %r",
-                model_type, alias, fallback)
-    return fallback
-
-
-# (hidden_size, intermediate_size) of the Qwen1.5 dense checkpoints (0.5B ... 110B). Qwen2 and Qwen2.5 share
-# their sizes with each other, so the config cannot tell those two apart: the chat template can (<tool_call>).
-_QWEN1_5_SIZES = {(1024, 2816), (2048, 5504), (2560, 6912), (4096, 11008), (5120, 13696), (5120, 27392),
-                  (8192, 24576), (8192, 49152)}
-
-
-def _qwen2_by_config(cfg: dict) -> str:
-    """Qwen1.5 vs Qwen2.5 without a chat template: Qwen1.5's known sizes, else Qwen2.5 (the common case)."""
-    if (cfg.get("hidden_size"), cfg.get("intermediate_size")) in _QWEN1_5_SIZES:
-        return "qwen1_5_or_2"
-    return "qwen2_5"
 
 
 def resolve_tool_call_processor(tool_call_parser: str | None, *, model_type: str | None,
                                 hf_config: dict | None = None, chat_template: str | None = None,
                                 tokenizer=None) -> ToolsCallProcessor:
-    """The processor for a model: the configured name when valid, else the model's default (spec §6),
+    """The processor for a model: the configured name when valid, else the model's default (its family's detector),
     else passthrough. An empty or unknown configured name logs a warning listing the valid names."""
     if tool_call_parser is not None:
         try:
@@ -175,7 +130,7 @@ def resolve_tool_call_processor(tool_call_parser: str | None, *, model_type: str
             logger.warning("tool_call_parser %r is %s; valid names: %s. Using the default for model_type %r.",
                            tool_call_parser, "empty" if not str(tool_call_parser).strip() else "unknown",
                            ", ".join(ToolsCallProcessorManager.names()), model_type)
-    family = _default_family(model_type, hf_config, chat_template)
+    family = detect_family(model_type, hf_config, chat_template)
     if family is None:
         logger.info("no tool-call format known for model_type %r: tool calls are not parsed (passthrough); "
                     "set models.<model_type>.tool_call_options.tool_call_parser to one of: %s",

@@ -63,10 +63,11 @@ def session():
     s.close()
 
 
-def _tls(daemon) -> dict:
-    """requests' TLS arguments: schemathesis passes its own `verify` per call, so they go with each call."""
-    return {"verify": str(daemon.certs["ca"]), "cert": (str(daemon.certs["client_cert"]),
-                                                         str(daemon.certs["client_key"]))}
+def _tls(daemon, plane: str) -> dict:
+    """requests' TLS arguments: schemathesis passes its own `verify` per call, so they go with each call. Each
+    plane has its own CA and client certificate."""
+    return {"verify": str(daemon.certs[f"{plane}_ca"]), "cert": (str(daemon.certs[f"{plane}_cert"]),
+                                                                  str(daemon.certs[f"{plane}_key"]))}
 
 
 @pytest.mark.parametrize("operation,plane,mode,size", _operations())
@@ -75,7 +76,7 @@ def test_operation_holds_under_fuzzing(daemon, session, operation, plane, mode, 
     examples = FULL_EXAMPLES if size == "full" else CI_EXAMPLES.get(operation.method.upper(), 5)
     sent = []
     refusals: Counter = Counter()
-    tls = _tls(daemon)
+    tls = _tls(daemon, plane)
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=size == "ci",
               suppress_health_check=list(HealthCheck))

@@ -41,9 +41,12 @@ DS_B, DS_E, DS_CB, DS_CE, DS_S = ("<｜tool▁calls▁begin｜>", "<｜tool▁ca
                                   "<｜tool▁call▁end｜>", "<｜tool▁sep｜>")
 EOS_QWEN, EOS_DS, EOS_LLAMA, EOS_GLM, EOS_MISTRAL = ("<|im_end|>", "<｜end▁of▁sentence｜>", "<|eot_id|>",
                                                      "<|observation|>", "</s>")
-END_OF_TURN = (EOS_QWEN, EOS_DS, EOS_LLAMA, EOS_GLM, EOS_MISTRAL, "<|endoftext|>")
+END_OF_TURN = (EOS_QWEN, EOS_DS, EOS_LLAMA, EOS_GLM, EOS_MISTRAL, "<|endoftext|>", "<|user|>", "[e~[",
+               "<|return|>", "<|call|>", "<seed:eos>", "<|eot|>")
 MARKER_RE = re.compile(r"<tool_call>|</tool_call>|<\|python_tag\|>|｜tool|\[TOOL_CALLS\]|✿|<function=|DSML|"
-                       r"<\|assistant\|>|\"name\"|tool_call\(")
+                       r"<\|assistant\|>|\"name\"|tool_call\(|<\|tool_call|<arg_key>|<arg_value>|minimax|<invoke|"
+                       r"<parameter|<seed:|<\|channel\||<\|message\||<\|start\||to=functions|<\|python_start\||"
+                       r"get_weather\(")
 THOUGHT = ("The user wants two lookups. Writing <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}"
            "\n</tool_call> here is only a thought.")
 
@@ -101,6 +104,48 @@ FAMILIES = {
                                                                    for k, v in a.items()) + "</function>\n</tool_call>"
                         for n, a in CALLS), CONTENT),
 }
+def _params(open_k, close_k, a) -> str:
+    return "".join(f"{open_k.format(k=k)}{_xml(v)}{close_k}" for k, v in a.items())
+
+
+def _harmony() -> str:
+    return (f"<|channel|>analysis<|message|>{THOUGHT}<|end|><|start|>assistant<|channel|>commentary<|message|>"
+            f"{CONTENT}<|end|>" + "".join(f"<|start|>assistant<|channel|>commentary to=functions.{n} <|constrain|>json"
+                                        f"<|message|>{j(a)}<|call|>" for n, a in CALLS))
+
+
+def _py(a) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in a.items())
+
+
+# the 2025-2026 families: each with reasoning where the model reasons, calls in parallel
+FAMILIES.update({
+    "kimi_k2": ("kimi_k2", "kimi_k2", True, EOS_QWEN,
+                f"<think>{THOUGHT}</think>{CONTENT}<|tool_calls_section_begin|>" + "".join(
+                    f"<|tool_call_begin|>functions.{n}:{i}<|tool_call_argument_begin|>{j(a)}<|tool_call_end|>"
+                    for i, (n, a) in enumerate(CALLS)) + "<|tool_calls_section_end|>", CONTENT),
+    "glm45": ("glm4_moe", "glm45", True, EOS_GLM,
+              f"<think>{THOUGHT}</think>\n{CONTENT}\n" + "\n".join(
+                  f"<tool_call>{n}\n" + _params("<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n", a)
+                  + "</tool_call>" for n, a in CALLS), CONTENT),
+    "glm47": ("glm4_moe", "glm47", False, "<|user|>",
+              CONTENT + "".join(f"<tool_call>{n}" + _params("<arg_key>{k}</arg_key><arg_value>", "</arg_value>", a)
+                                + "</tool_call>" for n, a in CALLS), CONTENT),
+    "minimax_m2": ("minimax_m2", "minimax_m2", True, "[e~[",
+                   f"<think>{THOUGHT}</think>\n\n{CONTENT}\n<minimax:tool_call>\n" + "".join(
+                       f'<invoke name="{n}">\n' + _params('<parameter name="{k}">', "</parameter>\n", a) + "</invoke>\n"
+                       for n, a in CALLS) + "</minimax:tool_call>", CONTENT),
+    "gpt_oss": ("gpt_oss", "gpt_oss", True, "<|return|>", _harmony(), CONTENT),
+    "seed_oss": ("seed_oss", "seed_oss", True, "<seed:eos>",
+                 f"<seed:think>{THOUGHT}</seed:think>{CONTENT}\n" + "\n".join(
+                     f"<seed:tool_call>\n<function={n}>\n" + _params("<parameter={k}>", "</parameter>\n", a)
+                     + "</function>\n</seed:tool_call>" for n, a in CALLS), CONTENT),
+    "pythonic": ("llama", "pythonic", False, EOS_LLAMA,
+                 CONTENT + " [" + ", ".join(f"{n}({_py(a)})" for n, a in CALLS) + "]", CONTENT),
+    "llama4_pythonic": ("llama4", "llama4_pythonic", False, "<|eot|>",
+                        CONTENT + "<|python_start|>[" + ", ".join(f"{n}({_py(a)})" for n, a in CALLS)
+                        + "]<|python_end|>", CONTENT),
+})
 # DeepSeek-R1 style: no reasoning in the config, the request asks for it (separate_reasoning: true)
 R1_SCRIPT = (f"<think>\nTwo lookups. {DS_B}{DS_CB}function{DS_S}get_time\n```json\n{{\"tz\": \"UTC\"}}\n```{DS_CE}"
              f"{DS_E} is only a thought.\n</think>\n\n" + _ds_v3())
@@ -233,7 +278,9 @@ def check_calls(calls: list[dict], family: str, expected=CALLS) -> None:
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == list(expected)
     for c in calls:
         assert c["type"] == "function"
-        assert re.fullmatch(r"[A-Za-z0-9]{9}" if family == "mistral" else r"call_[A-Za-z0-9]{8}", c["id"]), c["id"]
+        pattern = {"mistral": r"[A-Za-z0-9]{9}", "kimi_k2": r"functions\.[a-z_]+:[0-9]+"}.get(family,
+                                                                                          r"call_[A-Za-z0-9]{8}")
+        assert re.fullmatch(pattern, c["id"]), c["id"]
         assert "\\u" not in c["function"]["arguments"]   # Unicode kept as is
 
 

@@ -81,7 +81,8 @@ class RotaryEmbedding:
         """x [T, N, head_dim] rotated (the first rotary_dim dimensions; the rest pass)."""
         cos, sin = tables
         if not self.is_neox_style:
-            return apply_interleaved(x, cos, sin)
+            own = getattr(ops, "rope_interleaved", None)        # an op table's fused kernel, where it has one
+            return own(x, cos, sin) if own is not None else apply_interleaved(x, cos, sin)
         if self.full:
             return ops.rope_heads(x, cos, sin)
         rd = self.rotary_dim

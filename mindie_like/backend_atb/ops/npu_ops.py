@@ -2,7 +2,10 @@
 
     rms_norm       torch_npu.npu_rms_norm(x, gamma, epsilon=) -> (y, rstd)
     add_rms_norm   torch_npu.npu_add_rms_norm(x1, x2, gamma, epsilon) -> (y, rstd, x1 + x2)
-    rope           torch_npu.npu_rotary_mul(x, r1, r2)  (rotate_half mode; x [1, T, N, D], r1/r2 [1, T, 1, D])
+    rope           torch_npu.npu_rotary_mul(x, r1, r2)  (rotate_half mode; x [1, T, N, D], r1/r2 [1, T, 1, D]);
+                   the interleaved (GPT-J) layout with rotary_mode="interleave" (GLM-4, DeepSeek)
+    MLA            see the MLA section below: _npu_reshape_and_cache into latent / rope-key caches, FIA's
+                   query_rope / key_rope (absorbed) form
     silu_and_mul   torch_npu.npu_swiglu(x, dim=-1)      (silu of the first half times the second half)
     write_kv       torch_npu._npu_reshape_and_cache(key=, value=, key_cache=, value_cache=, slot_indices=)  (ATB)
     prefill        torch_npu.npu_fused_infer_attention_score(q, k_cache, v_cache, block_table=, input_layout="TND",
@@ -86,6 +89,15 @@ class NpuOps:
     def rope_heads(self, x, cos, sin):
         """x [T, N, D] viewed as BSND [1, T, N, D]; cos/sin [1, T, 1, D]."""
         return self.npu.npu_rotary_mul(x.contiguous().unsqueeze(0), cos, sin).view(x.shape)
+
+    def rope_interleaved(self, x, cos, sin):
+        """GPT-J layout over the first 2*cos.shape[-1] dims of x [T, N, D] (the rest pass): npu_rotary_mul's
+        interleave mode with cos/sin [T, 1, rd/2] (interleaved_tables) repeated per pair, viewed as BSND."""
+        rd = 2 * cos.shape[-1]
+        r1 = cos.repeat_interleave(2, dim=-1).unsqueeze(0).contiguous()
+        r2 = sin.repeat_interleave(2, dim=-1).unsqueeze(0).contiguous()
+        rot = self.npu.npu_rotary_mul(x[..., :rd].contiguous().unsqueeze(0), r1, r2, rotary_mode="interleave")[0]
+        return rot if rd == x.shape[-1] else torch.cat((rot, x[..., rd:]), dim=-1)
 
     def rope(self, q, k, cos, sin):
         return self.rope_heads(q, cos, sin), self.rope_heads(k, cos, sin)

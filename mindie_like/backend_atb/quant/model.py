@@ -108,7 +108,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
         from .gguf import load_gguf_weights
         counts = load_gguf_weights(model, gguf_path, scheme, keep_dense=keep_dense)
         kernels: dict[str, int] = {}
-        for w in [getattr(L, a) for L in model.layers for a in LAYER_LINEARS] + [model.lm_head]:
+        for w in [lin.weight for lin in model.linears()] + [model.lm_head]:
             if isinstance(w, QuantizedWeight):
                 kernels[w.kernel] = kernels.get(w.kernel, 0) + 1
         log.info("GGUF %s: weights kept from their blocks (%s), as %s; kernels: %s", gguf_path.name,
@@ -237,6 +237,10 @@ def maybe_quantize(model, config, prequantized: Optional[str] = None) -> Optiona
     if opts["from_gguf"] and not prequantized:
         from ..weights import find_gguf
         gguf = find_gguf(config.model_path)
+        if gguf is not None and not all(hasattr(L.mlp, "gate_up_proj") for L in model.layers):
+            log.info("GGUF %s: weights from its own blocks are built for dense models only; quantizing the float "
+                     "import instead", gguf.name)
+            gguf = None
     with torch.inference_mode():
         return quantize_model(model, opts["scheme"] or prequantized, opts["group_size"], opts["dense"],
                               opts["crossover"], gguf, opts["dense_dtype"], float_too=bool(opts["scheme"]),

@@ -72,7 +72,7 @@ def _teacher_forced(runner, prompts, seqs):
 @pytest.fixture(scope="module")
 def reference():
     from transformers import AutoTokenizer
-    r = _runner()
+    r = _runner(quantization="none")          # the widened bf16 model (no key would serve the GGUF's blocks)
     tok = AutoTokenizer.from_pretrained(r.tokenizer_path)
     prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True))["input_ids"] for p in PROMPTS]
@@ -91,7 +91,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 @pytest.mark.parametrize("fmt,extra", [
     ("w8a16", {"quantization": "w8a16", "quant_from_gguf": False}),
     ("w4a16", {"quantization": "w4a16", "quant_from_gguf": False}),
-    ("gguf-native", {"quantization": "gguf"}),
+    ("gguf-native (the default)", {}),
 ])
 def test_demo_model_agreement(reference, fmt, extra):
     prompts, ref_conts, ref = reference
@@ -112,3 +112,38 @@ def test_demo_model_agreement(reference, fmt, extra):
           f"identical free-running continuations {identical}/{len(prompts)}, mean shared prefix "
           f"{shared:.1f}/{STEPS} tokens", flush=True)
     assert agree / total >= 0.80
+
+
+def test_demo_default_serves_the_files_own_blocks():
+    """No `quantization` key: every Q8_0 / Q5_0 / Q6_K tensor of the file is a grouped-int8 block weight whose values
+    equal gguf's own dequantization bit for bit (fused q/k/v and gate/up compared part by part)."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight
+    r = _runner(quant_dense="never")
+    tensors = {t.name: t for t in GGUFReader(str(MODEL)).tensors}
+
+    def file_rows(name):
+        t = tensors[name]
+        return t.tensor_type.name, torch.from_numpy(
+            dequantize(t.data, t.tensor_type).astype(np.float32).reshape(int(t.shape[1]), -1))
+
+    checked = 0
+    for i, L in enumerate(r.model.layers):
+        for attr, names in (("qkv", ("attn_q", "attn_k", "attn_v")), ("gate_up", ("ffn_gate", "ffn_up")),
+                            ("o", ("attn_output",)), ("down", ("ffn_down",))):
+            w = getattr(L, attr)
+            parts = [file_rows(f"blk.{i}.{n}.weight") for n in names]
+            if not isinstance(w, BlockInt8Weight):
+                assert all(f in ("Q4_0", "Q4_1", "Q4_K") for f, _ in parts), (i, attr, [f for f, _ in parts])
+                continue
+            deq, row = w.dequantize(torch.float32), 0
+            for f, ref in parts:
+                if f in ("Q8_0", "Q5_0", "Q6_K"):
+                    assert torch.equal(deq[row:row + ref.shape[0]], ref), (i, attr, f)
+                    checked += 1
+                row += ref.shape[0]
+    print(f"\n[quant real model] default GGUF path: {checked} Q8_0/Q5_0/Q6_K tensors equal to gguf's "
+          f"dequantization; kernels {sorted({lin.weight.kernel for lin in r.model.linears()})}", flush=True)
+    assert checked > 100

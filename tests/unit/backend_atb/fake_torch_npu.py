@@ -42,10 +42,14 @@ def npu_add_rms_norm(x1, x2, gamma, epsilon=1e-06):
 def npu_rotary_mul(input, r1, r2, rotary_mode="half"):
     calls.append("npu_rotary_mul")
     _need(input.dim() == 4 and r1.dim() == 4 and r2.dim() == 4, "npu_rotary_mul: 4-D tensors only")
-    _need(rotary_mode == "half", "npu_rotary_mul: only half mode used")
+    _need(rotary_mode in ("half", "interleave"), "npu_rotary_mul: rotary_mode 'half' or 'interleave'")
     _need(r1.shape == r2.shape and r1.shape[-1] == input.shape[-1], "npu_rotary_mul: r1/r2 width")
+    _need(input.shape[-1] % 2 == 0, "npu_rotary_mul: D must be even")
     for a, b in zip(r1.shape, input.shape):
         _need(a in (1, b), f"npu_rotary_mul: r1 {tuple(r1.shape)} does not broadcast to {tuple(input.shape)}")
+    if rotary_mode == "interleave":
+        x1, x2 = input[..., ::2], input[..., 1::2]
+        return r1 * input + r2 * torch.stack((-x2, x1), dim=-1).flatten(-2)
     x1, x2 = torch.chunk(input, 2, -1)
     return r1 * input + r2 * torch.cat((-x2, x1), dim=-1)
 

@@ -104,7 +104,8 @@ def test_wrong_argument_names_are_caught():
                                                        scale_valu=1.0)
 
 
-@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("mistral", {"sliding_window": 6})])
+@pytest.mark.parametrize("family,overrides", [("qwen3", {}), ("mistral", {"sliding_window": 6}),
+                                              ("glm4", {"vocab_size": 3001})])
 def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, family, overrides):
     """The tiny model run through the NPU op table (fake kernels) gives the reference logits: prefill, a cached
     prefix, mixed batches and decodes."""
@@ -127,6 +128,8 @@ def test_whole_model_on_the_npu_table_matches_reference(npu_ops, tiny_model, fam
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert "_npu_paged_attention" in fake_torch_npu.calls or family == "mistral"
+    if family == "glm4":        # partial interleaved rotary through npu_rotary_mul's interleave mode
+        assert "npu_rotary_mul" in fake_torch_npu.calls
 
 
 @pytest.mark.parametrize("device_name,casts", [("Ascend310P3", True), ("Ascend910B2", False)])

@@ -41,3 +41,12 @@ def newer():
     extra = ["[ARGS]", "<think>", "</think>", "｜DSML｜"]
     tok.add_special_tokens({"additional_special_tokens": EXTRA_SPECIALS + extra})
     return GuidedDecoding(tok), tok
+
+
+@pytest.fixture(scope="session")
+def g2026():
+    """SmolLM2's tokenizer with the 2025-2026 families' special tokens (tests/data/tokenizers/toolcall2026)."""
+    from transformers import AutoTokenizer
+    from mindie_like.guided import GuidedDecoding
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "toolcall2026"))
+    return GuidedDecoding(tok), tok

@@ -22,7 +22,20 @@ W1 = ("get_weather", {"city": "Paris", "days": 3})
 
 def test_families_are_the_contract():
     assert set(FAMILIES) == {"passthrough", "chatglm2", "chatglm3", "glm4", "deepseek_v3", "deepseek_v31",
-                             "deepseek_v32", "llama3", "qwen1_5_or_2", "qwen2_5", "qwen3", "qwen3_coder", "mistral"}
+                             "deepseek_v32", "llama3", "qwen1_5_or_2", "qwen2_5", "qwen3", "qwen3_coder", "mistral",
+                             "kimi_k2", "glm45", "glm47", "minimax_m2", "gpt_oss", "seed_oss", "pythonic",
+                             "llama4_pythonic"}
+
+
+def test_guided_and_parsing_sides_know_the_same_families():
+    """Every family the parser registers has a guided format and the same aliases, and the other way round."""
+    from mindie_like.guided.formats import FAMILY_ALIASES
+    from mindie_like.tool_call import ToolsCallProcessorManager
+    assert set(FAMILIES) == set(ToolsCallProcessorManager.families())
+    for alias in ToolsCallProcessorManager.names():
+        family = ToolsCallProcessorManager.get_tool_call_processor(alias).spec.family
+        assert FAMILY_ALIASES.get(alias, alias) == family, alias
+    assert set(FAMILY_ALIASES) <= set(ToolsCallProcessorManager.names())
 
 
 @pytest.mark.parametrize("choice", ["auto", "none", None])

@@ -15,7 +15,11 @@ VECTORS = json.loads((FIXTURES / "tool_call_vectors.json").read_text(encoding="u
 
 ALL_FAMILIES = ("passthrough", "chatglm2", "chatglm3", "glm4", "deepseek_v3", "deepseek_v31", "deepseek_v32",
                 "llama3", "qwen1_5_or_2", "qwen2_5", "qwen3", "qwen3_coder", "mistral")
-TOOL_FAMILIES = tuple(f for f in ALL_FAMILIES if f not in ("passthrough", "chatglm2"))
+# the families of 2025-2026 (their own fixture file too): the generic rules run over them as well
+NEW_FAMILIES = ("kimi_k2", "glm45", "glm47", "minimax_m2", "gpt_oss", "seed_oss", "pythonic", "llama4_pythonic")
+# arguments written parameter by parameter: without a schema their values are strings (GLM's are read as JSON)
+XML_FAMILIES = ("qwen3_coder", "deepseek_v32", "minimax_m2", "seed_oss")
+TOOL_FAMILIES = tuple(f for f in ALL_FAMILIES if f not in ("passthrough", "chatglm2")) + NEW_FAMILIES
 MARKERS_TEXT = ("<tool_call>", "</tool_call>", "[TOOL_CALLS]", DS_CALL_END, "<|python_tag|>", "✿FUNCTION✿",
                 "<|assistant|>", "```json")
 
@@ -164,6 +168,33 @@ def render(family: str, calls, before: str = "", between: str = "", after: str =
         return (before + "<|assistant|>" if before else "") + "<|assistant|>".join(segs) + after
     elif family == "qwen1_5_or_2":
         parts = [f"✿FUNCTION✿: {n}\n✿ARGS✿: {_j(a)}\n" for n, a in calls]
+    elif family == "kimi_k2":
+        body = "".join(f"<|tool_call_begin|>functions.{n}:{i}<|tool_call_argument_begin|>{_j(a)}<|tool_call_end|>"
+                       for i, (n, a) in enumerate(calls))
+        return before + "<|tool_calls_section_begin|>" + body + "<|tool_calls_section_end|>" + after
+    elif family in ("glm45", "glm47"):
+        nl = "\n" if family == "glm45" else ""
+        for n, a in calls:
+            ps = "".join(f"<arg_key>{k}</arg_key>{nl}<arg_value>{_coder_value(v)}</arg_value>{nl}" for k, v in a.items())
+            parts.append(f"<tool_call>{n}{nl}{ps}</tool_call>")
+    elif family == "minimax_m2":
+        inv = []
+        for n, a in calls:
+            ps = "".join(f'<parameter name="{k}">{_coder_value(v)}</parameter>\n' for k, v in a.items())
+            inv.append(f'<invoke name="{n}">\n{ps}</invoke>\n')
+        return before + "<minimax:tool_call>\n" + "".join(inv) + "</minimax:tool_call>" + after
+    elif family == "seed_oss":
+        for n, a in calls:
+            ps = "".join(f"<parameter={k}>{_coder_value(v)}</parameter>\n" for k, v in a.items())
+            parts.append(f"<seed:tool_call>\n<function={n}>\n{ps}</function>\n</seed:tool_call>")
+    elif family == "gpt_oss":
+        parts = [f"<|start|>assistant<|channel|>commentary to=functions.{n} <|constrain|>json<|message|>{_j(a)}"
+                 "<|call|>" for n, a in calls]
+    elif family in ("pythonic", "llama4_pythonic"):
+        items = ", ".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})" for n, a in calls)
+        if family == "llama4_pythonic" and not variant:
+            return before + f"<|python_start|>[{items}]<|python_end|>" + after
+        return before + f"[{items}]" + after
     else:
         raise ValueError(family)
     return before + between.join(parts) + after

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from tc_helpers import (
-    MARKERS_TEXT, TOOL_FAMILIES, assemble, calls_of, check_split_invariance, proc, render, run_stream, tools_for,
+    MARKERS_TEXT, TOOL_FAMILIES, XML_FAMILIES, assemble, calls_of, check_split_invariance, proc, render, run_stream, tools_for,
 )
 
 NESTED = {"a": {"b": {"c": {"d": {"e": {"f": [1, {"g": "deep"}, [True, None]]}}}}}}
@@ -60,7 +60,7 @@ def test_family_case_decode_and_splits(family, case):
         check_split_invariance(p, text, tools, n=200, seed=zlib.crc32(f"{family}{case}{variant}".encode()))
 
 
-@pytest.mark.parametrize("family", [f for f in TOOL_FAMILIES if f not in ("qwen3_coder", "deepseek_v32")])
+@pytest.mark.parametrize("family", [f for f in TOOL_FAMILIES if f not in XML_FAMILIES])
 def test_family_without_declared_tools(family):
     """decode(text) without tools still parses the family's own format (names are then not checked)."""
     calls = CASES["parallel"]
@@ -81,7 +81,7 @@ def test_family_truncated_at_every_prefix(family):
         res = p.decode(prefix, tools)
         got = calls_of(res)
         assert got == full[:len(got)], (family, prefix)
-        if not got:
+        if not got and not p.spec.channels:   # harmony markup is never content, even cut off
             assert res["content"] == prefix
         s, deltas = run_stream(p, [prefix[: n // 3], prefix[n // 3:]], tools)
         content, streamed = assemble(deltas)

@@ -11,7 +11,7 @@ import pytest
 
 from mindie_like.tool_call import ToolsCallProcessorManager, resolve_tool_call_processor
 from mindie_like.tool_call.families import DS_CALL_BEGIN, DS_CALLS_BEGIN, DS_SEP
-from tc_helpers import ALL_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream
+from tc_helpers import ALL_FAMILIES, NEW_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream
 
 REPO = Path(__file__).resolve().parents[3]
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
@@ -81,8 +81,20 @@ def test_missing_or_null_arguments_become_empty_object(args):
     assert calls_of(res) == [("get_time", "{}")]
 
 
-def test_string_arguments_that_are_not_json_are_not_a_call():
-    text = '<tool_call>{"name": "get_time", "arguments": "tomorrow"}</tool_call>'
+@pytest.mark.parametrize("raw, sent", [('"tomorrow"', '"tomorrow"'), ('"[1, 2]"', '"[1, 2]"'),
+                                       ('" 42 "', '" 42 "'), ('"say \\"hi\\"\\n"', '"say \\"hi\\"\\n"')])
+def test_string_arguments_not_holding_an_object_are_sent_as_a_json_string(raw, sent):
+    """OpenAI's `arguments` must be JSON: a string that is not an object is sent as json.dumps(string)."""
+    text = '<tool_call>{"name": "get_time", "arguments": ' + raw + '}</tool_call>'
+    res = proc("qwen2_5").decode(text)
+    assert calls_of(res) == [("get_time", sent)]
+    assert json.loads(res["tool_calls"][0]["function"]["arguments"]) == json.loads(raw)
+    assert res["content"] == ""
+    check_split_invariance(proc("qwen2_5"), text, n=100)
+
+
+def test_string_arguments_that_look_like_an_object_but_are_not_one_are_not_a_call():
+    text = '<tool_call>{"name": "get_time", "arguments": "{tomorrow"}</tool_call>'
     assert proc("qwen2_5").decode(text)["tool_calls"] == []
 
 
@@ -188,7 +200,8 @@ FENCED = 'I will call the tool.\n```json\n{"name": "get_weather", "arguments": {
 BARE = 'Calling: {"name": "get_weather", "parameters": {"city": "Paris"}}'
 
 
-@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in ("passthrough", "chatglm2")])
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES + NEW_FAMILIES
+                                    if f not in ("passthrough", "chatglm2", "gpt_oss")])
 def test_lenient_recovery_fenced_and_bare(family):
     p = proc(family)
     for text in (FENCED, BARE):
