@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator, Optional
 
 from .core import EngineCore
 from .request import Request
-from .types import EngineConfig, EngineError, EngineOverloaded, EngineStats, RequestOutput, SamplingParams
+from .types import (EngineConfig, EngineError, EngineOverloaded, EngineStats, PromptLimits, RequestOutput,
+                    SamplingParams)
 
 logger = logging.getLogger("mindie_like.engine")
 
