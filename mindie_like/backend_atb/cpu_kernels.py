@@ -27,6 +27,8 @@ MINDIE_LIKE_CPU_KERNELS=0. Built once into <cache dir>/torch_extensions (mindie_
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -122,6 +124,23 @@ def load():
     return _build()
 
 
+@contextlib.contextmanager
+def _build_lock(build: Path):
+    """Serializes builds with an flock, which the kernel drops when its holder dies. torch's own `lock` file is
+    left behind by a build that was killed, and then every later load waits on it forever; while we hold the
+    flock no other build is running, so a `lock` file found then is such a leftover and is removed."""
+    with open(build / "build.flock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"
+            if stale.exists():
+                log.warning("removing a CPU-kernel build lock left by an interrupted build (%s)", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @functools.lru_cache(maxsize=1)
 def _build():
     try:
@@ -134,8 +153,9 @@ def _build():
         build = cache_dir() / "torch_extensions" / f"cpu_kernels-{digest}"
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],
-                       build_directory=str(build), extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
+        with _build_lock(build):
+            mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],
+                           build_directory=str(build), extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
         if time.time() - t > 2:
             log.info("built the CPU kernels (bf16 GEMV, int8/int4 matmuls) in %.0f s (once)", time.time() - t)
         return mod

@@ -31,3 +31,13 @@ def test_families(monkeypatch, flags, env, quant, float_):
         assert cpu_kernels.load() is None
     with pytest.raises(ValueError, match="family"):
         cpu_kernels.wanted("bf16")
+
+
+def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path):
+    """torch's `lock` file outlives a build that was killed; the next load must not wait on it forever."""
+    from mindie_like.backend_atb import cpu_kernels
+    (tmp_path / "lock").write_text("")
+    with cpu_kernels._build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+    with cpu_kernels._build_lock(tmp_path):       # and the lock itself is released for the next builder
+        pass
