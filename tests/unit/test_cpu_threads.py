@@ -23,7 +23,7 @@ def test_passive_unless_the_operator_chose():
 
 def test_daemon_sets_it_before_torch_is_imported():
     code = ("import sys, mindie_like.cpu_threads as c; assert 'torch' not in sys.modules; "
-            "import mindie_like.daemon as d, os, ctypes; assert d.load_config and d.build_backend; "
+            "import mindie_like.daemon as d, os, ctypes; assert d.build_backend and d.build_context; "
             "print(os.environ.get('OMP_WAIT_POLICY'), ctypes.CDLL(None).getenv(b'OMP_WAIT_POLICY') is not None)")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = str(REPO)
