@@ -52,6 +52,20 @@ class _StringArgs:
 class CallObject:
     """Mixin of ToolCallStream."""
 
+    def _marked_call_object(self, c):
+        """One marked call object at the cursor, whose next character is `c`; False when it failed (the failure
+        is already attributed, and the caller's grammar ends there)."""
+        call = _Call(accepted=True)
+        try:
+            if c != "{":
+                raise Fail(self._src.pos, eof=c is None)
+            yield from self._call_object(call, bare=False)
+            self._call_done(call)
+        except Fail as f:
+            yield from self._failed(call, f)
+            return False
+        return True
+
     def _call_object(self, call: _Call, bare: bool):
         """`{"name": ..., "arguments"|"parameters": ...}` at the cursor. bare: no marker announced it, so
         "name" must come first (and be declared when tools are), and it only becomes a call once the

@@ -238,16 +238,21 @@ class DaemonHandle:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> Optional[int]:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
+
+
+def stop_process(proc: Optional[subprocess.Popen], sig: int = signal.SIGTERM, timeout: float = 60) -> Optional[int]:
+    """Sends `sig`, waits up to `timeout` s, then kills; the exit code (None if it never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def new_daemon(home: Path, model_dir: Path, **overrides) -> DaemonHandle:

@@ -25,7 +25,7 @@ from typing import Optional
 
 import pytest
 
-from .conftest import REPO, DaemonHandle, daemon_env, free_ports, new_daemon
+from .conftest import REPO, DaemonHandle, daemon_env, free_ports, new_daemon, stop_process
 
 START_LINE = "ms_coordinator start success"
 
@@ -163,16 +163,7 @@ class CoordinatorHandle:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> Optional[int]:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
 
 def start_coordinator(home: Path, certs_from: DaemonHandle, instance_urls: list[str], **kw) -> CoordinatorHandle:

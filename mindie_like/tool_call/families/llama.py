@@ -3,22 +3,15 @@ from __future__ import annotations
 
 from ..call_format import M, OPT, S, CallFormat, json_call
 from ..family import Family
-from ..primitives import DROP, Fail, _Call
+from ..primitives import DROP
 
 
 def python_tag(s, lit):
     src = s._src
     src.pos += len(lit)
-    call = _Call(accepted=True)
-    try:
-        yield from s._ws()
-        c = yield from s._peek()
-        if c != "{":
-            raise Fail(src.pos, eof=c is None)
-        yield from s._call_object(call, bare=False)
-        s._call_done(call)
-    except Fail as f:
-        yield from s._failed(call, f)
+    yield from s._ws()
+    c = yield from s._peek()
+    if not (yield from s._marked_call_object(c)):
         return
     if s.spec.call_separator:
         yield from s._ws_lit((s.spec.call_separator,))

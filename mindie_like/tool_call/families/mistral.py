@@ -24,14 +24,7 @@ def _array(s):
             src.pos += 1
             s._cut(PENDING)
             return
-        call = _Call(accepted=True)
-        try:
-            if c != "{":
-                raise Fail(src.pos, eof=c is None)
-            yield from s._call_object(call, bare=False)
-            s._call_done(call)
-        except Fail as f:
-            yield from s._failed(call, f)
+        if not (yield from s._marked_call_object(c)):
             return
         s._cut(DROP)
         yield from s._ws()
