@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from .json_stream import canonical_json, encode_basestring
-from .primitives import Fail, _Call
+from .primitives import DROP, PENDING, Fail, _Call
 
 _ATTR = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*"([^"]*)"')
 _STRING_TYPES = ("string", "str", "text", "varchar", "char", "enum")
@@ -258,3 +258,49 @@ def xml_value(s, sink, syn: ParamSyntax, encode: bool):
         if src.final:
             raise Fail(src.pos, eof=True)
         yield
+
+
+def invoke_block(s, lit, *, invoke, end, body, ends, starts, rewind=False):
+    """A block of calls `lit (invoke ...)* end` (MiniMax-M2, Seed-OSS, DeepSeek's DSML): each call opens with
+    `invoke` and is parsed by `body(s, call)` (rewind: `body` reads `invoke` itself); text inside the block that
+    is not a call is skipped to `end` or the next `lit`; a failed call is attributed (`ends` / `starts` bound
+    it) and parsing goes on at the next call."""
+    src = s._src
+    src.pos += len(lit)
+    s._cut(PENDING)
+    while True:
+        got = yield from s._ws_lit((invoke, end))
+        if got is None:
+            yield from s._ws()
+            c = yield from s._peek()
+            if c is not None:
+                yield from s._skip((end,), (lit,))
+            s._cut(PENDING)
+            return
+        if got == end:
+            s._cut(PENDING)
+            return
+        if rewind:
+            src.pos -= len(got)
+        call = _Call(accepted=True)
+        try:
+            yield from body(s, call)
+            s._call_done(call)
+        except Fail as f:
+            yield from s._failed(call, f, ends=ends, starts=starts)
+            if f.eof:
+                return
+            continue
+        s._cut(DROP)
+
+
+def named_invoke(syntax: "ParamSyntax"):
+    """The body of `<invoke name="f">` + parameters in `syntax` (the cursor is past `<invoke`)."""
+    def body(s, call):
+        attrs, _ = yield from s._until((">",), 512)
+        name = dict(_ATTR.findall(attrs)).get("name", "").strip()
+        if not name:
+            raise Fail(s._src.pos)
+        call.name = name
+        yield from xml_params(s, call, syntax)
+    return body

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..call_format import ARGS, M, NAME, OPT, PARAMS, S, CallFormat, ParamStyle
 from ..family import Family
 from ..primitives import DROP, PENDING, Fail, NAME_LIMIT, _Call
-from ..xml_params import _ATTR, ParamSyntax, xml_params
+from ..xml_params import ParamSyntax, invoke_block, named_invoke
 
 DS_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
 DS_CALLS_END = "<｜tool▁calls▁end｜>"
@@ -86,36 +86,8 @@ def ds_v31(s, lit):
 def dsml(s, lit):
     """DeepSeek V3.2: <｜DSML｜function_calls><｜DSML｜invoke name="f"><｜DSML｜parameter name="k"
     string="true|false">v</｜DSML｜parameter></｜DSML｜invoke></｜DSML｜function_calls>"""
-    src = s._src
-    src.pos += len(lit)
-    s._cut(PENDING)
-    while True:
-        got = yield from s._ws_lit((DSML_INVOKE, DSML_CALLS_END))
-        if got is None:
-            yield from s._ws()
-            c = yield from s._peek()
-            if c is not None:
-                yield from s._skip((DSML_CALLS_END,), (lit,))
-            s._cut(PENDING)
-            return
-        if got == DSML_CALLS_END:
-            s._cut(PENDING)
-            return
-        call = _Call(accepted=True)
-        try:
-            attrs, _ = yield from s._until((">",), 512)
-            name = dict(_ATTR.findall(attrs)).get("name", "").strip()
-            if not name:
-                raise Fail(src.pos)
-            call.name = name
-            yield from xml_params(s, call, DSML_PARAMS)
-            s._call_done(call)
-        except Fail as f:
-            yield from s._failed(call, f, ends=(DSML_INVOKE_END,), starts=(DSML_INVOKE, DSML_CALLS_END))
-            if f.eof:
-                return
-            continue
-        s._cut(DROP)
+    yield from invoke_block(s, lit, invoke=DSML_INVOKE, end=DSML_CALLS_END, body=named_invoke(DSML_PARAMS),
+                            ends=(DSML_INVOKE_END,), starts=(DSML_INVOKE, DSML_CALLS_END))
 
 
 _DS_MARKERS = (DS_CALLS_END, DS_CALL_END, DS_SEP)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ..call_format import M, NAME, PARAMS, S, CallFormat, ParamStyle
 from ..family import Family
-from ..primitives import DROP, PENDING, Fail, _Call
-from ..xml_params import _ATTR, ParamSyntax, xml_params
+from ..xml_params import ParamSyntax, invoke_block, named_invoke
 
 BEGIN, END = "<minimax:tool_call>", "</minimax:tool_call>"
 MINIMAX_PARAMS = ParamSyntax(open="<parameter", key_end=">", close="</parameter>", end="</invoke>",
@@ -13,36 +12,8 @@ MINIMAX_PARAMS = ParamSyntax(open="<parameter", key_end=">", close="</parameter>
 
 
 def minimax_block(s, lit):
-    src = s._src
-    src.pos += len(lit)
-    s._cut(PENDING)
-    while True:
-        got = yield from s._ws_lit(("<invoke", END))
-        if got is None:
-            yield from s._ws()
-            c = yield from s._peek()
-            if c is not None:   # junk inside the block
-                yield from s._skip((END,), (BEGIN,))
-            s._cut(PENDING)
-            return
-        if got == END:
-            s._cut(PENDING)
-            return
-        call = _Call(accepted=True)
-        try:
-            attrs, _ = yield from s._until((">",), 512)
-            name = dict(_ATTR.findall(attrs)).get("name", "").strip()
-            if not name:
-                raise Fail(src.pos)
-            call.name = name
-            yield from xml_params(s, call, MINIMAX_PARAMS)
-            s._call_done(call)
-        except Fail as f:
-            yield from s._failed(call, f, ends=("</invoke>",), starts=("<invoke", END))
-            if f.eof:
-                return
-            continue
-        s._cut(DROP)
+    yield from invoke_block(s, lit, invoke="<invoke", end=END, body=named_invoke(MINIMAX_PARAMS),
+                            ends=("</invoke>",), starts=("<invoke", END))
 
 
 MINIMAX_M2 = Family(

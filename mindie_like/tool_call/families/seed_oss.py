@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..call_format import M, NAME, PARAMS, S, CallFormat, ParamStyle
 from ..family import Family
-from ..primitives import CONTENT, DROP, PENDING, Fail, _Call
+from ..primitives import CONTENT
+from ..xml_params import invoke_block
 from .hermes import xml_function
 
 BEGIN, END = "<seed:tool_call>", "</seed:tool_call>"
@@ -14,32 +15,8 @@ BUDGET, BUDGET_END = "<seed:cot_budget_reflect>", "</seed:cot_budget_reflect>"
 
 
 def seed_block(s, lit):
-    src = s._src
-    src.pos += len(lit)
-    s._cut(PENDING)
-    while True:
-        got = yield from s._ws_lit(("<function=", END))
-        if got is None:
-            yield from s._ws()
-            c = yield from s._peek()
-            if c is not None:
-                yield from s._skip((END,), (BEGIN,))
-            s._cut(PENDING)
-            return
-        if got == END:
-            s._cut(PENDING)
-            return
-        src.pos -= len(got)
-        call = _Call(accepted=True)
-        try:
-            yield from xml_function(s, call)
-            s._call_done(call)
-        except Fail as f:
-            yield from s._failed(call, f, ends=("</function>",), starts=("<function=", END, BEGIN))
-            if f.eof:
-                return
-            continue
-        s._cut(DROP)
+    yield from invoke_block(s, lit, invoke="<function=", end=END, body=xml_function, rewind=True,
+                            ends=("</function>",), starts=("<function=", END, BEGIN))
 
 
 def seed_think(s, lit):
