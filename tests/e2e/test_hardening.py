@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -233,15 +234,27 @@ def test_rss_returns_after_a_hostile_soak(d, rounds):
 
 # -- 6. malformed HTTP and the log ---------------------------------------------------------------------------
 def _raw(d, data: bytes) -> bytes:
-    with socket.create_connection((d.host, d.port), timeout=60) as s:
-        with d.ssl_context().wrap_socket(s, server_hostname=d.host) as t:
-            t.sendall(data)
-            out = b""
-            try:
-                while chunk := t.recv(65536):
-                    out += chunk
-            except (ConnectionResetError, ssl.SSLError, socket.timeout):
-                pass
+    """The server's answer to `data`. The server answers a header over its limit and closes while the client may
+    still be writing: writes stop once an answer is readable, and a write cut by that close is retried on a new
+    connection (the client's race, not the server's answer)."""
+    for _ in range(3):
+        with socket.create_connection((d.host, d.port), timeout=60) as s:
+            with d.ssl_context().wrap_socket(s, server_hostname=d.host) as t:
+                try:
+                    for i in range(0, len(data), 4096):
+                        if select.select([t], [], [], 0)[0]:
+                            break
+                        t.sendall(data[i:i + 4096])
+                except (ssl.SSLError, OSError):
+                    pass
+                out = b""
+                try:
+                    while chunk := t.recv(65536):
+                        out += chunk
+                except (ssl.SSLError, OSError):
+                    pass
+        if out:
+            return out
     return out
 
 
