@@ -36,7 +36,7 @@ from .load_helpers import (SMALL_KV, engine_status, load_config, metric_value, o
                            wait_all_blocks_free, wait_status)
 
 TIMEOUT_BODY = {"error": "Engine callback timeout", "error_type": "Incomplete Generation"}
-SOAK_SIZES = {"ci": (16, float(os.environ.get("MINDIE_LIKE_SOAK_CI_SECONDS", 15))),
+SOAK_SIZES = {"ci": (16, float(os.environ.get("MINDIE_LIKE_SOAK_CI_SECONDS", 8))),
               "full": (64, float(os.environ.get("MINDIE_LIKE_SOAK_SECONDS", 600)))}
 
 

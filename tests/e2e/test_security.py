@@ -265,8 +265,10 @@ def test_absolute_paths_are_the_operators_choice(configured):
 
 
 # -- private key permissions -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("secret,key", [("keys/server.key.pem", "tlsPk"), ("pass/key_pwd.txt", "tlsPkPwd"),
-                                        ("keys/metrics/server.key.pem", "metricsTlsPk")])
+@pytest.mark.parametrize("secret,key", [("keys/server.key.pem", "tlsPk"),
+                                        pytest.param("pass/key_pwd.txt", "tlsPkPwd", marks=pytest.mark.exhaustive),
+                                        pytest.param("keys/metrics/server.key.pem", "metricsTlsPk",
+                                                     marks=pytest.mark.exhaustive)])
 def test_loose_private_key_permissions_warn_and_strict_refuses(configured, secret, key):
     path = configured.home / "security" / secret
     path.chmod(0o644)
