@@ -16,7 +16,8 @@ from .models import load_hf_config, model_class, own_path_supports
 from .paged_runner import PagedModelRunner
 from .quant import checkpoint as quant_checkpoint
 from .runner_base import BaseRunner
-from .weights import resolve_model_dir
+from . import gguf_native
+from .weights import release_gguf_readers, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,42 @@ def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = N
     device = select_device(config.device, (config.device_ids or [0])[0] if device_index is None else device_index)
     if device.type == "cpu":
         threads = configure_threads(threads or config.num_threads)
+    runner: Optional[BaseRunner] = None
+    gguf = gguf_native.native_source(config, parallel.size if parallel is not None else 1)
+    try:
+        if gguf is not None:
+            runner = _native_gguf_runner(gguf, config, device, parallel)
+        if runner is not None:
+            cfg, path = runner.hf_config, "own model code %s (models/, paged KV, op table %s), weights from the " \
+                "GGUF's blocks" % (model_class(runner.hf_config).__name__, runner.ops.name)
+        else:
+            cfg, runner, path = _runner_from_folder(config, device, parallel)
+    finally:
+        release_gguf_readers()
+    rank = f" rank {parallel.rank}/{parallel.size}," if parallel is not None and parallel.size > 1 else ""
+    log.info("model %s (model_type %s)%s on %s, %s, threads %s: %s; loaded in %.1f s", config.model_path,
+             cfg.model_type, rank, device, str(runner.dtype).replace("torch.", ""), threads, path, time.time() - t0)
+    return runner
+
+
+def _native_gguf_runner(gguf, config: EngineConfig, device, parallel) -> Optional[BaseRunner]:
+    """The own architecture with weights built from the GGUF's blocks (gguf_native), or None: the float import."""
+    model_dir = gguf_native.metadata_dir(gguf, config.cache_dir, config.trust_remote_code)
+    cfg = load_hf_config(model_dir, config.trust_remote_code)
+    ok, why = own_path_supports(cfg)
+    if not ok:
+        log.info("GGUF %s: loaded through the float import (generic transformers path: %s)", gguf.name, why)
+        return None
+    dtype = choose_dtype(config.dtype, getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None), device)
+    try:
+        return PagedModelRunner(cfg, model_dir, device, dtype, config, parallel, gguf=gguf)
+    except gguf_native.NotNative as e:
+        log.info("GGUF %s: loaded through the float import (%s)", gguf.name, e)
+        return None
+
+
+def _runner_from_folder(config: EngineConfig, device, parallel):
+    """(hf config, runner, path description) from a Hugging Face folder or a GGUF's float import."""
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
     cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
@@ -44,7 +81,4 @@ def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = N
     else:
         runner = HFModelRunner(cfg, model_dir, device, dtype, config)
         path = "generic transformers path (%s)" % ("forced" if force_generic else why)
-    rank = f" rank {parallel.rank}/{parallel.size}," if parallel is not None and parallel.size > 1 else ""
-    log.info("model %s (model_type %s)%s on %s, %s, threads %s: %s; loaded in %.1f s", config.model_path,
-             cfg.model_type, rank, device, str(dtype).replace("torch.", ""), threads, path, time.time() - t0)
-    return runner
+    return cfg, runner, path

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from ..engine.types import EngineConfig, ForwardBatch
+from . import gguf_native
 from .device import cpu_has_fast_bf16
 from .layers import ParallelSpec
 from .models import build_model
@@ -16,36 +17,32 @@ from .quant import fp8_block
 from .runner_base import BaseRunner
 from .weights import LoadStats, iter_safetensors
 
+
 class PagedModelRunner(BaseRunner):
     path = "own"
     supports_prefix_cache = True
 
     def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig,
-                 parallel: Optional[ParallelSpec] = None):
+                 parallel: Optional[ParallelSpec] = None, gguf: Optional[Path] = None):
+        """`gguf`: the weights are built from that file's blocks (gguf_native; `model_dir` holds only the config
+        and tokenizer), else read from the safetensors in `model_dir`."""
         self._init_common(cfg, model_dir, device, dtype, config)
         self.ops = get_ops(device, dtype)
         act = dtype
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         self.load_stats = LoadStats()
+        prequantized = None
         with torch.inference_mode():
-            self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
-            # a tensor-parallel rank reads only its shard of each tensor
-            wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None
-            fp8_block_size = fp8_block.detect(model_dir)
-            if fp8_block_size is not None:      # FP8 tiles dequantized to the model's dtype as they stream in
-                fp8 = fp8_block.Fp8BlockStream(fp8_block_size, dtype, wanted, slicer)
-                wanted, slicer = fp8.wanted, fp8.slicer
-            tensors = iter_safetensors(model_dir, wanted=wanted, slicer=slicer, stats=self.load_stats)
-            if fp8 is not None:
-                tensors = fp8.take(tensors)
-            prequantized = quant_checkpoint.prequantized_loader(model_dir, self.model)
-            self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
-            if prequantized:
-                prequantized.finish()
+            if gguf is not None:
+                self.model = gguf_native.build_model(cfg, dtype, device, self.ops, parallel, act, gguf)
+            else:
+                prequantized = self._load_folder(cfg, model_dir, dtype, device, parallel, act)
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
         self.quant_policy = maybe_quantize(self.model, config,
                                            prequantized=prequantized.ckq.scheme if prequantized else None)
+        if gguf is not None:
+            gguf_native.check_built(self.model)
         if self.ops.name == "npu":
             self.ops.prepare_weights(self.model)     # FRACTAL_NZ where the SoC's matmul wants it (300I Duo)
         self.act_dtype = self.model.act_dtype
@@ -54,6 +51,24 @@ class PagedModelRunner(BaseRunner):
         self.kv_caches: list = []
         self.num_blocks = 0
         self._windows = set(self.model.windows)
+
+    def _load_folder(self, cfg, model_dir: Path, dtype, device, parallel, act):
+        """Builds the model from the safetensors in `model_dir`; returns the pre-quantized loader, if any."""
+        self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+        # a tensor-parallel rank reads only its shard of each tensor
+        wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None
+        fp8_block_size = fp8_block.detect(model_dir)
+        if fp8_block_size is not None:      # FP8 tiles dequantized to the model's dtype as they stream in
+            fp8 = fp8_block.Fp8BlockStream(fp8_block_size, dtype, wanted, slicer)
+            wanted, slicer = fp8.wanted, fp8.slicer
+        tensors = iter_safetensors(model_dir, wanted=wanted, slicer=slicer, stats=self.load_stats)
+        if fp8 is not None:
+            tensors = fp8.take(tensors)
+        prequantized = quant_checkpoint.prequantized_loader(model_dir, self.model)
+        self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
+        if prequantized:
+            prequantized.finish()
+        return prequantized
 
     def kv_cache_bytes_per_block(self) -> int:
         return self.model.kv_bytes_per_block(self.block_size)

@@ -41,6 +41,27 @@ def source_key(gguf: Path) -> str:
     return h.hexdigest()[:24]
 
 
+_READERS: dict = {}
+
+
+def gguf_reader(gguf: Path):
+    """The parsed `gguf.GGUFReader` of a file, one per process and file: parsing the metadata of a 150k-token
+    vocabulary takes seconds, and a load reads the file's header several times (config, tokenizer, formats,
+    blocks). `release_gguf_readers()` drops it (the tensors built from it are copies)."""
+    st = gguf.stat()
+    key = (str(gguf.resolve()), st.st_size, st.st_mtime_ns)
+    r = _READERS.get(key)
+    if r is None:
+        from gguf import GGUFReader
+        _READERS.clear()
+        r = _READERS[key] = GGUFReader(str(gguf))
+    return r
+
+
+def release_gguf_readers() -> None:
+    _READERS.clear()
+
+
 def resolve_model_dir(path: str | os.PathLike, trust_remote_code: bool = False,
                       cache_dir: Optional[str | os.PathLike] = None) -> Path:
     """A folder with config.json + safetensors (+ tokenizer) for `path`, importing a GGUF once if needed."""

@@ -52,3 +52,14 @@ def check_continuation(ref_logits: torch.Tensor, ours: list[torch.Tensor], gener
         assert tok == int(ref_logits[i].argmax()), f"greedy token differs at step {i}"
         checked += 1
     return checked
+
+
+def copy_float_tensors(dst, src) -> None:
+    """Copies `src`'s float tensors (norms, biases, a dense embedding) into `dst`'s, component by component (two
+    own models of one config; quantized weights are left alone). Call under torch.inference_mode()."""
+    for cd, cs in zip(dst.components(), src.components()):
+        assert cd.prefix == cs.prefix
+        for leaf in cd.leaves():
+            d, s = getattr(cd, leaf), getattr(cs, leaf)
+            if isinstance(d, torch.Tensor) and isinstance(s, torch.Tensor):
+                d.copy_(s)

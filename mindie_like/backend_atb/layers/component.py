@@ -7,9 +7,25 @@ it in (`load`). The model finds its components by walking its attributes (`walk`
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Iterator, Optional
 
 import torch
+
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_dense():
+    """Inside, `Placement.empty` gives meta tensors: weights another loader builds (a GGUF's linears from its
+    blocks), so the dense float ones are never allocated. Norms and biases (`small`) stay real."""
+    prev = getattr(_deferred, "on", False)
+    _deferred.on = True
+    try:
+        yield
+    finally:
+        _deferred.on = prev
 
 class MultiSlice:
     """Parts of a checkpoint tensor, each a tuple of slices (one per leading dimension), concatenated along
@@ -103,6 +119,8 @@ class Placement:
 
     def empty(self, *shape) -> torch.Tensor:
         """A weight (zeroed: padding rows of a split that does not divide stay zero)."""
+        if getattr(_deferred, "on", False):
+            return torch.empty(*shape, dtype=self.dtype, device="meta")
         return torch.zeros(*shape, dtype=self.dtype, device=self.device)
 
     def small(self, *shape) -> torch.Tensor:

@@ -156,8 +156,9 @@ class CausalLM:
         seen, total = set(), 0
         for c in self.components():
             for t in c.tensors():
-                if t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
+                key = id(t) if getattr(t, "is_meta", False) else t.data_ptr()     # a deferred weight: no address
+                if key not in seen:
+                    seen.add(key)
                     total += t.numel() * t.element_size()
         return total
 

@@ -240,8 +240,8 @@ def build_weight(parts: list[Parts], scheme: str, dtype, device, keep_rows=False
 
 def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = False) -> dict:
     """Replaces the model's linears by weights built from the GGUF's own blocks. Returns {format: tensors}."""
-    from gguf import GGUFReader
-    r = GGUFReader(str(gguf_path))
+    from ..weights import gguf_reader
+    r = gguf_reader(Path(gguf_path))
     tensors = {t.name: t for t in r.tensors}
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
     permute = arch == "llama"

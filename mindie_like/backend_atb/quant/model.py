@@ -201,8 +201,8 @@ def default_gguf_scheme(model_path) -> Optional[str]:
         return None
     if path is None:
         return None
-    from gguf import GGUFReader
-    kinds = {t.tensor_type.name for t in GGUFReader(str(path)).tensors if len(t.shape) > 1}
+    from ..weights import gguf_reader
+    kinds = {t.tensor_type.name for t in gguf_reader(path).tensors if len(t.shape) > 1}
     if not kinds - {"F32", "F16", "BF16"}:
         return None
     log.info("GGUF %s (%s): served in its own block formats (quantization \"gguf\"; \"none\" widens to float)",

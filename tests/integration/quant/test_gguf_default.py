@@ -12,7 +12,7 @@ import torch
 
 from tests.support.driver import Driver  # noqa: E402
 from tests.support.gguf_writer import build_small_vocab_qwen2, write_tiny_qwen2_gguf  # noqa: E402
-from tests.support.backend_helpers import load_runner, prompt  # noqa: E402
+from tests.support.backend_helpers import copy_float_tensors, load_runner, prompt  # noqa: E402
 
 from mindie_like.backend_atb import cpu_kernels  # noqa: E402
 from mindie_like.backend_atb.quant import QuantizedWeight  # noqa: E402
@@ -49,7 +49,10 @@ def test_quantized_gguf_served_in_its_blocks_by_default(q_gguf, caplog):
     assert all(isinstance(w, BlockInt8Weight) for w in ws)
     rf = load_runner(q_gguf, quantization="none")
     assert not any(isinstance(getattr(L, a), QuantizedWeight) for L in rf.model.layers for a in LINEARS)
-    # exact weights: the float runner given the blocks' dequantized values (the file's own) gives the same logits
+    # exact weights: the float runner given the blocks' dequantized values and the file's float tensors (the
+    # import rounded those to bfloat16) gives the same logits
+    with torch.inference_mode():
+        copy_float_tensors(rf.model, rq.model)
     for L, Lq in zip(rf.model.layers, rq.model.layers):
         for a in LINEARS:
             setattr(L, a, getattr(Lq, a).dequantize(torch.float32))
