@@ -118,6 +118,9 @@ def build_context(loaded: LoadedConfig, backend: Backend, engine_config: EngineC
     ctx = ServingContext(loaded=loaded, backend=backend, engine_config=engine_config,
                          metrics=Metrics(loaded.config.model.modelName))
     register_router_gauges(ctx)          # the queue and KV-cache gauges under the names routers read
+    core = getattr(backend.engine, "core", None)
+    if core is not None and hasattr(core, "step_observers"):
+        core.step_observers.append(ctx.metrics.observe_engine_step)     # engine_step_seconds
     if backend.engine is not None:
         ctx.servings = build_servings(ctx)
     return ctx

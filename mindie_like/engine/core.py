@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -65,6 +65,9 @@ class EngineCore:
         self.requests_finished_total = 0
         self.num_steps = 0
         self.num_failed_steps = 0
+        # called after every step that ran: (phase "decode" | "prefill", seconds, sequences); the daemon's
+        # metrics histogram is one (the engine stays free of the metrics library)
+        self.step_observers: list[Callable[[str, float, int], None]] = []
         logger.info("KV cache: %d blocks of %d tokens (%.2f GB), %d swap blocks reported (preemption recomputes), "
                     "prefix cache %s", num_blocks, self.block_size, num_blocks * bytes_per_block / GiB,
                     num_cpu_blocks, "on" if self.enable_prefix_cache else "off")
@@ -133,7 +136,7 @@ class EngineCore:
             batch = self.scheduler.build_batch(sched)
             logits = self.execute_step(batch)
             self.scheduler.update(sched)
-            return self._process(sched, logits, t0)
+            outs = self._process(sched, logits, t0)
         except Exception as e:  # noqa: BLE001 - one bad step fails its requests, not the engine
             self.num_failed_steps += 1
             logger.exception("engine step failed; failing its %d requests", len(sched.scheduled))
@@ -146,6 +149,18 @@ class EngineCore:
                     out.backend_failed = True     # the forward step, not the request, failed: HTTP 500
                     outs.append((req, out))
             return outs
+        if self.step_observers:
+            self._observe_step(sched, time.perf_counter() - t0)
+        return outs
+
+    def _observe_step(self, sched: SchedulerOutput, seconds: float) -> None:
+        """A decode step: every sequence computes one token past its prompt (else prefill, chunks and mixed)."""
+        decode = all(s.num_new_tokens == 1 and s.start >= s.request.num_prompt_tokens for s in sched.scheduled)
+        for observe in self.step_observers:
+            try:
+                observe("decode" if decode else "prefill", seconds, len(sched.scheduled))
+            except Exception:  # noqa: BLE001 - an observer's bug must not fail the step
+                logger.exception("step observer failed")
 
     def _process(self, sched: SchedulerOutput, logits: torch.Tensor, t0: float) -> list[tuple[Request, RequestOutput]]:
         sampled = [s.request for s in sched.scheduled if s.samples]

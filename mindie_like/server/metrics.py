@@ -4,6 +4,8 @@ The chat route reports through a `Metrics` object (ctx.metrics):
     m.request_received(); m.request_success(); m.request_failed()
     m.add_tokens(prompt=n, generation=k)
     m.observe_ttft(seconds); m.observe_token_time(seconds); m.observe_e2e(seconds)
+The engine thread reports each step's seconds (`observe_engine_step`, engine_step_seconds{phase="decode"|
+"prefill"}), so streamed inter-token latency can be compared with the engine's own step in the same process.
 Gauges (num_requests_running, num_requests_waiting, npu_cache_usage_perc) are refreshed from engine.stats() on
 every scrape (`render(stats)`).
 """
@@ -21,6 +23,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"   # the classic text f
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                 20.0, 40.0, 80.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# the engine's own step: fine around one stream's decode step on a CPU (5-100 ms), coarse above
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.0225, 0.025, 0.0275, 0.03,
+                0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0,
+                10.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0)
 
@@ -44,6 +50,9 @@ class Metrics:
                                buckets=TPOT_BUCKETS, registry=r)
         self._e2e = Histogram("e2e_request_latency_seconds", "End-to-end request latency", L,
                               buckets=E2E_BUCKETS, registry=r)
+        self._step = Histogram("engine_step_seconds", "The engine's own step (schedule, forward, sample, "
+                               "detokenize), by phase: decode (one token per sequence) or prefill", L + ["phase"],
+                               buckets=STEP_BUCKETS, registry=r)
         # children bound to our one label value (so every series exists from the start)
         lab = dict(model_name=model_name)
         self.received = self._received.labels(**lab)
@@ -57,6 +66,7 @@ class Metrics:
         self.ttft = self._ttft.labels(**lab)
         self.tpot = self._tpot.labels(**lab)
         self.e2e = self._e2e.labels(**lab)
+        self.step = {phase: self._step.labels(phase=phase, **lab) for phase in ("decode", "prefill")}
 
     # -- what the routes call ----------------------------------------------------------------------------
     def request_received(self) -> None:
@@ -82,6 +92,10 @@ class Metrics:
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.observe(seconds)
+
+    def observe_engine_step(self, phase: str, seconds: float, sequences: int = 0) -> None:
+        """The engine thread's step observer (EngineCore.step_observers)."""
+        self.step[phase].observe(seconds)
 
     # -- scrape --------------------------------------------------------------------------------------------
     def refresh(self, stats: Optional[EngineStats]) -> None:

@@ -231,3 +231,28 @@ def test_metrics_parse_with_prometheus_parser(d):
     assert "request_received_total" in raw.decode()
     r = curl(d, d.metrics_url + "/metrics", extra=["-o", "/dev/null", "-w", "%{content_type}"])
     assert r.stdout.startswith("text/plain") and "0.0.4" in r.stdout
+
+
+def _step_series(d) -> dict:
+    status, raw = d.request("GET", "/metrics", plane="metrics")
+    assert status == 200
+    fam = {f.name: f for f in text_string_to_metric_families(raw.decode())}["engine_step_seconds"]
+    assert fam.type == "histogram"
+    return {(s.name, s.labels["phase"]): s.value for s in fam.samples
+            if s.name.endswith(("_count", "_sum")) and s.labels.get("model_name") == d.model_name}
+
+
+def test_engine_step_metric_grows_after_a_request(d):
+    """engine_step_seconds{phase}: the engine's own step, observed in the daemon (benchmarks/bench_itl.py reads it
+    to compare streamed inter-token latency with the step time)."""
+    before = _step_series(d)
+    assert set(before) == {(f"engine_step_seconds_{k}", p) for k in ("count", "sum") for p in ("decode", "prefill")}
+    with d.openai_client() as client:
+        r = client.chat.completions.create(model=d.model_name, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 4
+    after = _step_series(d)
+    # one prefill step gives the first token, three decode steps the rest
+    assert after[("engine_step_seconds_count", "prefill")] >= before[("engine_step_seconds_count", "prefill")] + 1
+    assert after[("engine_step_seconds_count", "decode")] >= before[("engine_step_seconds_count", "decode")] + 3
+    assert after[("engine_step_seconds_sum", "decode")] > before[("engine_step_seconds_sum", "decode")]
