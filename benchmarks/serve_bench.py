@@ -78,6 +78,7 @@ class OurDaemon(Server):
         os.symlink(gguf, model_dir / gguf.name)
         cfg = json.loads((REPO / "conf" / "config.json").read_text())
         self.port, mport, xport = free_port(), free_port(), free_port()
+        self.metrics_port = xport
         cfg["ServerConfig"].update(port=self.port, managementPort=mport, metricsPort=xport)
         model = cfg["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]
         model.update(modelWeightPath=str(model_dir), modelName=MODEL_NAME, numThreads=threads, **model_extra)
@@ -102,6 +103,21 @@ class OurDaemon(Server):
             raise RuntimeError(f"our daemon exited with {self.proc.wait()}")
         # keep draining its output so a full pipe never blocks it
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+
+    def scrape_metrics(self) -> str:
+        """The daemon's /metrics text (the metrics plane, mutual TLS)."""
+        import http.client
+        import ssl
+        sec = self.home / "security"
+        ctx = ssl.create_default_context(cafile=str(sec / "ca/ca.pem"))
+        ctx.load_cert_chain(str(sec / "client/client.pem"), str(sec / "client/client.key.pem"))
+        ctx.check_hostname = False
+        conn = http.client.HTTPSConnection("127.0.0.1", self.metrics_port, context=ctx, timeout=30)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
 
     def load_config(self, **kw) -> LoadConfig:
         sec = self.home / "security"

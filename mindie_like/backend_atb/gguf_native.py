@@ -128,15 +128,18 @@ def metadata_dir(gguf: Path, cache_dir=None, trust_remote_code: bool = False) ->
 @contextlib.contextmanager
 def _one_reader(gguf: Path):
     """transformers parses the file's metadata once per call (config, then the tokenizer twice), seconds each for
-    a 150k-token vocabulary: inside, `gguf.GGUFReader` of this file answers with the one parsed reader."""
+    a 150k-token vocabulary: inside, `gguf.GGUFReader` of this file answers with one parsed reader."""
     import gguf as gguf_module
     real = gguf_module.GGUFReader
     target = str(gguf.resolve())
+    parsed: list = []
 
     def shared(path, *args, **kwargs):
-        if not args and not kwargs and str(Path(path).resolve()) == target:
-            return gguf_reader(gguf)
-        return real(path, *args, **kwargs)
+        if args or kwargs or str(Path(path).resolve()) != target:
+            return real(path, *args, **kwargs)
+        if not parsed:
+            parsed.append(real(path))
+        return parsed[0]
     gguf_module.GGUFReader = shared
     try:
         yield

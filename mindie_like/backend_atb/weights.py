@@ -45,16 +45,16 @@ _READERS: dict = {}
 
 
 def gguf_reader(gguf: Path):
-    """The parsed `gguf.GGUFReader` of a file, one per process and file: parsing the metadata of a 150k-token
-    vocabulary takes seconds, and a load reads the file's header several times (config, tokenizer, formats,
-    blocks). `release_gguf_readers()` drops it (the tensors built from it are copies)."""
+    """The tensor index of a GGUF file (gguf_index.GGUFIndex: tensors and scalar metadata, the vocabulary
+    skipped), one per process and file: a load reads it several times (formats, float tensors, blocks).
+    `release_gguf_readers()` drops it (the tensors built from it are copies)."""
     st = gguf.stat()
     key = (str(gguf.resolve()), st.st_size, st.st_mtime_ns)
     r = _READERS.get(key)
     if r is None:
-        from gguf import GGUFReader
+        from .gguf_index import GGUFIndex
         _READERS.clear()
-        r = _READERS[key] = GGUFReader(str(gguf))
+        r = _READERS[key] = GGUFIndex(gguf)
     return r
 
 
