@@ -27,6 +27,7 @@ class PagedModelRunner(BaseRunner):
         """`gguf`: the weights are built from that file's blocks (gguf_native; `model_dir` holds only the config
         and tokenizer), else read from the safetensors in `model_dir`."""
         self._init_common(cfg, model_dir, device, dtype, config)
+        self.gguf = gguf            # the file the weights were built from (None: a safetensors folder)
         self.ops = get_ops(device, dtype)
         act = dtype
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():

@@ -86,7 +86,11 @@ def test_real_demo_gguf(monkeypatch):
     from transformers import AutoTokenizer
     from mindie_like.backend_atb import ModelRunner
     from mindie_like.engine.types import EngineConfig
-    runner = ModelRunner.load(EngineConfig(model_path=str(REAL_GGUF), dtype="bfloat16", block_size=128))
+    from mindie_like.engine.types import QuantOptions
+    # "none": the widened float model, the one path that still imports (a quantized GGUF is otherwise read
+    # straight from the file: tests/integration/quant/test_gguf_direct_load.py)
+    runner = ModelRunner.load(EngineConfig(model_path=str(REAL_GGUF), dtype="bfloat16", block_size=128,
+                                           quant=QuantOptions(scheme="none")))
     assert runner.model_type == "qwen2" and runner.path == "own" and 151645 in runner.eos_token_ids
     tok = AutoTokenizer.from_pretrained(runner.tokenizer_path)
     ids = tok.apply_chat_template([{"role": "user", "content": "Write a python function that adds two numbers."}],

@@ -44,6 +44,7 @@ def test_quantized_gguf_loads_without_a_float_import(q_gguf, tmp_path, monkeypat
     assert files and not any(f.endswith((".safetensors", ".bin", ".pt")) for f in files), files
     assert not any(f.endswith(gguf_native.IMPORT_MARKER) for f in files)
     assert native.path == "own" and native.model_type == "qwen2" and native.eos_token_ids == [299]
+    assert native.gguf == q_gguf
     assert all(isinstance(getattr(L, a), QuantizedWeight) for L in native.model.layers for a in LINEARS)
     assert isinstance(native.model.lm_head, QuantizedWeight)
     # the float tensors came from the file: exact float32 norms, and nothing left on the meta device

@@ -121,6 +121,7 @@ def test_demo_default_serves_the_files_own_blocks():
     from gguf.quants import dequantize
     from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight
     r = _runner(quant_dense="never")
+    assert r.gguf is not None           # built from the file, not from a float import
     tensors = {t.name: t for t in GGUFReader(str(MODEL)).tensors}
 
     def file_rows(name):
