@@ -116,8 +116,8 @@ class OurDaemon(Server):
         import http.client
         import ssl
         sec = self.home / "security"
-        ctx = ssl.create_default_context(cafile=str(sec / "ca/ca.pem"))
-        ctx.load_cert_chain(str(sec / "client/client.pem"), str(sec / "client/client.key.pem"))
+        ctx = ssl.create_default_context(cafile=str(sec / "ca/metrics_ca.pem"))      # the plane's own CA and client
+        ctx.load_cert_chain(str(sec / "client/metrics.pem"), str(sec / "client/metrics.key.pem"))
         ctx.check_hostname = False
         conn = http.client.HTTPSConnection("127.0.0.1", self.metrics_port, context=ctx, timeout=30)
         try:
