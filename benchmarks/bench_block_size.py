@@ -88,9 +88,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
     os.environ.setdefault("MINDIE_LIKE_CACHE_DIR", str(REPO / "cache"))     # the daemon's GGUF import, reused
     from transformers import AutoTokenizer
-    from mindie_like.backend_atb.weights import resolve_model_dir
+    from mindie_like.backend_atb.gguf_native import tokenizer_dir
     model = Path(args.model).resolve()
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_dir(model)))
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(model)))
     ps = prompts(tok, args.requests)
     load0 = os.getloadavg()[0]
     res = [run_block_size(model, int(b), args.threads, ps, args.max_tokens) for b in args.block_sizes.split(",")]

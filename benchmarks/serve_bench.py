@@ -163,12 +163,11 @@ class LlamaCppServer(Server):
 
 def token_counter(gguf: Path):
     """Counts tokens of generated text with the model's own tokenizer (for streams that carry no usage): the one
-    our backend imported from the GGUF (resolve_model_dir imports it now if no run did before)."""
+    the daemon writes from the GGUF into paths.cache_dir() (written now if no run did before)."""
     from transformers import AutoTokenizer
 
-    from mindie_like.backend_atb.weights import resolve_model_dir
-    folder = resolve_model_dir(gguf)      # imported once into paths.cache_dir() (a minute or more the first time)
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    from mindie_like.backend_atb.gguf_native import tokenizer_dir
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(gguf)))
     return lambda text: len(tok.encode(text, add_special_tokens=False))
 
 

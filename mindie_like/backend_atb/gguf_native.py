@@ -125,6 +125,13 @@ def metadata_dir(gguf: Path, cache_dir=None, trust_remote_code: bool = False) ->
     return dest
 
 
+def tokenizer_dir(path, cache_dir=None, trust_remote_code: bool = False) -> Path:
+    """The folder with the model's tokenizer and config: a Hugging Face folder as is, a GGUF's metadata folder
+    (written once, no weights) for a .gguf (tools that need only the tokenizer)."""
+    gguf = find_gguf(path)
+    return Path(path) if gguf is None else metadata_dir(gguf, cache_dir, trust_remote_code)
+
+
 @contextlib.contextmanager
 def _one_reader(gguf: Path):
     """transformers parses the file's metadata once per call (config, then the tokenizer twice), seconds each for
