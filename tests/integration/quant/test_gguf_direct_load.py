@@ -50,6 +50,7 @@ def test_quantized_gguf_loads_without_a_float_import(q_gguf, tmp_path, monkeypat
     # the float tensors came from the file: exact float32 norms, and nothing left on the meta device
     ln = native.model.layers[0].input_layernorm.weight
     assert not ln.is_meta and ln.dtype == torch.float32
+    assert str(gguf_native.tokenizer_dir(q_gguf)) == native.tokenizer_path     # what tokenizer-only tools read
     # a second start reads the cached config + tokenizer and writes nothing
     assert _files(cache) == files and isinstance(load_runner(q_gguf, quant_dense="never").model.lm_head,
                                                  QuantizedWeight)
