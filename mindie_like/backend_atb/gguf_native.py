@@ -10,7 +10,7 @@ by one from the file, and the linears and the lm_head are built from the file's 
 
 Not served this way (the float import of `weights.resolve_model_dir` is used, as before): `"quantization":
 "none"` (the widened float model), `quant_from_gguf` false, a float GGUF with no key, the generic transformers
-path, MoE layers, and tensor parallelism.
+path and MoE layers. With tensor parallelism every rank builds its part of each block weight (quant/gguf_shard.py).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class NotNative(Exception):
     """This GGUF cannot be served from its blocks here (the float import serves it); the message says why."""
 
 
-def native_source(config: EngineConfig, world_size: int = 1) -> Optional[Path]:
+def native_source(config: EngineConfig) -> Optional[Path]:
     """The GGUF file to serve from its blocks, or None (not a GGUF, or a case the float import serves)."""
     gguf = find_gguf(config.model_path)
     if gguf is None:
@@ -53,8 +53,6 @@ def native_source(config: EngineConfig, world_size: int = 1) -> Optional[Path]:
         why = f'"quantization": "{scheme}" widens the weights to float'
     elif not config.quant.from_gguf:
         why = "quant_from_gguf false: the float import is quantized"
-    elif world_size > 1:
-        why = "tensor parallelism reads slices of the float import"
     elif config.force_generic:
         why = "the generic transformers path is forced"
     elif not scheme and not quantized_linears(gguf):

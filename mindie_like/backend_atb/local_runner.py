@@ -30,7 +30,7 @@ def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = N
     if device.type == "cpu":
         threads = configure_threads(threads or config.num_threads)
     runner: Optional[BaseRunner] = None
-    gguf = gguf_native.native_source(config, parallel.size if parallel is not None else 1)
+    gguf = gguf_native.native_source(config)
     try:
         if gguf is not None:
             runner = _native_gguf_runner(gguf, config, device, parallel)

@@ -44,7 +44,7 @@ from .parallel import (CMD_ALLOCATE, CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_STOP, MODE
                        WorldLayout, announce, claim_npu_devices, device_index, dist_backend, init_groups,
                        moe_expert_parallel, open_store, set_rank_device, wait_for_ranks, world_layout)
 from .runner_base import BaseRunner
-from .weights import resolve_model_dir
+from .gguf_native import tokenizer_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def rank_num_blocks(runner: BaseRunner, kv_cache_gb: float, local_size: int) -> 
 
 def check_model(config: EngineConfig, world: int) -> None:
     """Refuses, before any process starts, a model that cannot be split over `world` ranks (TPConfigError)."""
-    model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
+    # the config only: a GGUF's metadata folder, no float import
+    model_dir = tokenizer_dir(config.model_path, config.cache_dir, config.trust_remote_code)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
     ok, why = own_path_supports(cfg)
     if config.force_generic:

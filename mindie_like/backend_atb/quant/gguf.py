@@ -245,8 +245,6 @@ def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = Fa
     tensors = {t.name: t for t in r.tensors}
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
     permute = arch == "llama"
-    if model.par.size != 1:
-        raise NotImplementedError("GGUF-native quantized weights with tensor parallelism")
     counts: dict[str, int] = {}
     bad = sorted({f"{t.name} ({t.tensor_type.name})" for t in r.tensors
                   if len(t.shape) > 1 and t.tensor_type.name not in SUPPORTED})
@@ -258,14 +256,21 @@ def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = Fa
     dtype, device = model.dtype, model.device
     blocks = scheme == "gguf" and block_kernels_here(device)
 
-    def parts(name, heads=None):
+    def parts(name, heads=None, comp=None, shard_id=None, rows=None):
+        """The tensor's blocks or parts in Hugging Face row order, cut to this rank's part of `comp` (tensor
+        parallelism: the layer's own shard_spec, quant/gguf_shard.py)."""
         t = tensors[name]
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
         if blocks and t.tensor_type.name not in INT4_EXACT:
             p = Blocks.of(t)
-            return p.rows_permuted(lambda x: _unpermute_rows(x, heads)) if (permute and heads) else p
-        p = tensor_parts(t)
-        return _unpermute_llama(p, heads) if (permute and heads) else p
+            p = p.rows_permuted(lambda x: _unpermute_rows(x, heads)) if (permute and heads) else p
+        else:
+            p = tensor_parts(t)
+            p = _unpermute_llama(p, heads) if (permute and heads) else p
+        if comp is None or model.par.size == 1:
+            return p
+        from .gguf_shard import shard
+        return shard(p, comp.shard_spec("weight", shard_id), rows)
 
     def build(ps, keep_rows=False):
         if blocks and not all(isinstance(p, Parts) for p in ps):
@@ -275,18 +280,26 @@ def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = Fa
 
     for i, L in enumerate(model.layers):
         b = f"blk.{i}."
-        L.qkv = build([parts(b + "attn_q.weight", model.num_heads_total),
-                       parts(b + "attn_k.weight", model.num_kv_heads_total), parts(b + "attn_v.weight")])
-        L.o = build([parts(b + "attn_output.weight")])
-        L.gate_up = build([parts(b + "ffn_gate.weight"), parts(b + "ffn_up.weight")])
-        L.down = build([parts(b + "ffn_down.weight")])
+        qkv, o = L.self_attn.qkv_proj, L.self_attn.o_proj
+        gate_up, down = L.mlp.gate_up_proj, L.mlp.down_proj
+        L.qkv = build([parts(b + "attn_q.weight", model.num_heads_total, qkv, "q"),
+                       parts(b + "attn_k.weight", model.num_kv_heads_total, qkv, "k"),
+                       parts(b + "attn_v.weight", None, qkv, "v")])
+        L.o = build([parts(b + "attn_output.weight", None, o)])
+        L.gate_up = build([parts(b + "ffn_gate.weight", None, gate_up, 0),
+                           parts(b + "ffn_up.weight", None, gate_up, 1)])
+        L.down = build([parts(b + "ffn_down.weight", None, down)])
+    per = None
+    if model.par.size > 1:           # every rank's vocabulary shard has the same rows (the last one zero-padded)
+        from ..layers.distributed import ceil_split
+        per = ceil_split(model.vocab_size, model.par)[2]
     if model.tied or "output.weight" not in tensors:
-        e = build([parts("token_embd.weight")], keep_rows=True)
+        e = build([parts("token_embd.weight", None, model.embed_tokens, None, per)], keep_rows=True)
         model.lm_head = e
         if model.tied:
             model.embed = e
     else:
-        model.lm_head = build([parts("output.weight")])
+        model.lm_head = build([parts("output.weight", None, model.head, None, per)])
     return counts
 
 

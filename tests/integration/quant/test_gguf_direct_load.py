@@ -89,6 +89,23 @@ def test_none_and_from_gguf_false_keep_the_float_import(q_gguf, tmp_path, monkey
     from mindie_like.engine.types import EngineConfig, QuantOptions
     assert gguf_native.native_source(EngineConfig(model_path=str(q_gguf), quant=QuantOptions(from_gguf=False))) \
         is None
-    assert gguf_native.native_source(EngineConfig(model_path=str(q_gguf)), world_size=2) is None
     assert gguf_native.native_source(EngineConfig(model_path=str(q_gguf))) == q_gguf
 
+
+
+def test_tensor_parallel_ranks_build_their_part_of_the_blocks(q_gguf, tmp_path, monkeypatch):
+    """worldSize 2: every rank cuts its rows (q/k/v, gate/up, its vocabulary shard) or block-aligned input columns
+    (o, down) out of the file's blocks; the logits equal one process's."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MINDIE_LIKE_CACHE_DIR", str(cache))
+    one = load_runner(q_gguf, quant_dense="never")
+    two = load_runner(q_gguf, world_size=2, device_ids=[0, 1], quant_dense="never")
+    try:
+        assert not any(f.endswith(".safetensors") for f in _files(cache))
+        for i in range(2):
+            p = prompt(90 + i, 9 + 4 * i, vocab=299)
+            a = Driver(one, 16).step([("a", p)], all_logits=True)
+            b = Driver(two, 16).step([("b", p)], all_logits=True)
+            torch.testing.assert_close(b, a, atol=1e-4 * float(a.abs().max()), rtol=1e-4)
+    finally:
+        two.close()
