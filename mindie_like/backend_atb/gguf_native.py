@@ -186,13 +186,14 @@ def hf_names(gguf: Path, model) -> dict[str, str]:
         raise NotNative(f"GGUF architecture {arch_name!r} has no tensor name table in gguf")
     table = g.get_tensor_name_map(arch, model.num_layers)
     out, missing = {}, []
-    for name in model.expected_weight_names() + _optional_names(model):
+    expected = model.expected_weight_names()
+    for name in expected + _optional_names(model):
         prefix, _, leaf = name.rpartition(".")
         gname = table.get_name(prefix)
-        if gname is None:
-            missing.append(name)
-        else:
+        if gname is not None:
             out[f"{gname}.{leaf}"] = name
+        elif name in expected:
+            missing.append(name)
     if missing:
         raise NotNative(f"no GGUF name for {', '.join(missing[:4])}")
     return out
