@@ -62,10 +62,17 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# The KV cache the test daemons get unless a test says otherwise (npuMemSize, GB): a tiny model's blocks are 64 KB,
+# so this holds ~200k tokens. The default (-1: a quarter of available RAM, zeroed at start) is GBs, and zeroing
+# it cost every daemon start seconds; tests/e2e/test_daemon.py keeps that default.
+TEST_KV_GB = 0.1
+
+
 def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: Optional[dict] = None,
                 backend: Optional[dict] = None, deploy: Optional[dict] = None, schedule: Optional[dict] = None,
                 model: Optional[dict] = None, top: Optional[dict] = None) -> dict:
-    """The repo's default conf/config.json pointed at `model_dir`, on `ports`, with overrides merged in."""
+    """The repo's default conf/config.json pointed at `model_dir`, on `ports`, with overrides merged in (and a
+    TEST_KV_GB KV cache unless `model` names npuMemSize)."""
     cfg = json.loads((REPO / "conf" / "config.json").read_text())
     ports = ports or free_ports(3)
     cfg["ServerConfig"].update(port=ports[0], managementPort=ports[1], metricsPort=ports[2])
@@ -75,6 +82,7 @@ def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: O
     b["ScheduleConfig"] = deep_merge(b["ScheduleConfig"], schedule or {})
     m = b["ModelDeployConfig"]["ModelConfig"][0]
     m["modelWeightPath"] = str(model_dir)
+    m["npuMemSize"] = TEST_KV_GB
     b["ModelDeployConfig"]["ModelConfig"][0] = deep_merge(m, model or {})
     return deep_merge(cfg, top or {})
 
