@@ -54,8 +54,7 @@ def assert_valid_call(call) -> dict:
 
 @pytest.fixture(scope="module")
 def daemon(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072},
-                          model={"npuMemSize": 1})
+    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072})
 
 
 @pytest.fixture(scope="module")
