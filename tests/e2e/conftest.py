@@ -8,6 +8,8 @@ Reuse it from any e2e module:
         client = tiny_daemon.openai_client()      # openai.OpenAI over mutual TLS (async_client=True: AsyncOpenAI)
         url = tiny_daemon.base_url                # https://127.0.0.1:<port>
 
+    def test_y(chat_daemon):                       # the one daemon several chat-only modules share
+
     @pytest.fixture(scope="module")
     def my_daemon(daemon_factory, tiny_model):     # a daemon with config overrides
         return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10}, model={"models": {...}})
@@ -283,6 +285,20 @@ def daemon_factory(tmp_path_factory):
 
     yield factory
     for h in started:
+        h.stop()
+
+
+@pytest.fixture(scope="package")
+def chat_daemon(tmp_path_factory, tiny_model) -> DaemonHandle:
+    """One daemon shared by the modules that only send chat, Responses and Messages requests
+    (test_chat_completions, test_responses_and_messages): a tiny qwen2 model, room for 4096-token sequences, a
+    Responses store of 8. A daemon start less; their checks are per request or deltas of the metrics. Stopped
+    when the e2e tests end (idle until then: no CPU)."""
+    h = new_daemon(tmp_path_factory.mktemp("home"), tiny_model("qwen2"),
+                   deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072}, server={"responsesStoreSize": 8})
+    try:
+        yield h.start()
+    finally:
         h.stop()
 
 

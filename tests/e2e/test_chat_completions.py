@@ -53,8 +53,8 @@ def assert_valid_call(call) -> dict:
 
 
 @pytest.fixture(scope="module")
-def daemon(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072})
+def daemon(chat_daemon):
+    return chat_daemon
 
 
 @pytest.fixture(scope="module")
