@@ -302,6 +302,24 @@ def chat_daemon(tmp_path_factory, tiny_model) -> DaemonHandle:
         h.stop()
 
 
+# the capped daemon's connection cap (test_hardening floods it)
+CAPPED_MAX_LINK_NUM = 20
+
+
+@pytest.fixture(scope="package")
+def capped_daemon(tmp_path_factory, tiny_model) -> DaemonHandle:
+    """One daemon shared by the modules that throw fuzzed and hostile requests at it (test_hardening,
+    test_openapi_fuzz): a tiny qwen2 model whose answers are at most 4 tokens whatever a request asks
+    (maxIterTimes 4), CAPPED_MAX_LINK_NUM connections, and a typo'd ModelConfig key (warned about at start). Each
+    of their tests ends by checking the daemon still serves. Stopped when the e2e tests end."""
+    h = new_daemon(tmp_path_factory.mktemp("home"), tiny_model("qwen2"), server={"maxLinkNum": CAPPED_MAX_LINK_NUM},
+                   model={"npuMemSzie": 8}, schedule={"maxIterTimes": 4})
+    try:
+        yield h.start()
+    finally:
+        h.stop()
+
+
 @pytest.fixture(scope="module")
 def tiny_daemon(daemon_factory, tiny_model) -> DaemonHandle:
     """One daemon per module on a tiny random qwen2 model with the default config."""

@@ -52,8 +52,8 @@ def _operations():
 
 
 @pytest.fixture(scope="module")
-def daemon(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), schedule={"maxIterTimes": 4})
+def daemon(capped_daemon):
+    return capped_daemon          # maxIterTimes 4
 
 
 @pytest.fixture(scope="module")
