@@ -12,7 +12,9 @@ lm_head does not dominate):
                correction bias), the first layer dense (intermediate 3072), yarn rope
 Both 8 layers by default. Sections, each timed and printed as it ends:
   ours ws1     the engine (EngineCore: paged KV, the fused MoE block) serving 1 and 16 streams, 2 threads;
-               decode tok/s = tokens generated after every stream had its first / the time they took
+               decode tok/s = tokens generated after every stream had its first / the time they took; at 16
+               streams also with the active experts split over the 2 threads (TorchOps.moe_expert_threads, off
+               by default), interleaved with the default path on the same loaded model
   ours ws2     the same at worldSize 2 (two processes of 1 thread, gloo, expert-TP), as the tensor-parallel
                tests run it
   hf           transformers `generate` (greedy, same prompts, no padding) for each experts implementation this
@@ -102,6 +104,18 @@ def ours(path: Path, dtype: str, world: int, threads: int, plen: int, steps: int
     try:
         decode_rate(runner, cfg, 1, plen, 2)                 # warm-up (first-call costs)
         row = {f"{s} streams": decode_rate(runner, cfg, s, plen, steps) for s in STREAMS}
+        ops = getattr(runner, "ops", None)
+        if world == 1 and hasattr(ops, "moe_expert_threads"):
+            # the experimental expert threads (ops/torch_moe.py), interleaved with the default: best of 2 each
+            s = max(STREAMS)
+            off, on = [row[f"{s} streams"]], []
+            for _ in range(2):
+                ops.moe_expert_threads = True
+                on.append(decode_rate(runner, cfg, s, plen, steps))
+                ops.moe_expert_threads = False
+                off.append(decode_rate(runner, cfg, s, plen, steps))
+            row[f"{s} streams"] = max(off[1:])
+            row[f"{s} streams, experts on {threads} threads"] = max(on)
         if world == 1:
             row["kv"] = kv_bytes(runner)
     finally:
@@ -156,7 +170,6 @@ def hf(path: Path, dtype: str, plen: int, steps: int, steps_16: int) -> dict:
             row[impl] = {f"{s} streams": rate(s, steps if s == 1 else steps_16) for s in STREAMS}
         except Exception as e:  # noqa: BLE001 - an implementation this torch / CPU / model cannot run
             row[impl] = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    del m
     return row
 
 
@@ -217,6 +230,10 @@ def main() -> None:
                 out["ratio_16_vs_fastest_hf"] = {"impl": best, "ratio": round(ratio, 2)}
                 print(f"[{family}] at {max(STREAMS)} streams: ours / transformers {best} (its fastest) = "
                       f"{ratio:.2f}x ({out['seconds']['hf']} s)", flush=True)
+                for k, v in r1.items():
+                    if k.startswith(f"{max(STREAMS)} streams, experts"):
+                        out["ratio_16_vs_fastest_hf"]["ratio_expert_threads"] = round(v / ok[best], 2)
+                        print(f"[{family}]   with {k.split(', ', 1)[1]}: {v / ok[best]:.2f}x", flush=True)
     res["seconds_total"] = round(time.perf_counter() - t_all, 1)
     print(f"total {res['seconds_total']} s", flush=True)
     if a.json:

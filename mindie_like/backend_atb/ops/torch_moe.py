@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,7 +62,7 @@ def select_experts(logits: torch.Tensor, spec: RoutingSpec,
 
 
 def fused_experts(ops, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: list, w2: list,
-                  first_expert: int = 0) -> torch.Tensor:
+                  first_expert: int = 0, workers: int = 1) -> torch.Tensor:
     T, H = x.shape
     k = ids.shape[1]
     n_local = len(w13)
@@ -81,15 +82,54 @@ def fused_experts(ops, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
     pair = pair[:n_pairs]
     xs = x.index_select(0, pair // k)
     ys = torch.empty_like(xs)
-    end = 0
+    segments, end = [], 0
     for e in range(n_local):        # empty experts cost one comparison
         n = counts[e]
         if n:
-            seg = xs[end:end + n]
-            ys[end:end + n] = ops.linear(ops.silu_and_mul(ops.linear(seg, w13[e])), w2[e])
+            segments.append((e, end, n))
             end += n
-    # back to (token, slot) order, then each token's k outputs weighted and summed in one batched matmul:
-    # no index_add (CPU index_add / scatter_add into few rows with repeated indices is very slow)
+
+    def run(part):
+        for e, start, n in part:
+            seg = xs[start:start + n]
+            ys[start:start + n] = ops.linear(ops.silu_and_mul(ops.linear(seg, w13[e])), w2[e])
+    if workers > 1 and n_pairs >= MIN_PAIRS_PER_THREAD * workers:
+        _run_split(run, segments, workers)
+    else:
+        run(segments)
+    # back to (token, slot) order, then each token's k outputs weighted and summed in one batched matmul
+    # (index_add into few rows with repeated indices is slow on CPU)
     per_pair = x.new_zeros(T * k, H) if some_foreign else torch.empty(T * k, H, dtype=x.dtype, device=x.device)
     per_pair.index_copy_(0, pair, ys)
     return torch.bmm(weights.to(x.dtype).view(T, 1, k), per_pair.view(T, k, H)).view(T, H)
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+# below this many (token, expert) pairs per thread, handing experts to another thread costs more than it saves
+# (a single-stream decode step of a top-8 model runs its experts on one thread)
+MIN_PAIRS_PER_THREAD = 8
+
+
+def _run_split(run, segments: list, workers: int) -> None:
+    """The active experts split into `workers` shares of about equal rows, one per thread (this one and pool
+    threads). On CPU a decode step's experts get a few rows each, and one small matmul cannot keep two cores
+    busy (its fork/join costs about what its work does): several experts at once, each matmul on its own
+    thread, can. Each share writes its own rows of the output."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers - 1:
+        _POOL = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="moe-experts")
+    shares: list[list] = [[] for _ in range(workers)]
+    rows = [0] * workers
+    for seg in sorted(segments, key=lambda s: -s[2]):       # largest first onto the least loaded share
+        i = rows.index(min(rows))
+        shares[i].append(seg)
+        rows[i] += seg[2]
+    inference = torch.is_inference_mode_enabled()
+
+    def in_mode(part):
+        with torch.inference_mode(inference):
+            run(part)
+    futures = [_POOL.submit(in_mode, part) for part in shares[1:] if part]
+    run(shares[0])
+    for f in futures:
+        f.result()
