@@ -67,7 +67,8 @@ def _runner_from_folder(config: EngineConfig, device, parallel):
     """(hf config, runner, path description) from a Hugging Face folder or a GGUF's float import."""
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
-    cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    # transformers reads a config.json's torch_dtype into `dtype`; its torch_dtype property only warns
+    cfg_dtype = getattr(cfg, "dtype", None)
     dtype = choose_dtype(config.dtype, cfg_dtype, device)
     ok, why = own_path_supports(cfg)
     force_generic = config.force_generic

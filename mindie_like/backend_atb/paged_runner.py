@@ -1,6 +1,7 @@
 """The own path: an architecture from `models/` over the paged KV cache and the op table."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,8 +15,11 @@ from .models import build_model
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
 from .quant import fp8_block
+from .quant.load_time import load_time_quantizer
 from .runner_base import BaseRunner
 from .weights import LoadStats, iter_safetensors
+
+log = logging.getLogger(__name__)
 
 
 class PagedModelRunner(BaseRunner):
@@ -34,11 +38,15 @@ class PagedModelRunner(BaseRunner):
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         self.load_stats = LoadStats()
         prequantized = None
+        # w8a16 / w4a16 on safetensors: each linear quantized as its last part loads, never the whole float model
+        self.load_quant = None if gguf is not None else load_time_quantizer(config, model_dir, dtype, device)
         with torch.inference_mode():
             if gguf is not None:
                 self.model = gguf_native.build_model(cfg, dtype, device, self.ops, parallel, act, gguf)
             else:
                 prequantized = self._load_folder(cfg, model_dir, dtype, device, parallel, act)
+        if self.load_quant is not None:
+            log.info("%s", self.load_quant.describe())
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
         self.quant_policy = maybe_quantize(self.model, config,
                                            prequantized=prequantized.ckq.scheme if prequantized else None)
@@ -55,7 +63,7 @@ class PagedModelRunner(BaseRunner):
 
     def _load_folder(self, cfg, model_dir: Path, dtype, device, parallel, act):
         """Builds the model from the safetensors in `model_dir`; returns the pre-quantized loader, if any."""
-        self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+        self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act, load_quant=self.load_quant)
         # a tensor-parallel rank reads only its shard of each tensor
         wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None
         fp8_block_size = fp8_block.detect(model_dir)
