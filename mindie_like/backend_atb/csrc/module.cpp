@@ -38,7 +38,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
   m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "
-        "2 AVX512)");
-  m.def("block_int8_linear", &block_int8_linear,
-        "grouped int8 weights (q * s + z per group of 16/32) x float activations, per-ISA implementation");
+        "2 AVX512, 3 AVX512-VNNI)");
+  m.def("block_pack", &block_pack, "signed int8 block values -> the packed bits-wide block layout");
+  m.def("block_unpack", &block_unpack, "packed block rows -> signed int8 values");
+  m.def("block_linear", &block_linear,
+        "packed block weights (s * q + z per group of 16/32) x int8-quantized or float activations, per ISA");
 }
