@@ -41,6 +41,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "2 AVX512, 3 AVX512-VNNI)");
   m.def("block_pack", &block_pack, "signed int8 block values -> the packed bits-wide block layout");
   m.def("block_unpack", &block_unpack, "packed block rows -> signed int8 values");
+  m.def("block_pack_panels", &block_pack_panels, "signed int8 block values -> 16-row VNNI panels");
+  m.def("block_unpack_panels", &block_unpack_panels, "16-row VNNI panels -> signed int8 values of the rows asked");
+  m.def("block_linear_panels", &block_linear_panels,
+        "16-row block panels x int8-quantized activations, AVX512-VNNI (one vpdpbusd: 16 outputs' partial dots)");
   m.def("block_linear", &block_linear,
         "packed block weights (s * q + z per group of 16/32) x int8-quantized or float activations, per ISA");
 }

@@ -59,38 +59,66 @@ class BlockInt8Weight(QuantizedWeight):
             mod = cpu_kernels.load()
         self._mod = mod
         self.bits = bits_for(q)
+        self.layout = None
         if mod is not None:
-            self.packed = mod.block_pack(q.cpu(), self.bits)
-            self.q = None
-            self.use_kernel(isa, act)
+            self.use_kernel(isa, act, q.cpu())
         else:
-            self.packed = None
             self.q = q.to(self.device).contiguous()
             self.isa = self.act = None
             self.kernel = "dequant-matmul"
 
-    def use_kernel(self, isa: Optional[str] = None, act: Optional[str] = None) -> None:
+    def use_kernel(self, isa: Optional[str] = None, act: Optional[str] = None, q: Optional[torch.Tensor] = None):
         """Selects the block kernel's instruction set and activation mode (default: `cpu_kernels.isa()` and
-        `cpu_kernels.block_act()`, from the CPU and the environment)."""
+        `cpu_kernels.block_act()`, from the CPU and the environment), and packs the values in that kernel's layout:
+        16-row panels for AVX512-VNNI with int8 activations, rows otherwise (csrc/block_gemm.cpp)."""
         from .. import cpu_kernels
         mod = self._mod
         self.isa = isa or cpu_kernels.isa(mod)
         self.act = act or cpu_kernels.block_act()
-        level, act8, group = cpu_kernels.ISAS.index(self.isa), self.act == "int8", self.group
-        z = self.zero if self.zero is not None else self._empty
+        layout = "panels" if (self.isa == "avx512vnni" and self.act == "int8") else "rows"
+        if layout != self.layout:
+            q = self.values() if q is None else q
+            self.layout = layout
+            N, K, G, bits = self.out_features, self.in_features, self.group, self.bits
+            if layout == "panels":
+                self.packed = mod.block_pack_panels(q, bits)
+                self._planes = [self._panel_planes(t) for t in (self.scale, self.zero)]
+            else:
+                self.packed = mod.block_pack(q, bits)
+                self._planes = [self.scale, self.zero]
+            self.q = None
+        level, act8, group, N, bits = cpu_kernels.ISAS.index(self.isa), self.act == "int8", self.group, \
+            self.out_features, self.bits
+        s, z = (p if p is not None else self._empty for p in self._planes)
         self.kernel = f"mindie_like block_linear ({self.isa}, {self.bits}-bit weights, {self.act} activations)"
-        self._native = lambda x, bias: mod.block_linear(x, self.packed, self.bits, self.scale, z, group, bias,
-                                                        level, act8)
+        if layout == "panels":
+            self._native = lambda x, bias: mod.block_linear_panels(x, self.packed, bits, N, s, z, group, bias)
+        else:
+            self._native = lambda x, bias: mod.block_linear(x, self.packed, bits, s, z, group, bias, level, act8)
+
+    def _panel_planes(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """[N, K/G] -> [ceil(N/16), K/G, 16] (rows past N: zero), the panels' per-group vectors of 16 rows."""
+        if t is None:
+            return None
+        N, NG = t.shape
+        Np = (N + 15) // 16 * 16
+        padded = torch.zeros(Np, NG, dtype=torch.float32)
+        padded[:N] = t
+        return padded.reshape(Np // 16, 16, NG).transpose(1, 2).contiguous()
 
     @property
     def nbytes(self) -> int:
-        n = self.packed.numel() if self.packed is not None else self.q.numel()
-        return n + self.scale.numel() * 4 + (self.zero.numel() * 4 if self.zero is not None else 0)
+        if self.q is not None:
+            return self.q.numel() + self.scale.numel() * 4 + (self.zero.numel() * 4 if self.zero is not None else 0)
+        return self.packed.numel() + sum(p.numel() * 4 for p in self._planes if p is not None)
 
     def values(self, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The signed block values q (int8 [N, K], or the `rows` given)."""
-        if self.packed is None:
+        if self.q is not None:
             return self.q if rows is None else self.q.index_select(0, rows)
+        if self.layout == "panels":
+            rows = torch.arange(self.out_features) if rows is None else rows
+            return self._mod.block_unpack_panels(self.packed, self.bits, rows)
         p = self.packed if rows is None else self.packed.index_select(0, rows)
         return self._mod.block_unpack(p, self.bits, self.in_features)
 

@@ -96,8 +96,10 @@ def test_block_kernel_matches_reference(isa, act, fmts, K, bits):
     parts = [Blocks.of(_tensor(f, n, K, seed=i)) for i, (f, n) in enumerate(zip(fmts, (7, 50, 13)))]
     w = build_block_weight(parts, torch.float32, "cpu")
     assert w.kernel == f"mindie_like block_linear ({isa}, {bits}-bit weights, {act} activations)"
-    assert w.nbytes == w.out_features * K * bits // 8 + w.scale.numel() * 4 + \
-        (0 if w.zero is None else w.zero.numel() * 4)
+    panels = (isa, act) == ("avx512vnni", "int8")
+    assert w.layout == ("panels" if panels else "rows")
+    rows = -(-w.out_features // 16) * 16 if panels else w.out_features        # panels: padded to 16 rows
+    assert w.nbytes == rows * K * bits // 8 + rows * K // w.group * 4 * (1 if w.zero is None else 2)
     ref_w = torch.cat([_reference(_tensor(f, n, K, seed=i)) for i, (f, n) in enumerate(zip(fmts, (7, 50, 13)))])
     assert torch.allclose(w.dequantize(torch.float32), ref_w, atol=1e-6, rtol=1e-6)
     g = torch.Generator().manual_seed(K)
@@ -138,13 +140,15 @@ def test_packed_at_the_files_width(fmt, bits, per_weight):
     """Each format packed at its own bit width; the values come back unchanged (embedding rows included)."""
     if cpu_kernels.load() is None:
         pytest.skip("no CPU kernels here")
-    t = _tensor(fmt, 6, 256)
+    t = _tensor(fmt, 32, 256)
     qw = build_block_weight([Blocks.of(t)], torch.float32, "cpu")
-    assert qw.bits == bits and qw.q is None and qw.nbytes == pytest.approx(6 * 256 * per_weight)
     ref = _reference(t)
-    assert torch.allclose(qw.dequantize(torch.float32), ref, atol=1e-6, rtol=1e-6)
-    ids = torch.tensor([[5, 0], [2, 5]])
-    assert torch.allclose(F.embedding(ids, qw), ref[ids], atol=1e-6, rtol=1e-6)
+    for isa in _isas():             # each layout: rows, and the VNNI kernel's 16-row panels
+        qw.use_kernel(isa, "int8")
+        assert qw.bits == bits and qw.q is None and qw.nbytes == pytest.approx(32 * 256 * per_weight)
+        assert torch.allclose(qw.dequantize(torch.float32), ref, atol=1e-6, rtol=1e-6)
+        ids = torch.tensor([[5, 0], [2, 31]])
+        assert torch.allclose(F.embedding(ids, qw), ref[ids], atol=1e-6, rtol=1e-6)
 
 
 def test_isa_choice_and_refusals(monkeypatch):
