@@ -83,6 +83,9 @@ def main():
     ap.add_argument("--prefill", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="default")
+    ap.add_argument("--keep-dense", action="store_true",
+                    help="keep the loader's dense copies (the per-step policy may then run large batches in bf16); "
+                         "default: dropped, so every matmul runs the mode's kernel")
     a = ap.parse_args()
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
     t = time.time()
@@ -91,6 +94,13 @@ def main():
     torch.set_num_threads(a.threads)
     ws = [lin.weight for lin in runner.model.linears()] + [runner.model.lm_head]
     blockw = [w for w in ws if hasattr(w, "use_kernel")]
+    pol = getattr(runner, "quant_policy", None)
+    print(f"policy: {pol.describe() if pol is not None else None}; dense copies "
+          f"{'kept' if a.keep_dense else 'dropped'}", flush=True)
+    if not a.keep_dense:
+        for w in ws:
+            if hasattr(w, "drop_dense"):
+                w.drop_dense()
     print(f"loaded in {time.time() - t:.0f} s; {len(blockw)} of {len(ws)} weights switchable; kernels: "
           f"{sorted({getattr(w, 'kernel', type(w).__name__) for w in ws})}", flush=True)
     modes = a.modes.split(",")
