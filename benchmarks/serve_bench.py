@@ -1,13 +1,20 @@
-"""Serving benchmark: our daemon (mutual TLS) against llama-cpp-python's OpenAI server (plain HTTP) on the same
-GGUF file, the same prompts with tools, greedy, at several concurrencies, in one run on this machine.
+"""Serving benchmark: our daemon (mutual TLS) against llama.cpp's own `llama-server` (plain HTTP; parallel slots,
+continuous batching) on the same GGUF file, the same prompts with tools, greedy, `ignore_eos`, at several
+concurrencies, in one run on this machine. llama-cpp-python's one-request-at-a-time server is a further peer
+(`--servers mindie_like,llama-server,llama-cpp-python`).
 
     PYTHONPATH=. python -m benchmarks.serve_bench --gguf models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct.gguf \\
         [--concurrency 1,4,16] [--requests 16] [--max-tokens 128] [--threads 2] [--profile-s 20]
 
+llama-server is built on first use from llama.cpp's source (benchmarks/llama_server.py; minutes) unless
+`--llama-server PATH` names a binary; it runs with `-np <highest level> -t/-tb <threads> --jinja` and
+`-c <slots x --slot-ctx>`, so no slot runs short of context.
+
 The servers run one after the other (never at the same time), each on 127.0.0.1 with `--threads` threads; each
 gets one warm-up request, then every concurrency level sends `--requests` requests (at least one per client) of
 benchmarks/loadgen's built-in prompt set, all with its two tools, streaming with stream_options.include_usage,
-temperature 0, `max_tokens` the same for both. Token counts: ours from `usage`; llama-cpp-python's stream has no
+temperature 0, `max_tokens` the same for all, `ignore_eos` (every request generates `max_tokens`; turn it off with
+`--no-ignore-eos`). Token counts: from each stream's `usage`; llama-cpp-python's stream has no
 usage, so its generated text (and tool-call arguments, if any) is counted with the model's tokenizer (loadgen's
 module doc has the exact definitions of TTFT, ITL and tok/s). llama-cpp-python's server serves one request at a
 time (a global lock around its one `Llama`; 0.3.x has no parallel-slots option), so its concurrency levels queue;
@@ -189,7 +196,7 @@ def bench_server(server: Server, levels: list[int], args, count_tokens=None, pro
                  save=lambda partial: None) -> dict:
     """Warm-up, then each level; `save(out)` after each level, so an interrupted run keeps what it measured."""
     common = dict(max_tokens=args.max_tokens, temperature=0.0, stream_fraction=1.0, tools_fraction=1.0,
-                  request_timeout=args.request_timeout, count_tokens=count_tokens)
+                  ignore_eos=args.ignore_eos, request_timeout=args.request_timeout, count_tokens=count_tokens)
     warm = asyncio.run(run_load(server.load_config(concurrency=1, requests=1, duration=600, **common)))
     out = {"warmup": warm.summary(), "levels": {}}
     for c in levels:
@@ -222,7 +229,36 @@ def table(results: dict, levels: list[int]) -> str:
                         f"{s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
                         f"{s['tpot_ms']['p50']} | {s['e2e_ms']['p50']} | {s['output_tokens']} | "
                         f"{s['errors'] or 0} |")
+    names = list(results)
+    if "mindie_like" in results and len(names) > 1:
+        rows += ["", "| concurrency | peer | ours / peer tok/s | peer / ours TTFT p50 | peer / ours ITL p50 |",
+                 "|---|---|---|---|---|"]
+        ratio = lambda a, b: round(a / b, 2) if a and b else None                          # noqa: E731
+        for c in levels:
+            o = results["mindie_like"]["levels"].get(c, {}).get("summary")
+            for name in names[1:]:
+                s = results[name]["levels"].get(c, {}).get("summary")
+                if o and s:
+                    rows.append(f"| {c} | {name} | {ratio(o['output_tok_s'], s['output_tok_s'])} | "
+                                f"{ratio(s['ttft_ms']['p50'], o['ttft_ms']['p50'])} | "
+                                f"{ratio(s['itl_ms']['p50'], o['itl_ms']['p50'])} |")
     return "\n".join(rows)
+
+
+def cpu_flags() -> dict:
+    """The CPU's model name and the SIMD flags that pick kernels (ours and llama.cpp's)."""
+    info = {"model": "?", "flags": []}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name":
+                info["model"] = val.strip()
+            elif key.strip() == "flags":
+                info["flags"] = sorted(f for f in val.split() if f.startswith(("avx", "amx", "fma", "f16c")))
+                break
+    except OSError:
+        pass
+    return info
 
 
 def parse_args(argv=None):
@@ -238,7 +274,11 @@ def parse_args(argv=None):
     p.add_argument("--request-timeout", type=float, default=1800)
     p.add_argument("--model-extra", default="{}",
                    help='JSON merged into our ModelConfig[0], e.g. \'{"quantization": "w4a16"}\'')
-    p.add_argument("--servers", default="mindie_like,llama-cpp-python")
+    p.add_argument("--servers", default="mindie_like,llama-server",
+                   help="comma-separated: mindie_like, llama-server, llama-cpp-python")
+    p.add_argument("--llama-server", type=Path, help="a llama-server binary (default: build it, see llama_server.py)")
+    p.add_argument("--slot-ctx", type=int, default=2048, help="llama-server context per slot (prompt + output)")
+    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false")
     p.add_argument("--profile-s", type=int, default=0, help="py-spy our daemon this long at the top level")
     p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/serve_<UTC time>.json)")
     return p.parse_args(argv)
@@ -255,7 +295,7 @@ def main(argv=None) -> int:
     results: dict = {}
     meta = {"gguf": str(gguf), "threads": args.threads, "max_tokens": args.max_tokens, "levels": levels,
             "requests": args.requests, "model_extra": json.loads(args.model_extra), "started": stamp,
-            "load_avg_before": os.getloadavg()}
+            "load_avg_before": os.getloadavg(), "cpu": cpu_flags(), "ignore_eos": args.ignore_eos}
     home = Path(tempfile.mkdtemp(prefix="serve_bench_"))
 
     def saver(name):
@@ -275,6 +315,17 @@ def main(argv=None) -> int:
                 bench_server(ours, levels, args, profile_to=spy_out, save=saver("mindie_like"))
             finally:
                 ours.stop()
+        if "llama-server" in wanted:
+            from benchmarks.llama_server import LlamaServer, ensure_built
+            binary = args.llama_server or ensure_built()
+            slots = max(levels)
+            peer = LlamaServer(binary, gguf, MODEL_NAME, args.threads, slots, slots * args.slot_ctx, free_port())
+            meta["llama_server"] = {"cmd": peer.cmd, "version": peer.version()}
+            peer.start()
+            try:
+                bench_server(peer, levels, args, count_tokens=token_counter(gguf), save=saver("llama-server"))
+            finally:
+                peer.stop()
         if "llama-cpp-python" in wanted:
             peer = LlamaCppServer(gguf, args.threads, args.n_ctx)
             peer.start()

@@ -1,6 +1,7 @@
 """A thin wrapper over a Hugging Face tokenizer: prompt encoding (one BOS, never two), counts, token texts."""
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from typing import Any, Optional
 
@@ -143,3 +144,19 @@ class Tokenizer:
             if isinstance(tid, int) and tid != unk and tid >= 0:
                 out[s] = tid
         return out
+
+
+_WRAPPED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def ensure_tokenizer(tokenizer) -> Tokenizer:
+    """A chat.Tokenizer for a Hugging Face tokenizer (one wrapper per tokenizer object)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    try:
+        wrapped = _WRAPPED.get(tokenizer)
+    except TypeError:
+        return Tokenizer(tokenizer)
+    if wrapped is None:
+        wrapped = _WRAPPED[tokenizer] = Tokenizer(tokenizer)
+    return wrapped

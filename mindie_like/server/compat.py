@@ -26,7 +26,7 @@ from aiohttp import web
 from ..protocol.compat import (GenerateSpec, InferRequest, StopInferRequest, TgiRequest, TokenizerRequest,
                                TritonRequest, VllmRequest, parse_compat, spec_of)
 from ..protocol.errors import ValidationFailure, invalid
-from ..serving.chat import ensure_tokenizer
+from ..chat.tokenizer import ensure_tokenizer
 from ..serving.common import dumps, sse
 from ..serving.generate import GenerateServing, GenerationResult, InflightRegistry, TokenEvent
 from .context import Backend, ServingContext

@@ -4,129 +4,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from contextlib import aclosing
 import time
-import weakref
-from dataclasses import dataclass, field
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Optional
 
 from ..chat.template import ChatTemplate, messages_for_template, tools_for_template
-from ..chat.tokenizer import Tokenizer
+from ..chat.tokenizer import ensure_tokenizer
 from ..chat.user_text import Fences, control_pattern, control_tokens
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import ChatCompletionRequest, parse_chat_request
-from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
-                     build_sampling_params, chat_logprob_entries, finish_reason_of, fit_prompt, new_call_id,
-                     refuse_untokenizable_length, sse, strip_end_of_turn, usage_dict)
+from ..reasoning import ChatOutputParser
+from .chat_output import ChatOutput, Choice, Prepared, TrimStream
+from .common import (DONE, Job, ObservedServing, Observer, ServingOptions, build_sampling_params,
+                     chat_logprob_entries, fit_prompt, refuse_untokenizable_length, sse)
 
 log = logging.getLogger("mindie_like.serving")
 
 REASONING_MARKERS = frozenset({"<think>", "</think>"})
 
 
-class _PassthroughParser:
-    """Used only when mindie_like.reasoning is not installed: all text is content."""
-
-    def __init__(self, **_):
-        pass
-
-    def parse(self, text):
-        return {"reasoning_content": None, "content": text, "tool_calls": []}
-
-    def new_stream(self):
-        return _PassthroughStream()
-
-
-class _PassthroughStream:
-    in_reasoning = False
-
-    def feed(self, delta):
-        return [{"content": delta}] if delta else []
-
-    def finish(self):
-        return []
-
-
-def default_output_parser_cls():
-    try:
-        from ..reasoning import ChatOutputParser  # type: ignore[attr-defined]
-        return ChatOutputParser
-    except ImportError:
-        log.warning("mindie_like.reasoning.ChatOutputParser is unavailable: tool calls and reasoning are not parsed")
-        return _PassthroughParser
-
-
-_WRAPPED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def ensure_tokenizer(tokenizer) -> Tokenizer:
-    """A chat.Tokenizer for a Hugging Face tokenizer (one wrapper per tokenizer object)."""
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
-    try:
-        wrapped = _WRAPPED.get(tokenizer)
-    except TypeError:
-        return Tokenizer(tokenizer)
-    if wrapped is None:
-        wrapped = _WRAPPED[tokenizer] = Tokenizer(tokenizer)
-    return wrapped
-
-
-@dataclass
-class _Prepared:
-    req: ChatCompletionRequest
-    request_id: str
-    response_id: str
-    created: int
-    prompt_ids: list[int]
-    jobs: list[Job]
-    tools: Optional[list[dict]]          # what the prompt shows and the parser accepts
-    parse_tools: bool                    # parse the family's tool-call syntax
-    reasoning: bool
-    args_mode: bool = False              # guided "arguments_json": the answer (after reasoning) is a call's JSON
-    args_function: Optional[str] = None  # ... the arguments of this function (None: {"name", "arguments"})
-    plan: Any = None
-    family: Optional[str] = None
-
-
-@dataclass
-class _Choice(OutputTally):
-    index: int
-    parts: list[str] = field(default_factory=list)
-    reasoning_tokens: int = 0
-    logprobs: list[dict] = field(default_factory=list)        # non-streaming: all; streaming: not yet sent
-    parser: Any = None
-    stream: Any = None                  # the parser's stream (streaming) or a reasoning-only counter stream
-    started: bool = False
-    call_opened: bool = False
-    done: bool = False
-    trim: Any = None                    # args mode: whitespace trimmer of the JSON text
-    args_buf: str = ""                  # args mode without a function name: held until the end
-
-
-class _TrimStream:
-    """Streams text without its leading and trailing whitespace (trailing whitespace held until more text)."""
-
-    def __init__(self):
-        self.started = False
-        self.held = ""
-
-    def feed(self, text: str) -> str:
-        if not self.started:
-            text = text.lstrip()
-            if not text:
-                return ""
-            self.started = True
-        body = text.rstrip()
-        if not body:
-            self.held += text
-            return ""
-        out = self.held + body
-        self.held = text[len(body):]
-        return out
-
-
-class ChatServing(ObservedServing):
+class ChatServing(ChatOutput, ObservedServing):
     """Serves /v1/chat/completions for one model.
 
     engine: implements mindie_like.engine.types.Engine. tokenizer: a chat.Tokenizer or a Hugging Face tokenizer.
@@ -152,7 +49,7 @@ class ChatServing(ObservedServing):
         self.family = getattr(tool_processor, "family", None)
         self.guided = guided
         self.options = options or ServingOptions()
-        self._parser_cls = output_parser_cls or default_output_parser_cls()
+        self._parser_cls = output_parser_cls or ChatOutputParser
 
     @classmethod
     def from_model(cls, engine, tokenizer, model_name: str, *, model_type: Optional[str] = None,
@@ -288,7 +185,7 @@ class ChatServing(ObservedServing):
             return True
         return bool(self.options.enable_reasoning)
 
-    async def _prepare(self, request_dict: dict, request_id: str, strict_tools: Optional[bool] = None) -> _Prepared:
+    async def _prepare(self, request_dict: dict, request_id: str, strict_tools: Optional[bool] = None) -> Prepared:
         req = parse_chat_request(request_dict, max_n=self.options.max_n)
         if req.model != self.model_name:
             raise invalid(f"model: Model not found: {json.dumps(req.model, ensure_ascii=False)}")
@@ -348,7 +245,7 @@ class ChatServing(ObservedServing):
                                            keep_special=frozenset(keep), logits_mask=mask,
                                            vocab_size=self.tokenizer.vocab_size)
             jobs.append(Job(i, ids, params, request_id if n == 1 else f"{request_id}-{i}"))
-        return _Prepared(req=req, request_id=request_id, response_id=f"chatcmpl-{request_id}",
+        return Prepared(req=req, request_id=request_id, response_id=f"chatcmpl-{request_id}",
                          created=int(time.time()), prompt_ids=ids, jobs=jobs, tools=tools, parse_tools=parse_tools,
                          reasoning=reasoning, args_mode=args_mode, args_function=args_function, plan=plan,
                          family=self.family)
@@ -381,7 +278,7 @@ class ChatServing(ObservedServing):
         """The family's grammar sorts reasoning / content / calls itself (gpt-oss): it always parses the output."""
         return bool(getattr(getattr(self.tool_processor, "spec", None), "channels", False))
 
-    def _make_parser(self, prep: _Prepared):
+    def _make_parser(self, prep: Prepared):
         channels = self._channels() and not prep.args_mode
         if not (prep.parse_tools or prep.reasoning or channels):
             return None
@@ -389,11 +286,11 @@ class ChatServing(ObservedServing):
                                 tools=prep.tools if prep.parse_tools else None, reasoning=prep.reasoning,
                                 lenient=self.options.lenient_recovery, request_id=prep.request_id)
 
-    def _new_choice(self, prep: _Prepared, index: int, streaming: bool) -> _Choice:
-        st = _Choice(index=index)
+    def _new_choice(self, prep: Prepared, index: int, streaming: bool) -> Choice:
+        st = Choice(index=index)
         st.parser = self._make_parser(prep)
         if prep.args_mode:
-            st.trim = _TrimStream()
+            st.trim = TrimStream()
         if st.parser is not None and streaming:
             st.stream = st.parser.new_stream()
         elif prep.reasoning:  # non-streaming: a reasoning-only stream just to count reasoning tokens
@@ -401,193 +298,3 @@ class ChatServing(ObservedServing):
             st.stream = self._parser_cls(processor=self.tool_processor if counter else None, tools=None,
                                          reasoning=True, lenient=False, request_id=prep.request_id).new_stream()
         return st
-
-    # ============================================================================================ per output
-    def _record(self, prep: _Prepared, st: _Choice, out) -> str:
-        """Bookkeeping shared by both modes; returns the output's text with end-of-turn tokens removed."""
-        ids = st.record(out)
-        return strip_end_of_turn(self.tokenizer, out.text_delta or "", ids)
-
-    # -------------------------------------------------------------------------------------------- non-streaming
-    def _final_message(self, prep: _Prepared, st: _Choice, text: str) -> tuple[dict, list]:
-        calls: list = []
-        reasoning_content = None
-        if prep.args_mode:
-            content = text
-            if st.parser is not None:  # reasoning first
-                r = st.parser.parse(text)
-                reasoning_content = r.get("reasoning_content")
-                content = r.get("content") or ""
-            calls = self._args_calls(prep, content.strip())
-            if calls:
-                content = ""
-        elif st.parser is not None:
-            r = st.parser.parse(text)
-            content = r.get("content") or ""
-            reasoning_content = r.get("reasoning_content")
-            calls = list(r.get("tool_calls") or [])
-            if not prep.req.parallel_tool_calls:
-                calls = calls[:1]  # where the grammar did not already enforce it (tool_choice "auto")
-        else:
-            content = text
-        msg = {"role": "assistant", "content": content}
-        if prep.reasoning and reasoning_content is not None:
-            msg["reasoning_content"] = reasoning_content
-        msg["tool_calls"] = calls
-        return msg, calls
-
-    def _args_calls(self, prep: _Prepared, json_text: str) -> list[dict]:
-        """Guided "arguments_json" output → calls. A named function keeps the model's JSON text as is (so the
-        streamed fragments concatenate to exactly it); otherwise {"name", "arguments"} is unpacked."""
-        pairs = None
-        if prep.args_function is not None:
-            try:
-                ok = isinstance(json.loads(json_text), dict)
-            except ValueError:
-                ok = False
-            pairs = [(prep.args_function, json_text)] if ok else None
-        elif hasattr(prep.plan, "extract_calls"):
-            pairs = prep.plan.extract_calls(json_text)
-        else:
-            try:
-                obj = json.loads(json_text)
-                if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-                    args = obj.get("arguments", obj.get("parameters", {}))
-                    pairs = [(obj["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False))]
-            except ValueError:
-                pass
-        return [{"id": new_call_id(prep.family), "type": "function", "function": {"name": n, "arguments": a}}
-                for n, a in pairs or ()]
-
-    def _response(self, prep: _Prepared, choices: list[_Choice]) -> dict:
-        out_choices = []
-        for st in choices:
-            text = "".join(st.parts)
-            msg, calls = self._final_message(prep, st, text)
-            out_choices.append({
-                "index": st.index, "message": msg,
-                "logprobs": {"content": st.logprobs} if prep.req.logprobs else None,
-                "finish_reason": "tool_calls" if calls else finish_reason_of(st.engine_finish),
-                "stop_reason": st.stop_reason,
-            })
-        body = {"id": prep.response_id, "object": "chat.completion", "created": prep.created,
-                "model": self.model_name, "choices": out_choices, "usage": self._usage(prep, choices)}
-        if benchmark_enabled(self.options) and choices:
-            body["prefill_time"] = round(choices[0].prefill_ms or 0)
-            body["decode_time_arr"] = [round(x) for x in choices[0].decode_ms]
-        return body
-
-    def _usage(self, prep: _Prepared, choices: list[_Choice]) -> dict:
-        prompt_tokens = (choices[0].prompt_tokens if choices and choices[0].prompt_tokens else len(prep.prompt_ids))
-        return usage_dict(prompt_tokens, sum(c.num_tokens for c in choices),
-                          choices[0].cached_tokens if choices else 0,
-                          sum(c.reasoning_tokens for c in choices))
-
-    # -------------------------------------------------------------------------------------------- streaming
-    def _chunk(self, prep: _Prepared, st: _Choice, delta: dict, finish: Optional[str] = None,
-               logprobs: Optional[list] = None, extra: Optional[dict] = None) -> dict:
-        choice = {"index": st.index, "delta": delta,
-                  "logprobs": {"content": logprobs} if logprobs is not None else None, "finish_reason": finish}
-        if finish is not None:
-            choice["stop_reason"] = st.stop_reason
-        obj = {"id": prep.response_id, "object": "chat.completion.chunk", "created": prep.created,
-               "model": self.model_name, "choices": [choice]}
-        if prep.req.include_usage and prep.req.stream_options.continuous_usage_stats:
-            obj["usage"] = usage_dict(st.prompt_tokens or len(prep.prompt_ids), st.num_tokens)
-        if extra:
-            obj.update(extra)
-        return obj
-
-    def _args_deltas(self, prep: _Prepared, st: _Choice, pieces: list[dict]) -> list[dict]:
-        """Args mode: reasoning passes through; the JSON text becomes the call's argument fragments."""
-        out = []
-        for d in pieces:
-            if d.get("reasoning_content"):
-                out.append({"reasoning_content": d["reasoning_content"]})
-            text = st.trim.feed(d.get("content") or "")
-            if not text:
-                continue
-            if prep.args_function is None:
-                st.args_buf += text
-                continue
-            if not st.call_opened:
-                st.call_opened = True
-                out.append({"tool_calls": [{"index": 0, "id": new_call_id(prep.family), "type": "function",
-                                            "function": {"name": prep.args_function, "arguments": ""}}]})
-            out.append({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
-        return out
-
-    def _args_finish(self, prep: _Prepared, st: _Choice) -> list[dict]:
-        out = self._args_deltas(prep, st, st.stream.finish() if st.stream is not None else [])
-        if prep.args_function is None and st.args_buf:
-            calls = self._args_calls(prep, st.args_buf)
-            if not calls:
-                out.append({"content": st.args_buf})
-            for i, c in enumerate(calls):
-                out.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
-                                            "function": {"name": c["function"]["name"], "arguments": ""}}]})
-                out.append({"tool_calls": [{"index": i, "function": {"arguments": c["function"]["arguments"]}}]})
-        return out
-
-    def _deltas_for(self, prep: _Prepared, st: _Choice, text: str) -> list[dict]:
-        if prep.args_mode:
-            pieces = (st.stream.feed(text) if text else []) if st.stream is not None else [{"content": text}]
-            return self._args_deltas(prep, st, pieces)
-        if st.stream is not None:
-            return st.stream.feed(text) if text else []
-        return [{"content": text}] if text else []
-
-    def _emit(self, prep: _Prepared, st: _Choice, deltas: list[dict]):
-        for d in deltas:
-            d = {k: v for k, v in d.items() if v is not None}
-            if "tool_calls" in d and not prep.req.parallel_tool_calls:
-                d["tool_calls"] = [tc for tc in d["tool_calls"] if tc.get("index", 0) == 0]
-                if not d["tool_calls"]:
-                    del d["tool_calls"]
-            if not d:
-                continue
-            lp = None
-            if prep.req.logprobs and st.logprobs:
-                lp, st.logprobs = st.logprobs, []
-            yield self._chunk(prep, st, d, logprobs=lp)
-
-    def _stream_step(self, prep: _Prepared, st: _Choice, out):
-        if not st.started:
-            st.started = True
-            yield self._chunk(prep, st, {"role": "assistant", "content": ""})
-        text = self._record(prep, st, out)
-        st.parts.append(text)
-        if out.logprobs and prep.req.logprobs:
-            st.logprobs.extend(chat_logprob_entries(self.tokenizer, out.logprobs))
-        in_reasoning = bool(prep.reasoning and st.stream is not None and getattr(st.stream, "in_reasoning", False))
-        deltas = self._deltas_for(prep, st, text)
-        if in_reasoning:
-            st.reasoning_tokens += len(out.new_token_ids or ())
-        yield from self._emit(prep, st, deltas)
-        if out.finished:
-            yield from self._stream_finish(prep, st)
-
-    def _stream_finish(self, prep: _Prepared, st: _Choice):
-        if st.done:
-            return
-        st.done = True
-        if not st.started:
-            st.started = True
-            yield self._chunk(prep, st, {"role": "assistant", "content": ""})
-        if prep.args_mode:
-            yield from self._emit(prep, st, self._args_finish(prep, st))
-        elif st.stream is not None:
-            yield from self._emit(prep, st, st.stream.finish())
-        if prep.parse_tools or prep.args_mode:
-            # the same verdict as the non-streaming answer: "tool_calls" exactly when the whole text has calls
-            _, calls = self._final_message(prep, _Choice(index=st.index, parser=self._make_parser(prep)),
-                                           "".join(st.parts))
-            finish = "tool_calls" if calls else finish_reason_of(st.engine_finish)
-        else:
-            finish = finish_reason_of(st.engine_finish)
-        extra = None
-        if st.index == 0 and benchmark_enabled(self.options):
-            extra = {"prefill_time": round(st.prefill_ms or 0), "decode_time_arr": [round(x) for x in st.decode_ms]}
-        lp = st.logprobs if (prep.req.logprobs and st.logprobs) else None
-        st.logprobs = []
-        yield self._chunk(prep, st, {}, finish=finish, logprobs=lp, extra=extra)

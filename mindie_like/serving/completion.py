@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Optional
 
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
 from ..protocol.requests import CompletionRequest, parse_completion_request
-from .chat import ensure_tokenizer
+from ..chat.tokenizer import ensure_tokenizer
 from .common import (DONE, Job, ObservedServing, Observer, OutputTally, ServingOptions, benchmark_enabled,
                      build_sampling_params, finish_reason_of, fit_prompt, refuse_untokenizable_length, sse,
                      usage_dict)

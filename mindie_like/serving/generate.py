@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Optional, Protocol
 from ..engine.types import RequestOutput, SamplingParams
 from ..protocol.compat import GenerateSpec
 from ..protocol.errors import INCOMPLETE_GENERATION, ValidationFailure, invalid
-from .chat import ensure_tokenizer
+from ..chat.tokenizer import ensure_tokenizer
 from .common import (Job, ObservedServing, Observer, ServingOptions, fit_prompt, pump, refuse_untokenizable_length,
                      usage_dict)
 
