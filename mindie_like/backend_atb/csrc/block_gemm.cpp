@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -608,8 +609,10 @@ torch::Tensor block_pack_panels(torch::Tensor q, int64_t bits) {
   auto out = torch::zeros({NP, NB, PBS}, torch::kUInt8);
   const int8_t* qp = qc.data_ptr<int8_t>();
   uint8_t* op = out.data_ptr<uint8_t>();
+  std::atomic<bool> bad_any{false};
+  at::parallel_for(0, NP, 16, [&](int64_t p0, int64_t p1) {
   bool bad = false;
-  for (int64_t pn = 0; pn < NP; ++pn)
+  for (int64_t pn = p0; pn < p1; ++pn)
     for (int64_t b = 0; b < NB; ++b) {
       uint8_t* pb = op + (pn * NB + b) * PBS;
       for (int r = 0; r < 16; ++r)
@@ -628,6 +631,9 @@ torch::Tensor block_pack_panels(torch::Tensor q, int64_t bits) {
             if ((u >> (4 + pl)) & 1) pb[256 + pl * 64 + c * 8 + (r * 4 + t) / 8] |= uint8_t(1u << ((r * 4 + t) % 8));
         }
     }
+  if (bad) bad_any = true;
+  });
+  const bool bad = bad_any;
   TORCH_CHECK(!bad, "block_pack_panels: values outside the signed ", bits, "-bit range");
   return out;
 }
