@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "block_gemm.cpp"
+#include "block_panels.cpp"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
