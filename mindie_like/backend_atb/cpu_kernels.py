@@ -34,6 +34,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -151,20 +152,50 @@ def _build_lock(build: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _build_dir() -> Path:
+    """<cache dir>/torch_extensions/cpu_kernels-<key>. The key covers everything torch writes into the build's
+    ninja file besides the sources' path: the sources' content (the included kernel files are not seen by torch's
+    own versioning), the flags, and torch's and Python's include and library folders (one per environment). The
+    sources are compiled from a copy inside that folder, so every checkout of the same code on the same
+    environment reuses one build: with the checkout's own path in the ninja file, two checkouts sharing the cache
+    rebuilt it in turn (a minute each time)."""
+    import sysconfig
+    from torch.utils import cpp_extension
+    from ..paths import cache_dir
+    env = [*cpp_extension.include_paths(), *cpp_extension.library_paths(), str(sysconfig.get_path("include"))]
+    key = hashlib.sha256()
+    for p in _source_files():
+        key.update(p.name.encode() + b"\0" + p.read_bytes())
+    key.update(" ".join(_CFLAGS + _LDFLAGS + env).encode())
+    return cache_dir() / "torch_extensions" / f"cpu_kernels-{key.hexdigest()[:12]}"
+
+
+def _source_files() -> list[Path]:
+    return sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
+
+
+def _copy_sources(build: Path) -> Path:
+    """The kernel sources copied once into `build`/src (under the build lock; the folder's name is their hash)."""
+    src = build / "src"
+    done = src / ".complete"
+    if not done.exists():
+        src.mkdir(parents=True, exist_ok=True)
+        for p in _source_files():
+            shutil.copyfile(p, src / p.name)
+        done.touch()
+    return src
+
+
 @functools.lru_cache(maxsize=1)
 def _build():
     try:
         from torch.utils.cpp_extension import load as load_ext
-        from ..paths import cache_dir
-        # keyed by the sources' content: the included kernel files are not seen by torch's own versioning
-        sources = sorted(_CSRC.glob("*.cpp")) + sorted(_CSRC.glob("*.h"))
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(_CFLAGS + _LDFLAGS).encode()
-                                ).hexdigest()[:12]
-        build = cache_dir() / "torch_extensions" / f"cpu_kernels-{digest}"
+        build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
         t = time.time()
         with _build_lock(build):
-            mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(_CSRC / s) for s in _SOURCES],
+            src = _copy_sources(build)
+            mod = load_ext(name="mindie_like_cpu_kernels", sources=[str(src / s) for s in _SOURCES],
                            build_directory=str(build), extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS, verbose=False)
         if time.time() - t > 2:
             log.info("built the CPU kernels (bf16 GEMV, int8/int4 matmuls) in %.0f s (once)", time.time() - t)

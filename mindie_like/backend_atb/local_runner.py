@@ -30,7 +30,8 @@ def load_local_runner(config: EngineConfig, parallel: Optional[ParallelSpec] = N
         threads = configure_threads(threads or config.num_threads)
     model_dir = resolve_model_dir(config.model_path, config.trust_remote_code, config.cache_dir)
     cfg = load_hf_config(model_dir, config.trust_remote_code)
-    cfg_dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    # transformers reads a config.json's torch_dtype into `dtype`; its torch_dtype property only warns
+    cfg_dtype = getattr(cfg, "dtype", None)
     dtype = choose_dtype(config.dtype, cfg_dtype, device)
     ok, why = own_path_supports(cfg)
     force_generic = config.force_generic

@@ -1,6 +1,7 @@
 """The own path: an architecture from `models/` over the paged KV cache and the op table."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,8 +14,12 @@ from .models import build_model
 from .ops import get_ops
 from .quant import checkpoint as quant_checkpoint
 from .quant import fp8_block
+from .quant.load_time import load_time_quantizer
 from .runner_base import BaseRunner
 from .weights import LoadStats, iter_safetensors
+
+log = logging.getLogger(__name__)
+
 
 class PagedModelRunner(BaseRunner):
     path = "own"
@@ -28,8 +33,11 @@ class PagedModelRunner(BaseRunner):
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not cpu_has_fast_bf16():
             act = torch.float32     # bf16 weights, float32 math where bf16 arithmetic is emulated
         self.load_stats = LoadStats()
+        # w8a16 / w4a16: each linear quantized as its last part loads, never the whole float model at once
+        self.load_quant = load_time_quantizer(config, model_dir, dtype, device)
         with torch.inference_mode():
-            self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act)
+            self.model = build_model(cfg, dtype, device, self.ops, parallel, act_dtype=act,
+                                     load_quant=self.load_quant)
             # a tensor-parallel rank reads only its shard of each tensor
             wanted, slicer, fp8 = self.model.wants_weight, self.model.weight_slice, None
             fp8_block_size = fp8_block.detect(model_dir)
@@ -43,6 +51,8 @@ class PagedModelRunner(BaseRunner):
             self.model.load_weights(prequantized.take(tensors) if prequantized else tensors, presliced=True)
             if prequantized:
                 prequantized.finish()
+        if self.load_quant is not None:
+            log.info("%s", self.load_quant.describe())
         from .quant.model import maybe_quantize  # weight-only quantization hook (quant/, issue 9)
         self.quant_policy = maybe_quantize(self.model, config,
                                            prequantized=prequantized.ckq.scheme if prequantized else None)

@@ -8,6 +8,8 @@ Reuse it from any e2e module:
         client = tiny_daemon.openai_client()      # openai.OpenAI over mutual TLS (async_client=True: AsyncOpenAI)
         url = tiny_daemon.base_url                # https://127.0.0.1:<port>
 
+    def test_y(chat_daemon):                       # the one daemon several chat-only modules share
+
     @pytest.fixture(scope="module")
     def my_daemon(daemon_factory, tiny_model):     # a daemon with config overrides
         return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10}, model={"models": {...}})
@@ -62,10 +64,17 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# The KV cache the test daemons get unless a test says otherwise (npuMemSize, GB): a tiny model's blocks are 64 KB,
+# so this holds ~200k tokens. The default (-1: a quarter of available RAM, zeroed at start) is GBs, and zeroing
+# it cost every daemon start seconds; tests/e2e/test_daemon.py keeps that default.
+TEST_KV_GB = 0.1
+
+
 def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: Optional[dict] = None,
                 backend: Optional[dict] = None, deploy: Optional[dict] = None, schedule: Optional[dict] = None,
                 model: Optional[dict] = None, top: Optional[dict] = None) -> dict:
-    """The repo's default conf/config.json pointed at `model_dir`, on `ports`, with overrides merged in."""
+    """The repo's default conf/config.json pointed at `model_dir`, on `ports`, with overrides merged in (and a
+    TEST_KV_GB KV cache unless `model` names npuMemSize)."""
     cfg = json.loads((REPO / "conf" / "config.json").read_text())
     ports = ports or free_ports(3)
     cfg["ServerConfig"].update(port=ports[0], managementPort=ports[1], metricsPort=ports[2])
@@ -75,6 +84,7 @@ def make_config(model_dir: Path, *, ports: Optional[list[int]] = None, server: O
     b["ScheduleConfig"] = deep_merge(b["ScheduleConfig"], schedule or {})
     m = b["ModelDeployConfig"]["ModelConfig"][0]
     m["modelWeightPath"] = str(model_dir)
+    m["npuMemSize"] = TEST_KV_GB
     b["ModelDeployConfig"]["ModelConfig"][0] = deep_merge(m, model or {})
     return deep_merge(cfg, top or {})
 
@@ -275,6 +285,38 @@ def daemon_factory(tmp_path_factory):
 
     yield factory
     for h in started:
+        h.stop()
+
+
+@pytest.fixture(scope="package")
+def chat_daemon(tmp_path_factory, tiny_model) -> DaemonHandle:
+    """One daemon shared by the modules that only send chat, Responses and Messages requests
+    (test_chat_completions, test_responses_and_messages): a tiny qwen2 model, room for 4096-token sequences, a
+    Responses store of 8. A daemon start less; their checks are per request or deltas of the metrics. Stopped
+    when the e2e tests end (idle until then: no CPU)."""
+    h = new_daemon(tmp_path_factory.mktemp("home"), tiny_model("qwen2"),
+                   deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072}, server={"responsesStoreSize": 8})
+    try:
+        yield h.start()
+    finally:
+        h.stop()
+
+
+# the capped daemon's connection cap (test_hardening floods it)
+CAPPED_MAX_LINK_NUM = 20
+
+
+@pytest.fixture(scope="package")
+def capped_daemon(tmp_path_factory, tiny_model) -> DaemonHandle:
+    """One daemon shared by the modules that throw fuzzed and hostile requests at it (test_hardening,
+    test_openapi_fuzz): a tiny qwen2 model whose answers are at most 4 tokens whatever a request asks
+    (maxIterTimes 4), CAPPED_MAX_LINK_NUM connections, and a typo'd ModelConfig key (warned about at start). Each
+    of their tests ends by checking the daemon still serves. Stopped when the e2e tests end."""
+    h = new_daemon(tmp_path_factory.mktemp("home"), tiny_model("qwen2"), server={"maxLinkNum": CAPPED_MAX_LINK_NUM},
+                   model={"npuMemSzie": 8}, schedule={"maxIterTimes": 4})
+    try:
+        yield h.start()
+    finally:
         h.stop()
 
 

@@ -53,9 +53,8 @@ def assert_valid_call(call) -> dict:
 
 
 @pytest.fixture(scope="module")
-def daemon(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072},
-                          model={"npuMemSize": 1})
+def daemon(chat_daemon):
+    return chat_daemon
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +134,13 @@ def _choices(daemon, seeds, **kw):
     return run_async(daemon, run)
 
 
-def test_required_single_call_100_seeds(daemon):
-    choices = _choices(daemon, range(100), tool_choice="required", parallel_tool_calls=False)
+# how many seeds (concurrent requests) the enforced-call checks sample: a batch by default, 100 under `fuzz`
+SEED_COUNTS = [16, pytest.param(100, marks=pytest.mark.fuzz)]
+
+
+@pytest.mark.parametrize("seeds", SEED_COUNTS)
+def test_required_single_call_across_seeds(daemon, seeds):
+    choices = _choices(daemon, range(seeds), tool_choice="required", parallel_tool_calls=False)
     for ch in choices:
         assert ch.finish_reason == "tool_calls", ch
         assert len(ch.message.tool_calls) == 1
@@ -153,8 +157,9 @@ def test_required_parallel_calls(daemon):
             assert_valid_call(call)
 
 
-def test_named_function_100_seeds(daemon):
-    for ch in _choices(daemon, range(200, 300),
+@pytest.mark.parametrize("seeds", SEED_COUNTS)
+def test_named_function_across_seeds(daemon, seeds):
+    for ch in _choices(daemon, range(200, 200 + seeds),
                        tool_choice={"type": "function", "function": {"name": "get_delivery_date"}}):
         assert ch.finish_reason == "tool_calls"
         assert [c.function.name for c in ch.message.tool_calls] == ["get_delivery_date"]

@@ -15,7 +15,9 @@ from mindie_like.server import certgen
 
 @pytest.fixture(scope="module")
 def d(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10, "maxRequestLength": 1})
+    # the shipped KV sizing (npuMemSize -1: a share of available RAM), which the other modules' daemons skip
+    return daemon_factory(tiny_model("qwen2"), server={"maxLinkNum": 10, "maxRequestLength": 1},
+                          model={"npuMemSize": -1})
 
 
 def curl(d, url, client="client", extra=()):

@@ -33,7 +33,7 @@ def demo(daemon_factory):
         pytest.fail(f"the demo model is not at {DEMO}: run bin/fetch_models (or set MINDIE_LIKE_DEMO_MODEL)")
     # the imported model is shared with the user's other runs (paths.cache_dir: the first import of a GGUF takes
     # a minute or more)
-    return daemon_factory(DEMO)
+    return daemon_factory(DEMO, model={"npuMemSize": -1})      # the shipped KV sizing, not the tiny models' cache
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,8 @@ def valid_weather(args: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemon(daemon_factory, tiny_model):
-    return daemon_factory(tiny_model("qwen2"), deploy={"maxSeqLen": 4096, "maxInputTokenLen": 3072},
-                          server={"responsesStoreSize": 8})
+def daemon(chat_daemon):
+    return chat_daemon
 
 
 @pytest.fixture(scope="module")

@@ -334,6 +334,7 @@ def reassemble(events, index=0) -> dict:
                 c["arguments"] += fn.get("arguments") or ""
             if ch.get("finish_reason"):
                 msg["finish_reason"] = ch["finish_reason"]
+    assert sorted(calls) == list(range(len(calls))), "tool call indexes 0, 1, ... without gaps"
     msg["tool_calls"] = [{"id": c["id"], "type": c["type"], "function": {"name": c["name"],
                                                                         "arguments": c["arguments"]}}
                          for _, c in sorted(calls.items())]

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tool_call.tc_helpers import (ALL_FAMILIES, FUZZ_PIECES, MARKERS_TEXT, assemble, calls_of, proc, render,
-                                  run_stream)
+from tests.support.tool_call_text import render
+from tool_call.tc_helpers import ALL_FAMILIES, FUZZ_PIECES, MARKERS_TEXT, assemble, calls_of, proc, run_stream
 
 FULL = int(os.environ.get("MINDIE_FUZZ_EXAMPLES", "2000"))
 # JSON-argument formats: render() writes their arguments as JSON text, so any JSON value must survive

@@ -96,14 +96,23 @@ class Module:
 
 class Placement:
     """Where a model's weights live and how they split: weight dtype, activation dtype (norms, biases, KV cache),
-    device, and this rank's ParallelSpec."""
+    device, and this rank's ParallelSpec. `load_quant` (quant/load_time.py): linears are quantized while the
+    checkpoint streams in, so their float weights are allocated one linear at a time at load, not at build."""
 
-    def __init__(self, dtype: torch.dtype, act_dtype: torch.dtype, device: torch.device, par):
+    def __init__(self, dtype: torch.dtype, act_dtype: torch.dtype, device: torch.device, par, load_quant=None):
         self.dtype, self.act_dtype, self.device, self.par = dtype, act_dtype, device, par
+        self.load_quant = load_quant
 
     def empty(self, *shape) -> torch.Tensor:
         """A weight (zeroed: padding rows of a split that does not divide stay zero)."""
         return torch.zeros(*shape, dtype=self.dtype, device=self.device)
+
+    def linear_weight(self, *shape) -> torch.Tensor:
+        """A linear's float weight: allocated now, or (quantizing at load) a meta tensor that only says its shape
+        until the linear's first checkpoint part arrives (LinearBase.fill_rows)."""
+        if self.load_quant is None:
+            return self.empty(*shape)
+        return torch.empty(*shape, dtype=self.dtype, device="meta")
 
     def small(self, *shape) -> torch.Tensor:
         """A norm weight or a bias: kept in the activation dtype."""

@@ -27,8 +27,9 @@ class LinearBase(Component):
         self.prefix = prefix
         self.pl = pl
         self.in_features, self.out_features = in_local, out_local
-        self.weight = pl.empty(out_local, in_local)
+        self.weight = pl.linear_weight(out_local, in_local)
         self.bias: Optional[torch.Tensor] = pl.small(out_local) if bias else None
+        self.rows_loaded = 0
 
     def leaves(self) -> list[str]:
         return ["weight", "bias"] if self.bias is not None else ["weight"]
@@ -42,10 +43,28 @@ class LinearBase(Component):
 
     def load(self, leaf: str, tensor: torch.Tensor, shard_id=None) -> None:
         off, rows = self.part_rows(shard_id)
-        dst = self.weight if leaf == "weight" else self.bias
-        if dst is None:
+        if leaf == "weight":
+            self.fill_rows(off, rows, tensor, f"{self.prefix}.{leaf}")
+            return
+        if self.bias is None:
             raise ValueError(f"unexpected weight {self.prefix}.{leaf} (the config says no bias)")
-        copy_into(dst.narrow(0, off, rows), tensor, f"{self.prefix}.{leaf}")
+        copy_into(self.bias.narrow(0, off, rows), tensor, f"{self.prefix}.{leaf}")
+
+    def fill_rows(self, off: int, rows: int, tensor: torch.Tensor, name: str) -> None:
+        """Copies rows [off, off + rows) of this rank's weight in. Quantizing at load (`pl.load_quant`), the float
+        weight is allocated by the first part and quantized as soon as the last part is in."""
+        lq = self.pl.load_quant
+        if lq is None:
+            copy_into(self.weight.narrow(0, off, rows), tensor, name)
+            return
+        if not isinstance(self.weight, torch.Tensor):
+            raise ValueError(f"weight {name}: loaded twice (the checkpoint has it in two layouts)")
+        if self.weight.is_meta:
+            self.weight = lq.float_buffer(self)
+        copy_into(self.weight.narrow(0, off, rows), tensor, name)
+        self.rows_loaded += rows
+        if self.rows_loaded >= self.out_features:
+            self.weight = lq.finish(self)
 
     def forward(self, ops, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)

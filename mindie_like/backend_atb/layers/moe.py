@@ -41,6 +41,7 @@ class ExpertLinear(LinearBase):
         self.prefix, self.pl, self.kind = prefix, pl, kind
         self.out_features, self.in_features = weight.shape
         self.weight, self.bias = weight, None
+        self.rows_loaded = 0
         self.tp_rank, self.tp_size = moe_tp
         if kind == "w13":
             self.sources = [(prefix + ".gate_proj", 0), (prefix + ".up_proj", 1)]
@@ -79,8 +80,8 @@ class FusedMoE(Component):
         self.first, self.n_local, tp_rank, tp_size = expert_layout(pl.par, num_experts, intermediate)
         self.i_total, self.i_local = intermediate, intermediate // tp_size
         self.tp = (tp_rank, tp_size)
-        w13 = pl.empty(self.n_local, 2 * self.i_local, hidden)
-        w2 = pl.empty(self.n_local, hidden, self.i_local)
+        w13 = pl.linear_weight(self.n_local, 2 * self.i_local, hidden)
+        w2 = pl.linear_weight(self.n_local, hidden, self.i_local)
         self.w13 = [ExpertLinear(f"{prefix}.{self.first + e}", w13[e], pl, "w13", self.tp)
                     for e in range(self.n_local)]
         self.w2 = [ExpertLinear(f"{prefix}.{self.first + e}", w2[e], pl, "w2", self.tp)
@@ -103,7 +104,7 @@ class FusedMoE(Component):
     def load(self, leaf: str, tensor: torch.Tensor, shard_id=None) -> list[str]:
         experts = self.w2 if leaf == "down_proj" else self.w13
         for e, lin in enumerate(experts):
-            copy_into(lin.weight, tensor[e], f"{self.prefix}.{leaf}[{self.first + e}]")
+            lin.fill_rows(0, lin.out_features, tensor[e], f"{self.prefix}.{leaf}[{self.first + e}]")
         return [f"{src}.weight" for lin in experts for src, _ in lin.source_prefixes()]
 
     def forward(self, ops, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -59,11 +59,11 @@ def check_tensor_parallel(cfg, world_size: int, moe_ep: int = 1) -> Optional[str
     return None if cls is None or world_size == 1 else cls.parallel_refusal(cfg, world_size, moe_ep)
 
 
-def build_model(cfg, dtype, device, ops, parallel=None, act_dtype=None):
+def build_model(cfg, dtype, device, ops, parallel=None, act_dtype=None, load_quant=None):
     cls = model_class(cfg)
     if cls is None:
         raise ValueError(f"model_type {cfg.model_type!r} has no own implementation")
-    return cls(cfg, dtype, device, ops, parallel, act_dtype=act_dtype)
+    return cls(cfg, dtype, device, ops, parallel, act_dtype=act_dtype, load_quant=load_quant)
 
 
 __all__ = ["register", "registered_model_types", "model_class", "own_path_supports", "check_tensor_parallel",

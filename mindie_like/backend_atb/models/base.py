@@ -40,10 +40,11 @@ class CausalLM:
     """Subclasses set `build()`; `supports(cfg)` and `parallel_refusal(cfg, world)` say what they cannot run."""
 
     def __init__(self, cfg, dtype: torch.dtype, device: torch.device, ops, parallel: Optional[ParallelSpec] = None,
-                 act_dtype: Optional[torch.dtype] = None):
+                 act_dtype: Optional[torch.dtype] = None, load_quant=None):
         """dtype: the weights' dtype. act_dtype: activations, norms, biases and the KV cache (default: dtype);
         float32 with bf16 weights on CPUs without native bf16 ("W16A32": weights streamed as bf16, all math in
-        float32, which is both faster and more accurate there)."""
+        float32, which is both faster and more accurate there). load_quant: quantize each linear as it loads
+        (quant/load_time.py)."""
         self.cfg = cfg
         self.model_type = cfg.model_type
         self.dtype, self.device, self.ops = dtype, device, ops
@@ -53,7 +54,7 @@ class CausalLM:
         why = self.parallel_refusal(cfg, self.par.size, self.par.moe_ep) if self.par.size > 1 else None
         if why:
             raise ValueError(why)
-        self.pl = Placement(dtype, self.act_dtype, device, self.par)
+        self.pl = Placement(dtype, self.act_dtype, device, self.par, load_quant)
         self.vocab_size = cfg.vocab_size
         self.num_layers = cfg.num_hidden_layers
         # checkpoint names another loader fills (the pre-quantized linears: quant/checkpoint.py)

@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 
 from ..layers import MergedColumnParallelLinear, RMSNorm, RotaryEmbedding, RowParallelLinear
-from ..layers.component import copy_into
 from ..layers.interleaved_rope import rotary_dim_of
 from ..layers.rotary import SUPPORTED_ROPE, rope_type_of
 from . import register
@@ -38,7 +37,7 @@ class CheckpointFusedGateUp(MergedColumnParallelLinear):
         n, r = self.local_sizes[0], self.pl.par.rank
         for part in (0, 1):
             rows = tensor.narrow(0, part * self.intermediate + r * n, n)
-            copy_into(self.weight.narrow(0, self.offsets[part], n), rows, f"{self.prefix}.{leaf}[{part}]")
+            self.fill_rows(self.offsets[part], n, rows, f"{self.prefix}.{leaf}[{part}]")
 
 
 class GlmMLP(MLP):

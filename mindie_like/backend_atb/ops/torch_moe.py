@@ -7,11 +7,13 @@
     fused_experts(ops, x, weights, ids, w13, w2, first_expert) -> [T, H]
         the (token, expert) pairs sorted by expert id, one gate/up matmul, SwiGLU and down matmul per active
         expert over exactly its rows (`ops.linear`, so quantized expert weights use their own kernels), scaled by
-        the routing weight and summed back per token (index_add). Experts outside [first_expert, first_expert +
+        the routing weight and summed back per token (the outputs put back in (token, slot) order, one batched
+        matmul with the weights: index_add into few rows is very slow on CPU). Experts outside [first_expert, first_expert +
         len(w13)) are another rank's (expert parallelism): their pairs are dropped here.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -60,28 +62,74 @@ def select_experts(logits: torch.Tensor, spec: RoutingSpec,
 
 
 def fused_experts(ops, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w13: list, w2: list,
-                  first_expert: int = 0) -> torch.Tensor:
+                  first_expert: int = 0, workers: int = 1) -> torch.Tensor:
     T, H = x.shape
     k = ids.shape[1]
     n_local = len(w13)
-    local = ids.reshape(-1) - first_expert
-    pair = torch.arange(T * k, device=x.device)
-    inside = (local >= 0) & (local < n_local)
-    if not bool(inside.all()):
-        local, pair = local[inside], pair[inside]
-    out = torch.zeros(T, H, dtype=x.dtype, device=x.device)
-    if pair.numel() == 0:
-        return out
-    local, order = torch.sort(local, stable=True)
-    pair = pair[order]
-    tokens = pair // k
-    counts = torch.bincount(local, minlength=n_local)
-    active = torch.nonzero(counts).flatten()
-    ends = torch.cumsum(counts, 0)
-    xs = x.index_select(0, tokens)
+    local = ids.reshape(-1)
+    if first_expert:
+        local = local - first_expert
+    # one sort of the (token, expert) pairs; pairs of another rank's experts sort past the local ones
+    foreign = (local < 0) | (local >= n_local)
+    some_foreign = bool(foreign.any())
+    if some_foreign:
+        local = local.masked_fill(foreign, n_local)
+    local, pair = torch.sort(local, stable=True)
+    counts = torch.bincount(local, minlength=n_local + 1).tolist()      # the step's one host sync
+    n_pairs = T * k - counts[n_local]
+    if n_pairs == 0:
+        return x.new_zeros(T, H)
+    pair = pair[:n_pairs]
+    xs = x.index_select(0, pair // k)
     ys = torch.empty_like(xs)
-    for e, end, n in zip(active.tolist(), ends[active].tolist(), counts[active].tolist()):
-        seg = xs[end - n:end]
-        ys[end - n:end] = ops.linear(ops.silu_and_mul(ops.linear(seg, w13[e])), w2[e])
-    ys = ys * weights.reshape(-1)[pair].to(ys.dtype)[:, None]
-    return out.index_add_(0, tokens, ys)
+    segments, end = [], 0
+    for e in range(n_local):        # empty experts cost one comparison
+        n = counts[e]
+        if n:
+            segments.append((e, end, n))
+            end += n
+
+    def run(part):
+        for e, start, n in part:
+            seg = xs[start:start + n]
+            ys[start:start + n] = ops.linear(ops.silu_and_mul(ops.linear(seg, w13[e])), w2[e])
+    if workers > 1 and n_pairs >= MIN_PAIRS_PER_THREAD * workers:
+        _run_split(run, segments, workers)
+    else:
+        run(segments)
+    # back to (token, slot) order, then each token's k outputs weighted and summed in one batched matmul
+    # (index_add into few rows with repeated indices is slow on CPU)
+    per_pair = x.new_zeros(T * k, H) if some_foreign else torch.empty(T * k, H, dtype=x.dtype, device=x.device)
+    per_pair.index_copy_(0, pair, ys)
+    return torch.bmm(weights.to(x.dtype).view(T, 1, k), per_pair.view(T, k, H)).view(T, H)
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+# below this many (token, expert) pairs per thread, handing experts to another thread costs more than it saves
+# (a single-stream decode step of a top-8 model runs its experts on one thread)
+MIN_PAIRS_PER_THREAD = 8
+
+
+def _run_split(run, segments: list, workers: int) -> None:
+    """The active experts split into `workers` shares of about equal rows, one per thread (this one and pool
+    threads). On CPU a decode step's experts get a few rows each, and one small matmul cannot keep two cores
+    busy (its fork/join costs about what its work does): several experts at once, each matmul on its own
+    thread, can. Each share writes its own rows of the output."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers - 1:
+        _POOL = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="moe-experts")
+    shares: list[list] = [[] for _ in range(workers)]
+    rows = [0] * workers
+    for seg in sorted(segments, key=lambda s: -s[2]):       # largest first onto the least loaded share
+        i = rows.index(min(rows))
+        shares[i].append(seg)
+        rows[i] += seg[2]
+    inference = torch.is_inference_mode_enabled()
+
+    def in_mode(part):
+        with torch.inference_mode(inference):
+            run(part)
+    futures = [_POOL.submit(in_mode, part) for part in shares[1:] if part]
+    run(shares[0])
+    for f in futures:
+        f.result()

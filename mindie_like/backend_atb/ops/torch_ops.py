@@ -45,6 +45,9 @@ class TorchOps:
     name = "torch"
 
     def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+        # CPU: a step's active experts split over torch's thread count, each matmul single-threaded
+        # (torch_moe._run_split); off until measured on a machine no other job shares (benchmarks/bench_moe.py)
+        self.moe_expert_threads = False
         self._gemv = None
         self._f32 = None        # own float32 kernels (cpu_kernels.py: RMSNorm, decode attention, silu*up), CPUs
                                 # without native bf16
@@ -124,7 +127,8 @@ class TorchOps:
     def moe_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, layer) -> torch.Tensor:
         """This rank's experts (`layer`: a layers.moe.FusedMoE) applied to the tokens routed to them -> [T, H]."""
         w13, w2 = layer.expert_weights()
-        return fused_experts(self, x, weights, ids, w13, w2, layer.first)
+        workers = torch.get_num_threads() if x.device.type == "cpu" and self.moe_expert_threads else 1
+        return fused_experts(self, x, weights, ids, w13, w2, layer.first, workers)
 
     # ---- KV cache and attention ----------------------------------------------------------------------------
     @staticmethod

@@ -55,8 +55,9 @@ def _group_for(k: int, wanted: int) -> Optional[int]:
     return None
 
 
-def _quantize(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name="",
-              keep_dense=False):
+def quantize_one(w: torch.Tensor, scheme: str, group_size: int, dtype, device, keep_rows=False, name="",
+                 keep_dense=False):
+    """One float weight -> its QuantizedWeight (a W4A16 weight with no group size dividing K stays float)."""
     if isinstance(w, QuantizedWeight):
         return w
     if scheme == "w4a16":
@@ -115,7 +116,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
             if keep_dense:
                 w.materialize_dense()
             return w
-        return _quantize(w, scheme, group_size, dtype, device, keep_dense=keep_dense, **kw) if float_too else w
+        return quantize_one(w, scheme, group_size, dtype, device, keep_dense=keep_dense, **kw) if float_too else w
 
     for lin in model.linears():
         w = take(lin.weight, name=lin.prefix)
@@ -148,7 +149,7 @@ def quantize_model(model, scheme: str, group_size: int = DEFAULT_GROUP_SIZE, den
 def _dense_wanted(model, dense: str) -> tuple[bool, str]:
     if dense == "never":
         return False, "quant_dense never"
-    numel = sum(lin.weight.numel() for lin in model.linears()) + model.lm_head.numel()
+    numel = sum(_parameters(lin.weight) for lin in model.linears()) + _parameters(model.lm_head)
     dense_bytes = numel * torch.tensor([], dtype=model.dtype).element_size()
     ok, why = dense_allowed(dense_bytes, model.device)
     if dense == "always":
@@ -156,6 +157,11 @@ def _dense_wanted(model, dense: str) -> tuple[bool, str]:
     if not ok:
         log.info("quantization: no dense copy (%s): quantized kernels at every batch size", why)
     return ok, why
+
+
+def _parameters(w) -> int:
+    """Values in a weight (a QuantizedWeight built at load counts its [N, K], not its bytes)."""
+    return w.out_features * w.in_features if isinstance(w, QuantizedWeight) else w.numel()
 
 
 def _build_policy(model, qweights, keep_dense: bool, why: str, crossover, dense_dtype: str = "auto") -> QuantPolicy:

@@ -9,9 +9,9 @@ import torch
 
 from tests.support.driver import Driver
 from tests.support.backend_helpers import load_runner, prompt
+from tests.support.native import NATIVE_KERNELS
 
-# the own C++ kernels run here: a crash fails this module only (one subprocess for it)
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 FAMILIES = [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("mistral", {"sliding_window": 8})]
 

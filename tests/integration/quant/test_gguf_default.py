@@ -17,8 +17,9 @@ from tests.support.backend_helpers import load_runner, prompt  # noqa: E402
 from mindie_like.backend_atb import cpu_kernels  # noqa: E402
 from mindie_like.backend_atb.quant import QuantizedWeight  # noqa: E402
 from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight  # noqa: E402
+from tests.support.native import NATIVE_KERNELS
 
-pytestmark = pytest.mark.isolated        # the own kernels run here: a crash fails this module only
+pytestmark = NATIVE_KERNELS
 
 LINEARS = ("qkv", "o", "gate_up", "down")
 

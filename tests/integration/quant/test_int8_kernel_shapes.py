@@ -14,8 +14,9 @@ from mindie_like.backend_atb import ModelRunner, cpu_kernels
 from mindie_like.backend_atb.quant import Int8Weight
 from mindie_like.backend_atb.quant.weight import NATIVE_INT8
 from tests.support.engine_fakes import make_engine_config
+from tests.support.native import NATIVE_KERNELS
 
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 # hidden 104 (q/k/v/gate/up/lm_head in_features; 4 heads of 26), intermediate 120 (down's)
 SHAPES = dict(hidden_size=104, intermediate_size=120, num_attention_heads=4, num_key_value_heads=2,

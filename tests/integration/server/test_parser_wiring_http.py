@@ -3,9 +3,11 @@ In-process (no daemon subprocess, no model): an integration test of the assemble
 
 The daemon's own assembly runs in-process around a test backend: the repo's conf/config.json (loaded by
 mindie_like.config, with `models.<model_type>.tool_call_options.tool_call_parser` set per family) →
-`assembly.build_context` → `server.Server` with the daemon's route table and TLS factory, on free ports. The backend is the real Qwen2.5 tokenizer with the families' special tokens added, an hf_config with
-the family's model_type, and a FakeEngine (tests/support/serving_fakes.py) that replays what a model of that family writes,
-one token per step, detokenizing as the request's skip_special_tokens / the serving layer's keep list say.
+`assembly.build_context` → `server.Server` with the daemon's route table and TLS factory, on free ports. The
+backend is the real Qwen2.5 tokenizer with the families' special tokens added, an hf_config with the family's
+model_type, and a FakeEngine (tests/support/serving_fakes.py) that replays what a model of that family writes (the
+table in tests/support/family_scripts.py, which tests/unit/serving replays through ChatServing), one token per
+step, detokenizing as the request's skip_special_tokens / the serving layer's keep list say.
 Requests go through the official `openai` client (raw bodies read as well, so the wire format is checked exactly).
 """
 from __future__ import annotations
@@ -27,129 +29,17 @@ from mindie_like.config import load_config, to_engine_config  # noqa: E402
 from mindie_like.assembly import ROUTES, build_context, ssl_factory  # noqa: E402
 from mindie_like.server import Backend, Server  # noqa: E402
 from mindie_like.server.tls import client_ssl_context  # noqa: E402
+from tests.support.family_scripts import (CALLS, CONTENT, DS_B, DS_CB, DS_CE, DS_E, DS_S, FAMILIES,  # noqa: E402
+                                          MARKER_RE, MESSAGES, THOUGHT, TOOLS, check_clean, deepseek_v3_calls,
+                                          hermes_calls)
 from tests.support.serving_fakes import QWEN_TOKENIZER, FakeEngine, load_test_tokenizer  # noqa: E402
+from tests.support.serving_fakes import reassemble as reassemble_choice  # noqa: E402
 
 from tests.e2e.conftest import free_ports, gen_certs, make_config  # noqa: E402
 
-TOOLS = [{"type": "function", "function": {"name": n, "description": d, "parameters": {
-    "type": "object", "properties": p, "required": list(p)}}}
-    for n, d, p in [("get_weather", "Weather of a city", {"city": {"type": "string"}, "days": {"type": "integer"}}),
-                    ("get_time", "Time in a time zone", {"tz": {"type": "string"}})]]
-CALLS = [("get_weather", {"city": "Paris 巴黎", "days": 3}), ("get_time", {"tz": "CET"})]
-MESSAGES = [{"role": "user", "content": "Weather in Paris for 3 days, and the time in CET?"}]
-CONTENT = "I will check both."
-DS_B, DS_E, DS_CB, DS_CE, DS_S = ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
-                                  "<｜tool▁call▁end｜>", "<｜tool▁sep｜>")
-EOS_QWEN, EOS_DS, EOS_LLAMA, EOS_GLM, EOS_MISTRAL = ("<|im_end|>", "<｜end▁of▁sentence｜>", "<|eot_id|>",
-                                                     "<|observation|>", "</s>")
-END_OF_TURN = (EOS_QWEN, EOS_DS, EOS_LLAMA, EOS_GLM, EOS_MISTRAL, "<|endoftext|>", "<|user|>", "[e~[",
-               "<|return|>", "<|call|>", "<seed:eos>", "<|eot|>")
-MARKER_RE = re.compile(r"<tool_call>|</tool_call>|<\|python_tag\|>|｜tool|\[TOOL_CALLS\]|✿|<function=|DSML|"
-                       r"<\|assistant\|>|\"name\"|tool_call\(|<\|tool_call|<arg_key>|<arg_value>|minimax|<invoke|"
-                       r"<parameter|<seed:|<\|channel\||<\|message\||<\|start\||to=functions|<\|python_start\||"
-                       r"get_weather\(")
-THOUGHT = ("The user wants two lookups. Writing <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"tz\": \"UTC\"}}"
-           "\n</tool_call> here is only a thought.")
-
-
-def j(x) -> str:
-    return json.dumps(x, ensure_ascii=False)
-
-
-def _hermes() -> str:
-    return "\n".join(f'<tool_call>\n{{"name": "{n}", "arguments": {j(a)}}}\n</tool_call>' for n, a in CALLS)
-
-
-def _xml(v) -> str:
-    return v if isinstance(v, str) else j(v)
-
-
-def _ds_v3() -> str:
-    return DS_B + "".join(f"{DS_CB}function{DS_S}{n}\n```json\n{j(a)}\n```{DS_CE}" for n, a in CALLS) + DS_E
-
-
-# case -> (model_type, tool_call_parser, enable_reasoning, end-of-turn token, what the model writes, content)
-FAMILIES = {
-    "qwen2_5": ("qwen2", "qwen2_5", False, EOS_QWEN, CONTENT + "\n" + _hermes(), CONTENT),
-    "qwen3": ("qwen3", "qwen3", True, EOS_QWEN,
-              f"<think>\n{THOUGHT}\n</think>\n\n{CONTENT}\n" + _hermes(), CONTENT),
-    "hermes": ("qwen2", "hermes", False, EOS_QWEN, CONTENT + "\n" + _hermes(), CONTENT),
-    "llama3_python_tag": ("llama", "llama3", False, EOS_LLAMA,
-                          "<|python_tag|>" + "; ".join(f'{{"name": "{n}", "parameters": {j(a)}}}' for n, a in CALLS),
-                          ""),
-    "llama3_json": ("llama", "llama3", False, EOS_LLAMA,
-                    "; ".join(f'{{"name": "{n}", "parameters": {j(a)}}}' for n, a in CALLS), ""),
-    "mistral": ("mistral", "mistral", False, EOS_MISTRAL,
-                CONTENT + "[TOOL_CALLS] [" + ", ".join(f'{{"name": "{n}", "arguments": {j(a)}}}' for n, a in CALLS)
-                + "]", CONTENT),
-    "deepseek_v3": ("deepseek_v3", "deepseek_v3", False, EOS_DS, CONTENT + _ds_v3(), CONTENT),
-    "deepseek_v31": ("deepseek_v3", "deepseek_v31", False, EOS_DS,
-                     CONTENT + DS_B + "".join(f"{DS_CB}{n}{DS_S}{j(a)}{DS_CE}" for n, a in CALLS) + DS_E, CONTENT),
-    "deepseek_v32": ("deepseek_v32", "deepseek_v32", False, EOS_DS,
-                     CONTENT + "\n\n<｜DSML｜function_calls>\n" + "".join(
-                         f'<｜DSML｜invoke name="{n}">\n' + "".join(
-                             f'<｜DSML｜parameter name="{k}" string="{"true" if isinstance(v, str) else "false"}">'
-                             f'{_xml(v)}</｜DSML｜parameter>\n' for k, v in a.items()) + "</｜DSML｜invoke>\n"
-                         for n, a in CALLS) + "</｜DSML｜function_calls>", CONTENT),
-    "glm4": ("glm4", "glm4", False, EOS_GLM,
-             CONTENT + "<|assistant|>" + "<|assistant|>".join(f"{n}\n{j(a)}" for n, a in CALLS), CONTENT),
-    "chatglm3": ("chatglm", "chatglm3", False, EOS_GLM,
-                 CONTENT + "<|assistant|>" + "<|assistant|>".join(
-                     f"{n}\n```python\ntool_call(" + ", ".join(f"{k}={v!r}" for k, v in a.items()) + ")\n```"
-                     for n, a in CALLS), CONTENT),
-    "qwen1_5_or_2": ("qwen2", "qwen1_5_or_2", False, EOS_QWEN,
-                     CONTENT + "\n" + "".join(f"✿FUNCTION✿: {n}\n✿ARGS✿: {j(a)}\n" for n, a in CALLS), CONTENT),
-    "qwen3_coder": ("qwen3_moe", "qwen3_coder", False, EOS_QWEN,
-                    CONTENT + "\n" + "\n".join(
-                        f"<tool_call>\n<function={n}>\n" + "".join(f"<parameter={k}>\n{v}\n</parameter>\n"
-                                                                   for k, v in a.items()) + "</function>\n</tool_call>"
-                        for n, a in CALLS), CONTENT),
-}
-def _params(open_k, close_k, a) -> str:
-    return "".join(f"{open_k.format(k=k)}{_xml(v)}{close_k}" for k, v in a.items())
-
-
-def _harmony() -> str:
-    return (f"<|channel|>analysis<|message|>{THOUGHT}<|end|><|start|>assistant<|channel|>commentary<|message|>"
-            f"{CONTENT}<|end|>" + "".join(f"<|start|>assistant<|channel|>commentary to=functions.{n} <|constrain|>json"
-                                        f"<|message|>{j(a)}<|call|>" for n, a in CALLS))
-
-
-def _py(a) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in a.items())
-
-
-# the 2025-2026 families: each with reasoning where the model reasons, calls in parallel
-FAMILIES.update({
-    "kimi_k2": ("kimi_k2", "kimi_k2", True, EOS_QWEN,
-                f"<think>{THOUGHT}</think>{CONTENT}<|tool_calls_section_begin|>" + "".join(
-                    f"<|tool_call_begin|>functions.{n}:{i}<|tool_call_argument_begin|>{j(a)}<|tool_call_end|>"
-                    for i, (n, a) in enumerate(CALLS)) + "<|tool_calls_section_end|>", CONTENT),
-    "glm45": ("glm4_moe", "glm45", True, EOS_GLM,
-              f"<think>{THOUGHT}</think>\n{CONTENT}\n" + "\n".join(
-                  f"<tool_call>{n}\n" + _params("<arg_key>{k}</arg_key>\n<arg_value>", "</arg_value>\n", a)
-                  + "</tool_call>" for n, a in CALLS), CONTENT),
-    "glm47": ("glm4_moe", "glm47", False, "<|user|>",
-              CONTENT + "".join(f"<tool_call>{n}" + _params("<arg_key>{k}</arg_key><arg_value>", "</arg_value>", a)
-                                + "</tool_call>" for n, a in CALLS), CONTENT),
-    "minimax_m2": ("minimax_m2", "minimax_m2", True, "[e~[",
-                   f"<think>{THOUGHT}</think>\n\n{CONTENT}\n<minimax:tool_call>\n" + "".join(
-                       f'<invoke name="{n}">\n' + _params('<parameter name="{k}">', "</parameter>\n", a) + "</invoke>\n"
-                       for n, a in CALLS) + "</minimax:tool_call>", CONTENT),
-    "gpt_oss": ("gpt_oss", "gpt_oss", True, "<|return|>", _harmony(), CONTENT),
-    "seed_oss": ("seed_oss", "seed_oss", True, "<seed:eos>",
-                 f"<seed:think>{THOUGHT}</seed:think>{CONTENT}\n" + "\n".join(
-                     f"<seed:tool_call>\n<function={n}>\n" + _params("<parameter={k}>", "</parameter>\n", a)
-                     + "</function>\n</seed:tool_call>" for n, a in CALLS), CONTENT),
-    "pythonic": ("llama", "pythonic", False, EOS_LLAMA,
-                 CONTENT + " [" + ", ".join(f"{n}({_py(a)})" for n, a in CALLS) + "]", CONTENT),
-    "llama4_pythonic": ("llama4", "llama4_pythonic", False, "<|eot|>",
-                        CONTENT + "<|python_start|>[" + ", ".join(f"{n}({_py(a)})" for n, a in CALLS)
-                        + "]<|python_end|>", CONTENT),
-})
 # DeepSeek-R1 style: no reasoning in the config, the request asks for it (separate_reasoning: true)
 R1_SCRIPT = (f"<think>\nTwo lookups. {DS_B}{DS_CB}function{DS_S}get_time\n```json\n{{\"tz\": \"UTC\"}}\n```{DS_CE}"
-             f"{DS_E} is only a thought.\n</think>\n\n" + _ds_v3())
+             f"{DS_E} is only a thought.\n</think>\n\n" + deepseek_v3_calls())
 
 
 # ------------------------------------------------------------------------------------------------ the servers
@@ -285,15 +175,10 @@ def check_calls(calls: list[dict], family: str, expected=CALLS) -> None:
         assert "\\u" not in c["function"]["arguments"]   # Unicode kept as is
 
 
-def check_clean(text) -> None:
-    for eot in END_OF_TURN:
-        assert eot not in (text or ""), f"end-of-turn token {eot!r} reached the client: {text!r}"
-
-
 def reassemble(events: list) -> dict:
     """The SSE events of one choice → {role, content, reasoning_content, tool_calls, finish_reason}, checking
-    the stream's shape on the way: role first, ids and names sent once, finish_reason in the last choice chunk
-    only, `[DONE]` last."""
+    the stream's shape on the way: one id, role first, finish_reason in the last choice chunk only, `[DONE]`
+    last (ids and names sent once: serving_fakes.reassemble)."""
     assert events[-1] == "[DONE]"
     chunks = [ev for ev in events[:-1] if ev["choices"]]
     assert all(ev["object"] == "chat.completion.chunk" for ev in events[:-1])
@@ -301,29 +186,8 @@ def reassemble(events: list) -> dict:
     assert chunks[0]["choices"][0]["delta"].get("role") == "assistant"
     assert all(ch["choices"][0]["delta"].get("role") is None for ch in chunks[1:])
     assert [ch["choices"][0]["finish_reason"] is not None for ch in chunks] == [False] * (len(chunks) - 1) + [True]
-    msg = {"role": "assistant", "content": "", "reasoning_content": None, "finish_reason": None}
-    calls: dict[int, dict] = {}
-    for ev in chunks:
-        ch = ev["choices"][0]
-        assert ch["index"] == 0
-        d = ch["delta"]
-        msg["content"] += d.get("content") or ""
-        if d.get("reasoning_content"):
-            msg["reasoning_content"] = (msg["reasoning_content"] or "") + d["reasoning_content"]
-        for tc in d.get("tool_calls") or []:
-            c = calls.setdefault(tc["index"], {"id": None, "type": None, "function": {"name": None, "arguments": ""}})
-            if tc.get("id") is not None:
-                assert c["id"] is None, "id sent twice"
-                c["id"], c["type"] = tc["id"], tc.get("type")
-            fn = tc.get("function") or {}
-            if fn.get("name") is not None:
-                assert c["function"]["name"] is None, "name sent twice"
-                c["function"]["name"] = fn["name"]
-            c["function"]["arguments"] += fn.get("arguments") or ""
-        msg["finish_reason"] = ch["finish_reason"] or msg["finish_reason"]
-    assert sorted(calls) == list(range(len(calls)))
-    msg["tool_calls"] = [calls[i] for i in sorted(calls)]
-    return msg
+    assert all(ch["choices"][0]["index"] == 0 for ch in chunks)
+    return reassemble_choice(events)
 
 
 def functions(calls) -> list[dict]:
@@ -392,7 +256,7 @@ def plain_text(tok, script: str, skip_special: bool) -> str:
 
 
 @pytest.mark.parametrize("skip_special", [True, False], ids=["skip_special", "keep_special"])
-@pytest.mark.parametrize("name", [n for n in FAMILIES if not FAMILIES[n][2]])
+@pytest.mark.parametrize("name", [n for n in FAMILIES if not FAMILIES[n].reasoning])
 def test_tool_choice_none_is_plain_content(wiring, name, skip_special):
     srv = wiring(name)
     srv.say(srv.script)
@@ -417,7 +281,7 @@ def test_tool_choice_none_with_reasoning(wiring):
     msg = body["choices"][0]["message"]
     assert body["choices"][0]["finish_reason"] == "stop" and msg["tool_calls"] == []
     assert msg["reasoning_content"].strip() == THOUGHT
-    assert msg["content"].strip() == CONTENT + "\n" + _hermes()   # the call after </think>, as text
+    assert msg["content"].strip() == CONTENT + "\n" + hermes_calls()   # the call after </think>, as text
     smsg = reassemble(srv.stream(tool_choice="none"))
     assert (smsg["content"], smsg["reasoning_content"], smsg["tool_calls"]) == (msg["content"],
                                                                                 msg["reasoning_content"], [])
@@ -428,7 +292,7 @@ def test_reasoning_then_tools(wiring, case):
     """Reasoning first: the think text is reasoning_content; a call written inside it is not parsed (here
     get_time with tz UTC), the calls after </think> are; reasoning tokens are counted."""
     if case == "qwen3_config":   # enable_reasoning in the config's models.qwen3 block
-        srv, kw, content = wiring("qwen3").say(FAMILIES["qwen3"][4]), {}, CONTENT
+        srv, kw, content = wiring("qwen3").say(FAMILIES["qwen3"].text), {}, CONTENT
     else:                        # DeepSeek-R1 style: reasoning asked for by the request
         srv, kw, content = wiring("deepseek_v3").say(R1_SCRIPT), {"separate_reasoning": True}, ""
     for include_usage in (False, True):

@@ -41,3 +41,20 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path):
         assert not (tmp_path / "lock").exists()
     with cpu_kernels._build_lock(tmp_path):       # and the lock itself is released for the next builder
         pass
+
+
+def test_every_checkout_of_the_same_sources_shares_one_build(tmp_path, monkeypatch):
+    """The build folder is keyed by the sources' content and the environment, not by where the checkout lies:
+    a second checkout (a CI clone, a worktree) reuses the kernels `bin/install` built; changed sources do not."""
+    import shutil
+    monkeypatch.setenv("MINDIE_LIKE_CACHE_DIR", str(tmp_path / "cache"))
+    here = cpu_kernels._build_dir()
+    other = tmp_path / "other_checkout" / "csrc"
+    shutil.copytree(cpu_kernels._CSRC, other)
+    monkeypatch.setattr(cpu_kernels, "_CSRC", other)
+    assert cpu_kernels._build_dir() == here
+    src = cpu_kernels._copy_sources(here)
+    assert sorted(p.name for p in src.iterdir() if p.suffix in (".cpp", ".h")) == \
+        sorted(p.name for p in other.iterdir())
+    (other / "module.cpp").write_text((other / "module.cpp").read_text() + "\n// changed\n")
+    assert cpu_kernels._build_dir() != here

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from mindie_like.backend_atb import cpu_kernels
+from tests.support.native import NATIVE_KERNELS
 
 
-# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from mindie_like.backend_atb import cpu_kernels
 from mindie_like.backend_atb.layers.rotary import build_cos_sin_cache
 from mindie_like.backend_atb.ops import TorchOps
+from tests.support.native import NATIVE_KERNELS
 
 
-# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 
 @pytest.fixture(scope="module")

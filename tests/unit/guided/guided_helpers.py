@@ -1,5 +1,6 @@
-"""Test helpers for mindie_like.guided: the tokenizers, a writer and a parser of each family's tool-call format,
-and a random-logits sampler driving a mask through apply/accept like the engine does."""
+"""Test helpers for mindie_like.guided: the tokenizers, a strict parser of each family's tool-call format (the
+writer is tests.support.tool_call_text.render), and a random-logits sampler driving a mask through apply/accept
+like the engine does."""
 from __future__ import annotations
 
 import json
@@ -56,48 +57,6 @@ def named(name: str) -> dict:
 
 def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False)
-
-
-# ---- writers: calls [(name, args)] -> the text a model of the family writes --------------------------------------
-def _raw(v) -> str:
-    return v if isinstance(v, str) else dumps(v)
-
-
-def write(family: str, calls: list[tuple[str, dict]], *, python_tag: bool = True) -> str:
-    if family in ("qwen2_5", "qwen3"):
-        return "\n".join(f'<tool_call>\n{{"name": {dumps(n)}, "arguments": {dumps(a)}}}\n</tool_call>'
-                         for n, a in calls)
-    if family == "qwen3_coder":
-        return "\n".join("<tool_call>\n<function=" + n + ">\n"
-                         + "".join(f"<parameter={k}>\n{_raw(v)}\n</parameter>\n" for k, v in a.items())
-                         + "</function>\n</tool_call>" for n, a in calls)
-    if family == "qwen1_5_or_2":
-        return "\n".join(f"✿FUNCTION✿: {n}\n✿ARGS✿: {dumps(a)}" for n, a in calls)
-    if family == "llama3":
-        return ("<|python_tag|>" if python_tag else "") + "; ".join(
-            dumps({"name": n, "parameters": a}) for n, a in calls)
-    if family == "mistral":
-        return "[TOOL_CALLS][" + ", ".join(dumps({"name": n, "arguments": a}) for n, a in calls) + "]"
-    if family == "deepseek_v3":
-        return DS_CALLS_BEGIN + "\n".join(
-            f"{DS_CALL_BEGIN}function{DS_SEP}{n}\n```json\n{dumps(a)}\n```{DS_CALL_END}" for n, a in calls
-        ) + DS_CALLS_END
-    if family == "deepseek_v31":
-        return DS_CALLS_BEGIN + "".join(f"{DS_CALL_BEGIN}{n}{DS_SEP}{dumps(a)}{DS_CALL_END}"
-                                        for n, a in calls) + DS_CALLS_END
-    if family == "deepseek_v32":
-        inv = []
-        for n, a in calls:
-            ps = "".join(f'<{DSML}parameter name="{k}" string="{"true" if isinstance(v, str) else "false"}">'
-                         f"{_raw(v)}</{DSML}parameter>\n" for k, v in a.items())
-            inv.append(f'<{DSML}invoke name="{n}">\n{ps}</{DSML}invoke>')
-        return f"<{DSML}function_calls>\n" + "\n".join(inv) + f"\n</{DSML}function_calls>"
-    if family == "glm4":
-        return "\n".join(f"{n}\n{dumps(a)}" for n, a in calls)
-    if family in ARGS_ONLY:
-        (n, a), = calls
-        return dumps(a)
-    raise ValueError(family)
 
 
 # ---- parsers: generated text -> calls [(name, args)]; raise on anything malformed --------------------------------

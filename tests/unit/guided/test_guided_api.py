@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_helpers import TOOLS, feed, named, parse, sample, write
+from guided_helpers import TOOLS, feed, named, parse, sample
+from tests.support.tool_call_text import render
 from mindie_like.engine.types import LogitsMask
 from mindie_like.guided import FAMILIES, GuidedDecodingError
 
@@ -84,7 +85,7 @@ def test_unsupported_schema_falls_back_and_never_crashes(qwen, caplog):
         mask = g.build_mask_sync(plan)
     assert any("schema" in r.message for r in caplog.records)
     assert isinstance(mask, LogitsMask)
-    ok, mask, _ = feed(g, write("qwen2_5", [("f", {"code": "xyz"})]), tok, plan)
+    ok, mask, _ = feed(g, render("qwen2_5", [("f", {"code": "xyz"})]), tok, plan)
     assert ok and mask.is_accepting()
     # a second request with the same tools reuses the compiled fallback
     hits = g.cache_info()["hits"]
@@ -167,7 +168,7 @@ def test_vocab_padding_and_dtypes(qwen):
 def test_eos_and_errors(qwen):
     g, tok = qwen
     plan = g.plan("qwen2_5", TOOLS, "required", parallel_tool_calls=True)
-    ok, mask, _ = feed(g, write("qwen2_5", [W1]), tok, plan)
+    ok, mask, _ = feed(g, render("qwen2_5", [W1]), tok, plan)
     assert ok and mask.is_accepting() and not mask.is_finished()   # another call could follow
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert mask.accept(im_end) and mask.is_finished()
@@ -184,7 +185,7 @@ def test_rollback(qwen):
     g, tok = qwen
     plan = g.plan("qwen2_5", TOOLS, "required")
     mask = g.build_mask_sync(plan)
-    ids = tok.encode(write("qwen2_5", [W1]), add_special_tokens=False)
+    ids = tok.encode(render("qwen2_5", [W1]), add_special_tokens=False)
     for t in ids[:5]:
         assert mask.accept(t)
     assert mask.rollback(3) and mask.num_tokens == 2
@@ -229,7 +230,7 @@ def test_auto_with_response_format_allows_calls_or_json(gd, family):
     g, tok = gd(family)
     plan = g.plan(family, TOOLS, "auto", response_format={"type": "json_object"})
     assert plan.output_kind == "family" and plan.mode == "auto_json"
-    for text in (write(family, [W1]), '{"reply": "no tool needed"}', '{"name": "x"}'):
+    for text in (render(family, [W1]), '{"reply": "no tool needed"}', '{"name": "x"}'):
         ok, mask, _ = feed(g, text, tok, plan)
         assert ok and mask.is_accepting(), (text, mask.error)
     ok, _, _ = feed(g, "plain text", tok, plan)
@@ -252,16 +253,16 @@ def test_tools_without_parameters_and_refs(qwen):
     for family in ("qwen2_5", "qwen3_coder", "glm4"):
         plan = g.plan(family, tools, "required")
         for call in (("ping", {}), ("ping", {"anything": [1]}), order):
-            ok, mask, _ = feed(g, write(family, [call]), tok, plan)
+            ok, mask, _ = feed(g, render(family, [call]), tok, plan)
             assert ok and mask.is_accepting(), (family, call, mask.error)
-        ok, _, _ = feed(g, write(family, [("order", {"items": [{"sku": "A1", "qty": 0}]})]), tok, plan)
+        ok, _, _ = feed(g, render(family, [("order", {"items": [{"sku": "A1", "qty": 0}]})]), tok, plan)
         assert not ok, family                                 # $ref'd minimum enforced
 
 
 def test_reasoning_block_before_the_calls(qwen):
     g, tok = qwen
     plan = g.plan("qwen3", TOOLS, "required", reasoning=True)
-    text = "<think>\nThe user wants the weather.\n</think>\n\n" + write("qwen3", [W1])
+    text = "<think>\nThe user wants the weather.\n</think>\n\n" + render("qwen3", [W1])
     ok, mask, _ = feed(g, text, tok, plan)
     assert ok and mask.is_accepting()
     ok, _, _ = feed(g, "<think>\nhmm\n</think>\n\nSure!", tok, plan)
@@ -292,7 +293,7 @@ def test_mistral_args_variant_when_the_tokenizer_has_it(newer):
     text = f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(W1[1])}[TOOL_CALLS]search[ARGS]{json.dumps(s1[1])}"
     ok, mask, _ = feed(g, text, tok, plan)
     assert ok and mask.is_accepting(), mask.error
-    ok, _, _ = feed(g, write("mistral", [W1]), tok, plan)     # the older array format is not this model's
+    ok, _, _ = feed(g, render("mistral", [W1]), tok, plan)     # the older array format is not this model's
     assert not ok
     ok, mask, _ = feed(g, text, tok, g.plan("mistral", TOOLS, "required", parallel_tool_calls=False))
     assert not ok
@@ -302,7 +303,7 @@ def test_reasoning_with_special_think_tokens(newer):
     g, tok = newer
     plan = g.plan("qwen3", TOOLS, named("get_weather"), reasoning=True)
     for prefix in ("<think>\nweather, Paris\n</think>\n\n", "weather, Paris\n</think>\n\n", "</think>"):
-        ok, mask, _ = feed(g, prefix + write("qwen3", [W1]), tok, plan)
+        ok, mask, _ = feed(g, prefix + render("qwen3", [W1]), tok, plan)
         assert ok and mask.is_accepting(), (prefix, mask.error)
     ok, _, _ = feed(g, "<think>\nno\n</think>\n\nSure!", tok, plan)
     assert not ok
@@ -375,7 +376,7 @@ def test_special_tokens_inside_longer_literals(newer):
     assert g.marker("a<|python_tag|>b") == f'"a" <[{tok.convert_tokens_to_ids("<|python_tag|>")}]> "b"'
     plan = g.plan("deepseek_v32", TOOLS, "required")
     assert f"<[{dsml}]>" in plan.grammar
-    text = write("deepseek_v32", [W1, ("search", {"query": "x"})])
+    text = render("deepseek_v32", [W1, ("search", {"query": "x"})])
     assert dsml in tok.encode(text, add_special_tokens=False)
     ok, mask, _ = feed(g, text, tok, plan)
     assert ok and mask.is_accepting(), mask.error

@@ -1,7 +1,8 @@
 """The 2025-2026 families under their grammars, on a tokenizer that has their special tokens
 (tests/data/tokenizers/toolcall2026): random logits sampled through the mask as the engine does, and whatever
 gets sampled, the family's own parser (the one the server runs on the output) finds a schema-valid call of a
-declared tool. `required` and a named tool_choice over 100 seeds each per family; one grammar per plan."""
+declared tool. `required` and a named tool_choice over 25 seeds each per family by default, 100 under the `fuzz`
+marker; one grammar per plan."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,8 @@ jsonschema = pytest.importorskip("jsonschema")
 
 NEW_FAMILIES = ("kimi_k2", "glm45", "glm47", "minimax_m2", "gpt_oss", "seed_oss", "pythonic", "llama4_pythonic")
 NAMES = [t["function"]["name"] for t in TOOLS]
-SEEDS = 100
+# seeds per family: 25 by default, 100 under `fuzz` (the same checks, more samples)
+SEED_COUNTS = [pytest.param(25, id="25-seeds"), pytest.param(100, id="100-seeds", marks=pytest.mark.fuzz)]
 
 
 def _calls(family: str, text: str) -> list[tuple[str, dict]]:
@@ -22,13 +24,14 @@ def _calls(family: str, text: str) -> list[tuple[str, dict]]:
     return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in res["tool_calls"]]
 
 
+@pytest.mark.parametrize("seeds", SEED_COUNTS)
 @pytest.mark.parametrize("family", NEW_FAMILIES)
-def test_required_and_named_always_yield_a_valid_call(g2026, family):
+def test_required_and_named_always_yield_a_valid_call(g2026, family, seeds):
     g, tok = g2026
     plans = {"required": g.plan(family, TOOLS, "required"),
              "single": g.plan(family, TOOLS, "required", parallel_tool_calls=False)}
     plans.update({n: g.plan(family, TOOLS, named(n)) for n in NAMES})
-    for seed in range(2 * SEEDS):
+    for seed in range(2 * seeds):
         # even seeds: required (parallel allowed, every fourth one parallel_tool_calls=false); odd: named
         key = ("required" if seed % 4 else "single") if seed % 2 == 0 else NAMES[(seed // 2) % len(NAMES)]
         ids, finished = sample(g, plans[key], seed)
@@ -75,8 +78,9 @@ def _sample_auto(g, plan, seed: int, trigger_id, cap: int = 400):
     return ids, False
 
 
+@pytest.mark.parametrize("seeds", SEED_COUNTS)
 @pytest.mark.parametrize("family", STRICT_FAMILIES)
-def test_strict_tools_in_auto(g2026, family):
+def test_strict_tools_in_auto(g2026, family, seeds):
     """Every call the model starts is a schema-valid call of a declared tool; an output without the marker is
     text, reported as content unchanged."""
     import copy
@@ -95,7 +99,7 @@ def test_strict_tools_in_auto(g2026, family):
         (trigger_id,) = tok.encode(trigger, add_special_tokens=False)
     proc = ToolsCallProcessorManager.get_tool_call_processor(family)()
     called = texts = 0
-    for seed in range(SEEDS):
+    for seed in range(seeds):
         ids, finished = _sample_auto(g, plan, seed, trigger_id)
         text = tok.decode(ids, skip_special_tokens=False)
         res = proc.decode(text, tools)
@@ -110,7 +114,7 @@ def test_strict_tools_in_auto(g2026, family):
         else:
             texts += 1
             assert res == {"content": text, "tool_calls": []}, (seed, text)
-    assert called >= 30 and texts >= 20, (called, texts)
+    assert called >= 0.3 * seeds and texts >= 0.2 * seeds, (called, texts)    # both outcomes, often
 
 
 @pytest.mark.parametrize("family, text", [

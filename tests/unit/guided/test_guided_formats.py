@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_helpers import ALL_FAMILIES, ARGS_ONLY, TOOLS, feed, named, parse, write
+from guided_helpers import ALL_FAMILIES, ARGS_ONLY, TOOLS, feed, named, parse
+from tests.support.tool_call_text import render
 
 FORMAT_FAMILIES = [f for f in ALL_FAMILIES if f not in ARGS_ONLY]
 MULTI = [f for f in FORMAT_FAMILIES if f != "glm4"]
@@ -29,7 +30,7 @@ def test_one_call_is_accepted_then_the_turn_may_end(gd, family):
     g, tok = gd(family)
     plan = g.plan(family, TOOLS, "required")
     assert plan.output_kind == "family"
-    text = write(family, [W1])
+    text = render(family, [W1])
     assert parse(family, text) == [W1]                       # the writer and the parser agree
     ok, mask, ids = feed(g, text, tok, plan)
     assert ok, mask.error
@@ -40,14 +41,14 @@ def test_one_call_is_accepted_then_the_turn_may_end(gd, family):
 @pytest.mark.parametrize("family", MULTI)
 def test_parallel_calls(gd, family):
     g, tok = gd(family)
-    text = write(family, [W1, S1, A1])
+    text = render(family, [W1, S1, A1])
     ok, mask, _ = feed(g, text, tok, g.plan(family, TOOLS, "required", parallel_tool_calls=True))
     assert ok, mask.error
     assert mask.is_accepting()
     ok, mask, _ = feed(g, text, tok, g.plan(family, TOOLS, "required", parallel_tool_calls=False))
     assert not ok                                            # a second call is refused by the grammar
     single = g.plan(family, TOOLS, "required", parallel_tool_calls=False)
-    ok, mask, _ = feed(g, write(family, [S1]), tok, single)
+    ok, mask, _ = feed(g, render(family, [S1]), tok, single)
     assert ok and mask.is_finished()                         # one call: nothing else may follow
 
 
@@ -55,7 +56,7 @@ def test_glm4_holds_one_call_even_when_parallel(gd):
     g, tok = gd("glm4")
     plan = g.plan("glm4", TOOLS, "required", parallel_tool_calls=True)
     assert plan.parallel_tool_calls is False
-    ok, mask, _ = feed(g, write("glm4", [W1, S1]), tok, plan)
+    ok, mask, _ = feed(g, render("glm4", [W1, S1]), tok, plan)
     assert not ok
 
 
@@ -63,7 +64,7 @@ def test_llama3_python_tag_is_optional(gd):
     g, tok = gd("llama3")
     plan = g.plan("llama3", TOOLS, "required")
     for tag in (True, False):
-        ok, mask, _ = feed(g, write("llama3", [W1, S1], python_tag=tag), tok, plan)
+        ok, mask, _ = feed(g, render("llama3", [W1, S1], before="<|python_tag|>" if tag else ""), tok, plan)
         assert ok, mask.error
 
 
@@ -72,13 +73,13 @@ def test_named_function_only(gd, family):
     g, tok = gd(family)
     plan = g.plan(family, TOOLS, named("search"))
     assert plan.function_name == "search" and plan.tool_names == ("search",)
-    ok, mask, _ = feed(g, write(family, [S1]), tok, plan)
+    ok, mask, _ = feed(g, render(family, [S1]), tok, plan)
     assert ok, mask.error
-    ok, _, _ = feed(g, write(family, [W1]), tok, plan)
+    ok, _, _ = feed(g, render(family, [W1]), tok, plan)
     assert not ok
     assert not plan.parallel_tool_calls   # a named choice is exactly one call
     if family in MULTI:
-        ok, _, _ = feed(g, write(family, [S1, S1]), tok, plan)
+        ok, _, _ = feed(g, render(family, [S1, S1]), tok, plan)
         assert not ok
 
 
@@ -100,7 +101,7 @@ def test_invalid_calls_are_rejected(gd, family):
     for call in BAD_ARGS:
         if family in ("qwen3_coder", "deepseek_v32") and call[1].get("days") == "3":
             continue    # raw-text formats: the string "3" and the integer 3 are written alike
-        ok, _, _ = feed(g, write(family, [call]), tok, plan)
+        ok, _, _ = feed(g, render(family, [call]), tok, plan)
         assert not ok, (family, call)
 
 

@@ -17,9 +17,9 @@ from gguf.quants import dequantize, quantize
 from mindie_like.backend_atb import cpu_kernels
 from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight
 from mindie_like.backend_atb.quant.gguf import Blocks, block_parts, build_block_weight
+from tests.support.native import NATIVE_KERNELS
 
-# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 BYTES = {"Q6_K": 210, "Q4_K": 144}          # formats gguf's quants module cannot quantize: random blocks
 

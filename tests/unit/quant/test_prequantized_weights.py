@@ -9,13 +9,13 @@ import torch.nn.functional as F
 
 from mindie_like.backend_atb.quant import InputPermutedWeight, Int4Weight, Int8Weight, quantize_int4_grouped
 from mindie_like.backend_atb.quant.policy import QuantPolicy
+from tests.support.native import NATIVE_KERNELS
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3}
 TOL_INT4 = 2e-4          # the own int4 kernel's 16-bit fixed-point activations (test_quant_linear.py)
 
 
-# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 
 @pytest.fixture(params=["own", "torch", "reference"])

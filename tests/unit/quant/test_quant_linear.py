@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mindie_like.backend_atb.quant import (Int4Weight, Int8Weight, QuantizedWeight, dequantize_int4,
                                            dequantize_int8, linear, pack_nibbles, quantize_int4_grouped,
                                            quantize_int8_per_channel, quantize_linear_weight, unpack_nibbles)
+from tests.support.native import NATIVE_KERNELS
 
 # (tolerance relative to the output's max magnitude) bf16 output rounding ~ 2^-8; fp32 accumulation only
 TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3}
@@ -16,8 +17,7 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 2e-3}
 TOL_OWN_INT4 = 2e-4
 
 
-# a crash in a native kernel fails this module's tests, not the whole run: one subprocess for the module
-pytestmark = pytest.mark.isolated
+pytestmark = NATIVE_KERNELS
 
 
 @pytest.fixture(params=["own", "torch"])

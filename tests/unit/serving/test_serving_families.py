@@ -16,46 +16,12 @@ from mindie_like.engine.types import PromptLimits  # noqa: E402
 from mindie_like.reasoning import ChatOutputParser  # noqa: E402
 from mindie_like.serving import ChatServing, ServingOptions  # noqa: E402
 from mindie_like.tool_call import ToolsCallProcessorManager  # noqa: E402
+from tests.support.family_scripts import (CALLS, FAMILIES, MARKER_RE, MESSAGES, TOOLS,  # noqa: E402
+                                          check_clean, deepseek_v3_calls, hermes_calls)
 from tests.support.serving_fakes import FakeEngine, collect_sse, reassemble  # noqa: E402
 
 MODEL = "m"
 REPO = Path(__file__).resolve().parents[3]
-TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": p}}}
-         for n, p in [("get_weather", {"city": {"type": "string"}}), ("get_time", {"tz": {"type": "string"}})]]
-CALLS = [("get_weather", {"city": "Paris 巴黎"}), ("get_time", {"tz": "CET"})]
-DS_B, DS_E, DS_CB, DS_CE, DS_S = ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
-                                  "<｜tool▁call▁end｜>", "<｜tool▁sep｜>")
-
-
-def j(x):
-    return json.dumps(x, ensure_ascii=False)
-
-
-# family alias -> (what the model writes, its end-of-turn token, expected content, expected calls)
-CASES = {
-    "qwen2_5": ("I will check both.\n" + "\n".join(f'<tool_call>\n{{"name": "{n}", "arguments": {j(a)}}}\n</tool_call>'
-                                                   for n, a in CALLS), "<|im_end|>", "I will check both.", CALLS),
-    "hermes": ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris 巴黎"}}\n</tool_call>',
-               "<|im_end|>", "", CALLS[:1]),
-    "llama3": ("<|python_tag|>" + "; ".join(f'{{"name": "{n}", "parameters": {j(a)}}}' for n, a in CALLS),
-               "<|eot_id|>", "", CALLS),
-    "llama3_1": ('{"name": "get_weather", "parameters": {"city": "Paris 巴黎"}}', "<|eot_id|>", "", CALLS[:1]),
-    "deepseek_v3": ("Checking." + DS_B + "".join(f"{DS_CB}function{DS_S}{n}\n```json\n{j(a)}\n```{DS_CE}"
-                                                 for n, a in CALLS) + DS_E, "<｜end▁of▁sentence｜>", "Checking.", CALLS),
-    "deepseek_v31": (DS_B + "".join(f"{DS_CB}{n}{DS_S}{j(a)}{DS_CE}" for n, a in CALLS) + DS_E,
-                     "<｜end▁of▁sentence｜>", "", CALLS),
-    "mistral": ("[TOOL_CALLS] [" + ", ".join(f'{{"name": "{n}", "arguments": {j(a)}}}' for n, a in CALLS) + "]",
-                "<|im_end|>", "", CALLS),
-    "glm4": ("get_weather\n" + j(CALLS[0][1]), "<|observation|>", "", CALLS[:1]),
-    "chatglm3": ("get_weather\n```python\ntool_call(city='Paris 巴黎')\n```", "<|observation|>", "", CALLS[:1]),
-    "qwen1_5_or_2": ("".join(f"✿FUNCTION✿: {n}\n✿ARGS✿: {j(a)}\n" for n, a in CALLS), "<|im_end|>", "", CALLS),
-    "qwen3_coder": ("<tool_call>\n<function=get_weather>\n<parameter=city>\nParis 巴黎\n</parameter>\n</function>\n"
-                    "</tool_call>", "<|im_end|>", "", CALLS[:1]),
-}
-MARKER_RE = re.compile(r"<tool_call>|</tool_call>|<\|python_tag\|>|｜tool|\[TOOL_CALLS\]|✿|<function=|"
-                       r"<\|eot_id\|>|<\|im_end\|>|end▁of▁sentence|<\|observation\|>")
-
-
 def run(coro):
     return asyncio.run(coro)
 
@@ -68,8 +34,7 @@ def serving_for(hf_tok, alias, text, eos, reasoning=False):
 
 
 def body(**kw):
-    d = {"model": MODEL, "messages": [{"role": "user", "content": "Weather in Paris, and the time?"}],
-         "tools": TOOLS}
+    d = {"model": MODEL, "messages": MESSAGES, "tools": TOOLS}
     d.update(kw)
     return d
 
@@ -78,40 +43,43 @@ def check_calls(msg, expected, family):
     got = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg["tool_calls"]]
     assert got == expected
     for c in msg["tool_calls"]:
-        if family == "mistral":
-            assert re.fullmatch(r"[A-Za-z0-9]{9}", c["id"])
-        else:
-            assert re.fullmatch(r"call_[A-Za-z0-9]{8}", c["id"])
+        pattern = {"mistral": r"[A-Za-z0-9]{9}", "kimi_k2": r"functions\.[a-z_]+:[0-9]+"}.get(family,
+                                                                                          r"call_[A-Za-z0-9]{8}")
+        assert re.fullmatch(pattern, c["id"]), c["id"]
         assert "\\u" not in c["function"]["arguments"]  # Unicode kept as is
 
 
 @pytest.mark.parametrize("skip_special", [True, False])
-@pytest.mark.parametrize("alias", sorted(CASES))
-def test_family_calls_streaming_and_not(hf_tok, alias, skip_special):
-    text, eos, content, expected = CASES[alias]
-    serving, engine, proc = serving_for(hf_tok, alias, text, eos)
+@pytest.mark.parametrize("case", sorted(FAMILIES))
+def test_family_calls_streaming_and_not(hf_tok, case, skip_special):
+    fam = FAMILIES[case]
+    serving, engine, proc = serving_for(hf_tok, fam.parser, fam.text, fam.eos, reasoning=fam.reasoning)
     d = body(skip_special_tokens=skip_special)
     resp = run(serving.create(d, "r1"))
     ch = resp["choices"][0]
-    assert engine.calls[0][1].keep_special_tokens == proc.special_markers
-    assert ch["finish_reason"] == "tool_calls", (alias, ch)
-    check_calls(ch["message"], expected, proc.family)
-    assert ch["message"]["content"] == content
+    reasoning_markers = set()
+    if fam.reasoning:          # the family's own reasoning markers (harmony's channels), else <think> / </think>
+        reasoning_markers = set(getattr(proc, "reasoning_markers", ())) or {"<think>", "</think>"}
+    assert engine.calls[0][1].keep_special_tokens == proc.special_markers | reasoning_markers
+    assert ch["finish_reason"] == "tool_calls", (case, ch)
+    check_calls(ch["message"], CALLS, proc.family)
+    assert ch["message"]["content"] == fam.content
     assert not MARKER_RE.search(ch["message"]["content"])
+    check_clean(ch["message"]["content"])
 
     events = run(collect_sse(serving.stream(dict(d, stream=True), "r2")))
     assert events[-1] == "[DONE]"
     msg = reassemble(events)
     assert msg["finish_reason"] == "tool_calls" and msg["role"] == "assistant"
     assert [c["function"] for c in msg["tool_calls"]] == [c["function"] for c in ch["message"]["tool_calls"]]
-    assert msg["content"].strip() == content
-    check_calls(msg, expected, proc.family)
+    assert msg["content"].strip() == fam.content
+    check_calls(msg, CALLS, proc.family)
 
 
-@pytest.mark.parametrize("alias", ["qwen2_5", "deepseek_v3", "llama3", "mistral"])
-def test_tool_choice_none_turns_calls_into_content(hf_tok, alias):
-    text, eos, _, _ = CASES[alias]
-    serving, engine, _ = serving_for(hf_tok, alias, text, eos)
+@pytest.mark.parametrize("case", ["qwen2_5", "deepseek_v3", "llama3_python_tag", "mistral"])
+def test_tool_choice_none_turns_calls_into_content(hf_tok, case):
+    fam = FAMILIES[case]
+    serving, engine, _ = serving_for(hf_tok, fam.parser, fam.text, fam.eos)
     resp = run(serving.create(body(tool_choice="none"), "r1"))
     ch = resp["choices"][0]
     assert ch["message"]["tool_calls"] == [] and ch["finish_reason"] == "stop"
@@ -124,14 +92,13 @@ def test_tool_choice_none_turns_calls_into_content(hf_tok, alias):
 
 @pytest.mark.parametrize("alias,eos", [("qwen3", "<|im_end|>"), ("deepseek_v3", "<｜end▁of▁sentence｜>")])
 def test_reasoning_then_tools(hf_tok, alias, eos):
-    call = CASES["hermes"][0] if alias == "qwen3" else CASES["deepseek_v3"][0]
+    call = hermes_calls() if alias == "qwen3" else deepseek_v3_calls()
     text = "<think>\nThe user wants the weather; a <tool_call> here is only a thought.\n</think>\n\n" + call
     serving, _, proc = serving_for(hf_tok, alias, text, eos, reasoning=True)
     resp = run(serving.create(body(stream_options={"include_usage": True}), "r1"))
     msg = resp["choices"][0]["message"]
     assert "only a thought" in msg["reasoning_content"]
-    n_calls = 1 if alias == "qwen3" else 2
-    check_calls(msg, CALLS[:n_calls], proc.family)
+    check_calls(msg, CALLS, proc.family)
     assert resp["usage"]["completion_tokens_details"]["reasoning_tokens"] > 10
     events = run(collect_sse(serving.stream(body(stream=True, stream_options={"include_usage": True}), "r2")))
     smsg = reassemble(events)
@@ -141,7 +108,7 @@ def test_reasoning_then_tools(hf_tok, alias, eos):
 
 
 def test_cut_off_inside_a_call(hf_tok):
-    text, eos, _, _ = CASES["qwen2_5"]
+    text, eos = FAMILIES["qwen2_5"].text, FAMILIES["qwen2_5"].eos
     serving, _, _ = serving_for(hf_tok, "qwen2_5", text, eos)
     n_tokens = len(hf_tok.encode(text.split("get_time")[0]))  # stop inside the second call
     resp = run(serving.create(body(max_tokens=n_tokens), "r1"))
@@ -160,7 +127,7 @@ def test_cut_off_inside_a_call(hf_tok):
 
 
 def test_lenient_recovery_through_serving(hf_tok):
-    text = 'Here you go:\n```json\n{"name": "get_weather", "arguments": {"city": "Paris 巴黎"}}\n```'
+    text = 'Here you go:\n```json\n{"name": "get_weather", "arguments": {"city": "Paris 巴黎", "days": 3}}\n```'
     serving, _, proc = serving_for(hf_tok, "qwen2_5", text, "<|im_end|>")
     resp = run(serving.create(body(), "r1"))
     check_calls(resp["choices"][0]["message"], CALLS[:1], proc.family)
@@ -172,8 +139,7 @@ def test_lenient_recovery_through_serving(hf_tok):
 
 
 def test_parallel_tool_calls_false_keeps_the_first_call(hf_tok):
-    text, eos, _, _ = CASES["qwen2_5"]
-    serving, _, proc = serving_for(hf_tok, "qwen2_5", text, eos)
+    serving, _, proc = serving_for(hf_tok, "qwen2_5", FAMILIES["qwen2_5"].text, FAMILIES["qwen2_5"].eos)
     resp = run(serving.create(body(parallel_tool_calls=False), "r1"))
     check_calls(resp["choices"][0]["message"], CALLS[:1], proc.family)
     msg = reassemble(run(collect_sse(serving.stream(body(parallel_tool_calls=False, stream=True), "r2"))))
@@ -182,7 +148,7 @@ def test_parallel_tool_calls_false_keeps_the_first_call(hf_tok):
 
 def test_from_model_builds_everything(hf_tok, tmp_path):
     (tmp_path / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.9}')
-    engine = FakeEngine(hf_tok, CASES["qwen2_5"][0])
+    engine = FakeEngine(hf_tok, FAMILIES["qwen2_5"].text)
     serving = ChatServing.from_model(engine, hf_tok, MODEL, model_type="qwen2", tool_call_parser="",
                                      guided=None, model_dir=tmp_path, max_n=2, limits=PromptLimits(max_seq_len=4096))
     assert serving.tool_processor.family == "qwen2_5"  # the template has <tool_call>: Qwen2.5

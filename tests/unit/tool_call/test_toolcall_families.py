@@ -9,8 +9,9 @@ import zlib
 import pytest
 
 from tc_helpers import (
-    MARKERS_TEXT, TOOL_FAMILIES, XML_FAMILIES, assemble, calls_of, check_split_invariance, proc, render, run_stream, tools_for,
+    MARKERS_TEXT, TOOL_FAMILIES, XML_FAMILIES, assemble, calls_of, check_split_invariance, proc, run_stream, tools_for,
 )
+from tests.support.tool_call_text import render
 
 NESTED = {"a": {"b": {"c": {"d": {"e": {"f": [1, {"g": "deep"}, [True, None]]}}}}}}
 TRICKY = {"code": 'if (x) { return [1, 2]; } // "quoted" \'single\' \\ back\\slash }}]]',

@@ -372,7 +372,8 @@ def test_packages_import_no_torch_or_aiohttp():
 def test_stream_never_rescans_the_output(family, monkeypatch):
     """The undecided tail the scanner keeps between feeds stays bounded while a 64 KiB call streams in
     4-character deltas: every feed works on O(len(delta)) text, so the whole stream is linear."""
-    from tc_helpers import render, tools_for
+    from tc_helpers import tools_for
+    from tests.support.tool_call_text import render
     value = ("x = {'a': [1, 2]}  # \"q\" 杭州 😀 \\n " * 2000)[:65536]
     calls = [("write_file", {"path": "a.py", "body": value, "n": 1})]
     text = render(family, calls)
