@@ -1,64 +1,78 @@
-"""Per-matmul times of the own block kernel (grouped int8, the exact form of GGUF Q8_0/Q5_0/Q6_K) at every
-instruction set this CPU runs, beside the own per-channel int8 kernel and torch's bf16 matmul, on the demo model's
-shapes (Qwen2.5-0.5B: qkv 1152x896, o 896x896, gate_up 9728x896, down 896x4864).
+"""Per-matmul times of the own block kernel (packed GGUF Q8_0/Q5_0/Q6_K blocks, csrc/block_gemm.cpp) at every
+instruction set this CPU runs and both activation modes (int8: integer block dots; float: float32 math), beside
+torch's bf16 matmul, on the demo model's shapes and block widths (Qwen2.5-0.5B: qkv 1152x896 with a Q8_0 v part,
+o 896x896 Q5_0, gate_up 9728x896 Q5_0, down 896x4864 Q6_K, lm_head 151936x896 Q5_0 (the tied embedding)).
 
-    PYTHONPATH=. python benchmarks/bench_block_kernel.py [--threads 2] [--rows 1,16] [--reps 50]
+    PYTHONPATH=. python benchmarks/bench_block_kernel.py [--threads 2] [--rows 1,16] [--reps 20] [--isas avx2,...]
+        [--acts int8,float] [--shapes qkv,o,gate_up,down,lm_head]
 
-Times are the minimum over `--reps` calls (the kernel's own cost; a shared machine's neighbours show in medians).
+Times are the minimum over `--reps` calls (the kernel's own cost; a shared machine's neighbours show in medians);
+each cell's calls are interleaved with the other cells' of the same shape and row count.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
 from mindie_like.backend_atb import cpu_kernels
-from mindie_like.backend_atb.quant import quantize_linear_weight
 from mindie_like.backend_atb.quant.block_weight import BlockInt8Weight
 
-SHAPES = {"qkv": (1152, 896), "o": (896, 896), "gate_up": (9728, 896), "down": (896, 4864)}
+# name: (N, K, value range of q (the block format's), group)
+SHAPES = {"qkv": (1152, 896, 128, 32), "o": (896, 896, 16, 32), "gate_up": (9728, 896, 16, 32),
+          "down": (896, 4864, 32, 16), "lm_head": (151936, 896, 16, 32)}
 
 
-def best_ms(f, reps):
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
+def interleaved_best_ms(fs, reps):
+    for f in fs:
         f()
-        ts.append(time.perf_counter() - t)
-    return min(ts) * 1e3
+    best = [float("inf")] * len(fs)
+    for _ in range(reps):
+        for i, f in enumerate(fs):
+            t = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return [b * 1e3 for b in best]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="1,16")
-    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--isas", default="", help="comma list (default: every ISA this CPU runs)")
+    ap.add_argument("--acts", default="int8,float")
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--no-torch", action="store_true", help="skip torch's bf16 matmul column")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     mod = cpu_kernels.load()
     if mod is None:
         raise SystemExit("no CPU kernels here")
-    isas = cpu_kernels.ISAS[:int(mod.cpu_isa()) + 1]
-    print(f"threads {a.threads}, ISAs {', '.join(isas)}; ms per matmul (min of {a.reps})")
-    print("| shape | rows | " + " | ".join(f"block {i}" for i in isas) + " | own int8 per-channel | torch bf16 |")
-    print("|---|---|" + "---|" * (len(isas) + 2))
-    for name, (N, K) in SHAPES.items():
+    isas = a.isas.split(",") if a.isas else list(cpu_kernels.ISAS[:int(mod.cpu_isa()) + 1])
+    acts = a.acts.split(",")
+    cols = [(i, act) for i in isas for act in acts]
+    print(f"threads {a.threads}; ms per matmul (min of {a.reps}, interleaved)")
+    print("| shape | bits | B/weight | rows | " + " | ".join(f"{i} {act}" for i, act in cols) +
+          ("" if a.no_torch else " | torch bf16") + " |")
+    print("|---|---|---|---|" + "---|" * (len(cols) + (0 if a.no_torch else 1)))
+    for name in a.shapes.split(","):
+        N, K, r, G = SHAPES[name]
         g = torch.Generator().manual_seed(N + K)
-        q = torch.randint(-16, 16, (N, K), dtype=torch.int8, generator=g)
-        s = torch.rand(N, K // 32, generator=g) / 100
-        blocks = {i: BlockInt8Weight(q, s, None, 32, dtype=torch.bfloat16, isa=i) for i in isas}
-        os.environ["MINDIE_LIKE_CPU_KERNELS"] = "1"
-        w8 = quantize_linear_weight(torch.randn(N, K, generator=g), "w8a16", dtype=torch.bfloat16)
-        dense = torch.randn(N, K, generator=g).bfloat16()
-        for M in (int(r) for r in a.rows.split(",")):
+        q = torch.randint(-r, r, (N, K), dtype=torch.int8, generator=g)
+        s = torch.rand(N, K // G, generator=g) / 100
+        ws = [BlockInt8Weight(q, s, None, G, dtype=torch.bfloat16, isa=i, act=act) for i, act in cols]
+        dense = None if a.no_torch else torch.randn(N, K, generator=g).bfloat16()
+        del q
+        for M in (int(x) for x in a.rows.split(",")):
             x = torch.randn(M, K, generator=g).bfloat16()
-            cells = [best_ms(lambda w=w: w.quant_linear(x), a.reps) for w in blocks.values()]
-            cells.append(best_ms(lambda: w8.quant_linear(x), a.reps))
-            cells.append(best_ms(lambda: torch.nn.functional.linear(x, dense), a.reps))
-            print(f"| {name} {N}x{K} | {M} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
+            fs = [lambda w=w: w.quant_linear(x) for w in ws]
+            if dense is not None:
+                fs.append(lambda: torch.nn.functional.linear(x, dense))
+            cells = interleaved_best_ms(fs, a.reps)
+            print(f"| {name} {N}x{K} | {ws[0].bits} | {ws[0].nbytes / (N * K):.3f} | {M} | " +
+                  " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

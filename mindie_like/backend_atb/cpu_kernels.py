@@ -78,7 +78,17 @@ def _x86_64() -> bool:
 
 
 # ---- block kernels (csrc/block_gemm.cpp): one implementation per instruction set, picked at run time ----------
-ISAS = ("portable", "avx2", "avx512")
+ISAS = ("portable", "avx2", "avx512", "avx512vnni")
+ACTS = ("int8", "float")
+
+
+def block_act() -> str:
+    """The block kernels' activations: "int8" (default: quantized per block of 32 for integer dot products) or
+    "float" (MINDIE_LIKE_BLOCK_ACT=float: float32 math on the file's exact weights)."""
+    v = os.environ.get("MINDIE_LIKE_BLOCK_ACT", "int8").strip().lower() or "int8"
+    if v not in ACTS:
+        raise ValueError(f"MINDIE_LIKE_BLOCK_ACT={v!r}: one of {', '.join(ACTS)}")
+    return v
 
 
 def isa(mod=None) -> str:

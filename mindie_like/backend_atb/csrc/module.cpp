@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "block_gemm.cpp"
+#include "block_panels.cpp"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -38,7 +39,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
   m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "
-        "2 AVX512)");
-  m.def("block_int8_linear", &block_int8_linear,
-        "grouped int8 weights (q * s + z per group of 16/32) x float activations, per-ISA implementation");
+        "2 AVX512, 3 AVX512-VNNI)");
+  m.def("block_pack", &block_pack, "signed int8 block values -> the packed bits-wide block layout");
+  m.def("block_unpack", &block_unpack, "packed block rows -> signed int8 values");
+  m.def("block_pack_panels", &block_pack_panels, "signed int8 block values -> 16-row VNNI panels");
+  m.def("block_unpack_panels", &block_unpack_panels, "16-row VNNI panels -> signed int8 values of the rows asked");
+  m.def("block_linear_panels", &block_linear_panels,
+        "16-row block panels x int8-quantized activations, AVX512-VNNI (one vpdpbusd: 16 outputs' partial dots)");
+  m.def("block_linear", &block_linear,
+        "packed block weights (s * q + z per group of 16/32) x int8-quantized or float activations, per ISA");
 }

@@ -62,7 +62,9 @@ def _write_gguf(path, model, fmt_of):
 
 
 @pytest.mark.parametrize("mixed", [False, True])
-def test_gguf_native_tiny_llama(tiny_model, tmp_path, mixed):
+def test_gguf_native_tiny_llama(tiny_model, tmp_path, mixed, monkeypatch):
+    # the exact mapping is the point here: block weights with float activations (int8 ones: test_gguf_default)
+    monkeypatch.setenv("MINDIE_LIKE_BLOCK_ACT", "float")
     path = tiny_model("llama")                                  # untied: token_embd + output
     fmt_of = (lambda g: "Q8_0" if ("attn_v" in g or "output" in g) else "Q4_0") if mixed else (lambda g: "Q4_0")
     expect = _write_gguf(tmp_path / "tiny.gguf", path, fmt_of)
