@@ -75,7 +75,11 @@ def test_quantized_gguf_served_in_its_blocks_by_default(q_gguf, caplog, monkeypa
             # measured on this tiny random model: max 4%, mean 0.5% of the largest logit, every argmax equal
             err, top = (b - a).abs(), float(a.abs().max())
             assert float(err.max()) < 0.08 * top and float(err.mean()) < 0.01 * top
-            assert float((a.argmax(-1) == b.argmax(-1)).float().mean()) >= 0.95
+            # the greedy token agrees wherever the reference's top-two margin is beyond the rounding's reach in
+            # that row (the norms are the file's float32 values, so near-ties differ from the import's)
+            top2 = a.topk(2, -1).values
+            clear = (top2[:, 0] - top2[:, 1]) > 2 * err.max(-1).values
+            assert bool(clear.any()) and bool((a.argmax(-1) == b.argmax(-1))[clear].all())
 
 
 def test_float_gguf_stays_float(tmp_path_factory):
