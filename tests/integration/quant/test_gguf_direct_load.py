@@ -37,6 +37,7 @@ def _files(root):
 def test_quantized_gguf_loads_without_a_float_import(q_gguf, tmp_path, monkeypatch, caplog):
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINDIE_LIKE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MINDIE_LIKE_BLOCK_ACT", "float")     # the loaders compared, not the activations' rounding
     with caplog.at_level(logging.INFO, logger="mindie_like.backend_atb"):
         native = load_runner(q_gguf, quant_dense="never")
     assert "weights from the GGUF's blocks" in caplog.text
@@ -98,6 +99,7 @@ def test_tensor_parallel_ranks_build_their_part_of_the_blocks(q_gguf, tmp_path, 
     (o, down) out of the file's blocks; the logits equal one process's."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINDIE_LIKE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("MINDIE_LIKE_BLOCK_ACT", "float")     # exact sums: the split compared, not the rounding
     one = load_runner(q_gguf, quant_dense="never")
     two = load_runner(q_gguf, world_size=2, device_ids=[0, 1], quant_dense="never")
     try:
