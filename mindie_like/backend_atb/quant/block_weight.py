@@ -79,7 +79,7 @@ class BlockInt8Weight(QuantizedWeight):
         if layout != self.layout:
             q = self.values() if q is None else q
             self.layout = layout
-            N, K, G, bits = self.out_features, self.in_features, self.group, self.bits
+            bits = self.bits
             if layout == "panels":
                 self.packed = mod.block_pack_panels(q, bits)
                 self._planes = [self._panel_planes(t) for t in (self.scale, self.zero)]

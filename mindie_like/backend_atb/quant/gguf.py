@@ -273,7 +273,7 @@ def load_gguf_weights(model, gguf_path: Path, scheme: str, keep_dense: bool = Fa
         return shard(p, comp.shard_spec("weight", shard_id), rows)
 
     def build(ps, keep_rows=False):
-        if blocks and not all(isinstance(p, Parts) for p in ps):
+        if blocks:              # Q4_x too: the block kernel's batched, int8-activation path beats the int4 one
             return build_block_weight([p if isinstance(p, Blocks) else _int4_as_blocks(p) for p in ps], dtype, device,
                                       keep_dense=keep_dense)
         return build_weight(ps, scheme, dtype, device, keep_rows=keep_rows, keep_dense=keep_dense)

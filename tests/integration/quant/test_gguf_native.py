@@ -76,12 +76,14 @@ def test_gguf_native_tiny_llama(tiny_model, tmp_path, mixed, monkeypatch):
     rq = load_runner(path, block_size=16)
     quantize_model(rq.model, "gguf", dense="never", gguf_path=tmp_path / "tiny.gguf", act_bits=16)   # ~exact
     L = rq.model.layers[0]
-    assert isinstance(L.gate_up, Int4Weight) and isinstance(L.down, Int4Weight)
-    # with the own block kernel, a fused weight holding Q8_0 (qkv: Q4_0 q/k + Q8_0 v) is kept exactly as grouped
-    # int8 blocks; without it, Q8_0 is re-rounded to int8 per output channel
-    exact8 = BlockInt8Weight if cpu_kernels.load() is not None else Int8Weight
-    assert isinstance(L.qkv, exact8 if mixed else Int4Weight)
-    assert isinstance(rq.model.lm_head, exact8 if mixed else Int4Weight)
+    # with the own block kernel every tensor is kept exactly in its blocks (Q4_0 and Q8_0 alike); without it,
+    # Q4_0 maps exactly to int4 and Q8_0 is re-rounded to int8 per output channel
+    kernel = cpu_kernels.load() is not None
+    exact8 = BlockInt8Weight if kernel else Int8Weight
+    q4 = BlockInt8Weight if kernel else Int4Weight
+    assert isinstance(L.gate_up, q4) and isinstance(L.down, q4)
+    assert isinstance(L.qkv, exact8 if mixed else q4)
+    assert isinstance(rq.model.lm_head, exact8 if mixed else q4)
     seqs = [prompt(500 + i, 7 + 4 * i) for i in range(3)]
     for s_id, s in enumerate(seqs):
         a = Driver(ref, 16).step([("a", s)], all_logits=True)

@@ -46,7 +46,9 @@ def test_fused_experts_match_per_token_reference(first, n_local, tokens):
     one = torch_moe.fused_experts(ops, x, weights, ids, w13, w2, layer.first, workers=1)
     torch.testing.assert_close(one, ref, atol=1e-5, rtol=1e-5)
     split = torch_moe.fused_experts(ops, x, weights, ids, w13, w2, layer.first, workers=2)
-    assert torch.equal(split, one)          # the same matmuls, on two threads
+    # the same matmuls on two threads; a matmul's own intra-op split (which depends on the torch thread count the
+    # process set) may order a sum differently, so equal up to float rounding, not bit for bit
+    torch.testing.assert_close(split, one, atol=1e-6, rtol=1e-6)
     if tokens * 2 >= torch_moe.MIN_PAIRS_PER_THREAD * 2:
         assert torch_moe._POOL is not None  # the split really ran
 
