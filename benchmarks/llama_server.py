@@ -104,7 +104,10 @@ class LlamaServer:
 
     def load_config(self, **kw):
         from benchmarks.loadgen import LoadConfig
-        return LoadConfig(url=f"http://127.0.0.1:{self.port}", model=self.cmd[self.cmd.index("--alias") + 1], **kw)
+        # a new connection per request: llama-server closes a kept-alive connection after a streamed answer, and
+        # a request written on it fails at once (plain HTTP on 127.0.0.1: a connect costs ~0.1 ms)
+        return LoadConfig(url=f"http://127.0.0.1:{self.port}", model=self.cmd[self.cmd.index("--alias") + 1],
+                          keepalive=False, **kw)
 
 
 def main(argv=None) -> int:

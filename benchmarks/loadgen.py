@@ -106,6 +106,7 @@ class LoadConfig:
     seed: int = 0
     messages: Optional[Callable[[int], list[dict]]] = None   # request index -> messages (default: chat_messages)
     count_tokens: Optional[Callable[[str], int]] = None       # for streams without usage (see the module doc)
+    keepalive: bool = True                    # reuse connections; off for servers that close them after a stream
 
     def check(self) -> None:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -390,7 +391,7 @@ async def run_load(cfg: LoadConfig) -> LoadResult:
     records: list[RequestRecord] = []
     next_index = 0
     connector = aiohttp.TCPConnector(ssl=client_ssl_context(cfg) or False, limit=cfg.concurrency,
-                                     force_close=False)
+                                     force_close=not cfg.keepalive)
     t0 = time.perf_counter()
     deadline = t0 + cfg.duration
     async with aiohttp.ClientSession(connector=connector,

@@ -46,8 +46,8 @@ class TorchOps:
 
     def __init__(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         # CPU: a step's active experts split over torch's thread count, each matmul single-threaded
-        # (torch_moe._run_split); off until measured on a machine no other job shares (benchmarks/bench_moe.py)
-        self.moe_expert_threads = False
+        # (torch_moe._run_split): 1.3-1.4x decode at 16 streams on 2 quiet cores (benchmarks/bench_moe.py)
+        self.moe_expert_threads = True
         self._gemv = None
         self._f32 = None        # own float32 kernels (cpu_kernels.py: RMSNorm, decode attention, silu*up), CPUs
                                 # without native bf16
