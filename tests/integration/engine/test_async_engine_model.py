@@ -8,23 +8,8 @@ from transformers import AutoTokenizer
 
 from mindie_like.engine.async_engine import AsyncEngine
 from mindie_like.engine.types import EngineConfig, SamplingParams
+from tests.support.async_engine_helpers import collect
 from tests.support.reference_runner import ReferenceRunner
-
-
-async def collect(engine, prompt, params, rid):
-    outs = []
-    async for o in engine.generate(prompt, params, rid):
-        outs.append(o)
-    return outs
-
-
-async def wait_idle(engine, timeout=10.0):
-    for _ in range(int(timeout / 0.01)):
-        st = engine.stats()
-        if st.running == 0 and st.waiting == 0:
-            return st
-        await asyncio.sleep(0.01)
-    raise AssertionError("engine did not go idle")
 
 
 def test_stream_text_timing_and_concurrency(tiny_model):

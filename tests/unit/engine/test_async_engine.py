@@ -9,6 +9,7 @@ import threading
 import pytest
 from transformers import AutoTokenizer
 
+from tests.support.async_engine_helpers import collect, wait_idle
 from tests.support.engine_fakes import FakeRunner, ScriptedRunner
 from mindie_like.engine.async_engine import AsyncEngine
 from mindie_like.engine.types import EngineConfig, EngineError, EngineOverloaded, SamplingParams
@@ -23,22 +24,6 @@ def qwen_tok():
 def engine_for(runner, tokenizer=None, num_blocks=64, **kw):
     cfg = EngineConfig(model_path="x", block_size=runner.block_size, num_kv_blocks=num_blocks, **kw)
     return AsyncEngine(cfg, runner, tokenizer)
-
-
-async def collect(engine, prompt, params, rid):
-    outs = []
-    async for o in engine.generate(prompt, params, rid):
-        outs.append(o)
-    return outs
-
-
-async def wait_idle(engine, timeout=10.0):
-    for _ in range(int(timeout / 0.01)):
-        st = engine.stats()
-        if st.running == 0 and st.waiting == 0:
-            return st
-        await asyncio.sleep(0.01)
-    raise AssertionError("engine did not go idle")
 
 
 def test_abort_mid_decode_frees_all_blocks():
