@@ -1,25 +1,27 @@
-"""OpenMP settings for the daemon process, applied before torch (and with it libgomp) is loaded.
+"""The engine's OpenMP team on a host whose cores it shares with the event loop.
 
-The engine thread's OpenMP team and the asyncio event loop share the host's cores. By default a libgomp worker
-spins after each parallel region (GOMP_SPINCOUNT 300,000 iterations, fractions of a millisecond), and a decode
-step is hundreds of small parallel regions: on a 2-core host the spinning worker holds the core the event loop
-needs to detokenize and write the previous token's SSE chunk, so the streamed inter-token latency exceeds the
-engine's own step time. OMP_WAIT_POLICY=passive makes a worker sleep as soon as its region ends.
-
-An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept (set OMP_WAIT_POLICY=active for the old behaviour).
-Tensor-parallel worker processes inherit the daemon's environment.
+libgomp's own wait policy is kept (a worker spins ~300,000 iterations after a parallel region, then sleeps): a
+decode step is hundreds of back-to-back regions, and a worker put to sleep after each one costs the step ~45%
+(OMP_WAIT_POLICY=passive measured 25.6 against 19.2 ms a step at one stream on 2 cores, through the daemon).
+An operator's OMP_WAIT_POLICY or GOMP_SPINCOUNT is libgomp's to read; nothing here overrides it.
 """
 from __future__ import annotations
 
-from typing import MutableMapping
 
-DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-OPERATOR_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+def release_openmp_pool() -> bool:
+    """Ends the calling thread's OpenMP worker threads (libgomp's omp_pause_resource_all); returns whether it did.
 
-
-def set_openmp_defaults(environ: MutableMapping[str, str]) -> dict:
-    """Sets DEFAULTS in `environ` unless the operator chose a wait policy; returns what was set."""
-    if any(k in environ for k in OPERATOR_KEYS):
-        return {}
-    environ.update(DEFAULTS)
-    return dict(DEFAULTS)
+    libgomp counts every thread of every OpenMP team in the process, and once that count exceeds the cores it
+    caps the spin before a worker sleeps at ~100 iterations, whatever the wait policy: each of a decode step's
+    hundreds of parallel regions then wakes a sleeping worker with a futex. Loading the model in one thread and
+    stepping it in another leaves two teams, and the step ran ~45% slower (21 -> 31 ms on 2 cores, 30k context
+    switches a second). The thread that hands its work to another calls this; a later parallel region in it
+    starts a new team."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL(None)             # the process' symbols: the OpenMP runtime torch loaded
+        pause = lib.omp_pause_resource_all
+    except (OSError, AttributeError):
+        return False
+    pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+    return pause(1) == 0                    # omp_pause_soft

@@ -19,6 +19,7 @@ import logging
 import threading
 from typing import Any, AsyncIterator, Optional
 
+from ..cpu_threads import release_openmp_pool
 from .core import EngineCore
 from .request import Request
 from .types import (EngineConfig, EngineError, EngineOverloaded, EngineStats, PromptLimits, RequestOutput,
@@ -44,6 +45,9 @@ class AsyncEngine:
         self._torch_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="mindie-engine", daemon=True)
         self._thread.start()
+        # the steps' OpenMP team is the engine thread's: a second team left in this thread (from loading the model)
+        # makes libgomp put the step's workers to sleep after every parallel region
+        release_openmp_pool()
 
     @classmethod
     def from_config(cls, config: EngineConfig, runner: Any = None, tokenizer: Any = None) -> "AsyncEngine":

@@ -1,4 +1,4 @@
-"""The daemon's OpenMP wait policy: passive unless the operator chose one, set before torch loads libgomp."""
+"""The engine thread's OpenMP team is the process' only one: the thread that loaded the model gives its team up."""
 from __future__ import annotations
 
 import os
@@ -6,27 +6,50 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mindie_like.cpu_threads import set_openmp_defaults
-
 REPO = Path(__file__).resolve().parents[2]
 
+# In a fresh process (thread counts are the process'): a parallel matmul on the main thread starts its OpenMP
+# team; release_openmp_pool ends it; an AsyncEngine whose runner runs parallel matmuls leaves the main thread
+# without a team (only the engine thread's own), and the daemon no longer sets a wait policy.
+SCRIPT = r"""
+import os, torch
+torch.set_num_threads(2)
+def tasks(): return len(os.listdir('/proc/self/task'))
+from mindie_like.cpu_threads import release_openmp_pool
+base = tasks()
+torch.randn(600, 600) @ torch.randn(600, 600)
+with_team = tasks()
+assert with_team == base + 1, (base, with_team)
+assert release_openmp_pool() is True
+assert tasks() == base, (base, tasks())
 
-def test_passive_unless_the_operator_chose():
-    env = {}
-    assert set_openmp_defaults(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
-    for chosen in ({"OMP_WAIT_POLICY": "active"}, {"GOMP_SPINCOUNT": "10000"}):
-        env = dict(chosen)
-        assert set_openmp_defaults(env) == {}
-        assert env == chosen
+torch.randn(600, 600) @ torch.randn(600, 600)        # the main thread's team again, as after loading a model
+assert tasks() == base + 1
+import asyncio
+from tests.support.engine_fakes import FakeRunner
+from mindie_like.engine import AsyncEngine
+from mindie_like.engine.types import EngineConfig, SamplingParams
+class MatmulRunner(FakeRunner):
+    def execute(self, batch):
+        torch.randn(600, 600) @ torch.randn(600, 600)
+        return super().execute(batch)
+engine = AsyncEngine(EngineConfig(model_path="x", block_size=16), MatmulRunner(block_size=16), None)
+async def run():
+    return [o async for o in engine.generate([1, 2, 3], SamplingParams(max_tokens=3, temperature=0), "r")]
+outs = asyncio.run(run())
+assert outs[-1].finished
+# the engine thread and its team's one worker; the main thread's worker is gone
+assert tasks() == base + 2, (base, tasks())
+engine.shutdown()
+import mindie_like.daemon
+print("OMP_WAIT_POLICY" in os.environ, "GOMP_SPINCOUNT" in os.environ)
+"""
 
 
-def test_daemon_sets_it_before_torch_is_imported():
-    code = ("import sys, mindie_like.cpu_threads as c; assert 'torch' not in sys.modules; "
-            "import mindie_like.daemon as d, os, ctypes; assert d.build_backend and d.build_context; "
-            "print(os.environ.get('OMP_WAIT_POLICY'), ctypes.CDLL(None).getenv(b'OMP_WAIT_POLICY') is not None)")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+def test_the_engine_thread_owns_the_only_openmp_team():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["PASSIVE", "True"]
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "False"]
