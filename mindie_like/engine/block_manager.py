@@ -26,18 +26,13 @@ def hash_block(parent_hash: Optional[int], token_ids: Sequence[int]) -> int:
     return hash((parent_hash, tuple(token_ids)))
 
 
-class KVBlock:
-    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids")
-
-    def __init__(self, block_id: int):
-        self.block_id = block_id
-        self.ref_count = 0
-        self.block_hash: Optional[int] = None
-        self.token_ids: Optional[tuple] = None   # kept with the hash to rule out hash collisions
-
-
 class BlockManager:
-    """Allocates KV blocks to sequences; a sequence is anything with `block_table` and `block_hashes` lists."""
+    """Allocates KV blocks to sequences; a sequence is anything with `block_table` and `block_hashes` lists.
+
+    Per-block state is kept sparse so that starting costs nothing per block (a quarter of RAM in 16-token blocks is
+    hundreds of thousands of blocks): ref counts in one flat list, hashes and tokens only for cached blocks, and
+    the free queue holds only blocks that were used and freed; the never-used ones are the ids from
+    `_next_fresh` up, handed out after the freed uncached blocks and before any cached block is evicted."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True,
                  num_cpu_blocks: int = 0):
@@ -47,9 +42,13 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_cache = enable_prefix_cache
         self.num_cpu_blocks = num_cpu_blocks
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        # Blocks with ref_count 0, least recently freed first. OrderedDict: O(1) pop-front, O(1) removal.
-        self.free_queue: "OrderedDict[int, None]" = OrderedDict((i, None) for i in range(num_blocks))
+        self.ref_counts = [0] * num_blocks
+        self.block_hash: dict[int, int] = {}           # block id -> its hash (cached blocks only)
+        self.block_tokens: dict[int, tuple] = {}       # block id -> its tokens, kept to rule out hash collisions
+        # Used blocks with ref_count 0: uncached ones at the front (reused first), cached ones least recently
+        # freed first. OrderedDict: O(1) pop-front, O(1) removal.
+        self.free_queue: "OrderedDict[int, None]" = OrderedDict()
+        self._next_fresh = 0                           # blocks from here up were never used
         self.cached: dict[int, int] = {}   # block hash -> block id (full blocks only)
         # counters
         self.prefix_queries = 0            # prompt tokens looked up
@@ -59,7 +58,7 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         """Blocks no live sequence holds (cached-but-unreferenced blocks count as free)."""
-        return len(self.free_queue)
+        return len(self.free_queue) + self.num_blocks - self._next_fresh
 
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
@@ -97,34 +96,36 @@ class BlockManager:
             bid = self.cached.get(h)
             if bid is None:
                 break
-            blk = self.blocks[bid]
-            if blk.token_ids != tuple(seq.token_ids[i * bs:(i + 1) * bs]):
+            if self.block_tokens[bid] != tuple(seq.token_ids[i * bs:(i + 1) * bs]):
                 break   # hash collision: treat as a miss
             hit.append(bid)
         return hit
 
     # ------------------------------------------------------------------ allocation
     def _take_free_block(self) -> int:
-        bid, _ = self.free_queue.popitem(last=False)   # LRU: least recently freed first
-        blk = self.blocks[bid]
-        if blk.block_hash is not None:                 # evict its cache entry
-            if self.cached.get(blk.block_hash) == bid:
-                del self.cached[blk.block_hash]
-            blk.block_hash = None
-            blk.token_ids = None
-        blk.ref_count = 1
+        front = next(iter(self.free_queue), None)
+        if self._next_fresh < self.num_blocks and (front is None or front in self.block_hash):
+            bid = self._next_fresh                     # no freed uncached block: a never-used one
+            self._next_fresh += 1
+        else:
+            bid, _ = self.free_queue.popitem(last=False)   # LRU: least recently freed first
+            h = self.block_hash.pop(bid, None)
+            if h is not None:                          # evict its cache entry
+                if self.cached.get(h) == bid:
+                    del self.cached[h]
+                del self.block_tokens[bid]
+        self.ref_counts[bid] = 1
         return bid
 
     def _touch(self, bid: int) -> None:
-        blk = self.blocks[bid]
-        if blk.ref_count == 0:
+        if self.ref_counts[bid] == 0:
             self.free_queue.pop(bid, None)
-        blk.ref_count += 1
+        self.ref_counts[bid] += 1
 
     def can_allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = ()) -> bool:
         need = self._new_blocks_needed(seq, num_new_tokens, len(cached_blocks))
         # cached blocks that are currently free will leave the free queue when touched
-        reclaimed = sum(1 for b in cached_blocks if self.blocks[b].ref_count == 0)
+        reclaimed = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
         return need + reclaimed <= self.num_free_blocks
 
     def _new_blocks_needed(self, seq, num_new_tokens: int, num_cached_blocks: int = 0) -> int:
@@ -157,12 +158,11 @@ class BlockManager:
         n_full = min(seq.num_computed_tokens // bs, len(seq.block_hashes), len(seq.block_table))
         for i in range(seq.num_cached_block_marks, n_full):
             bid = seq.block_table[i]
-            blk = self.blocks[bid]
             h = seq.block_hashes[i]
-            if blk.block_hash is None:
+            if bid not in self.block_hash:
                 if h not in self.cached:
-                    blk.block_hash = h
-                    blk.token_ids = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+                    self.block_hash[bid] = h
+                    self.block_tokens[bid] = tuple(seq.token_ids[i * bs:(i + 1) * bs])
                     self.cached[h] = bid
                 # else: an identical block computed concurrently by another sequence is already cached; keep ours
                 # private (it is freed normally).
@@ -171,12 +171,12 @@ class BlockManager:
     def free(self, seq) -> None:
         """Drops seq's references. Blocks are queued tail-first so a sequence's last blocks are evicted first
         (its prefix is the part most likely to be shared)."""
+        refs = self.ref_counts
         for bid in reversed(seq.block_table):
-            blk = self.blocks[bid]
-            blk.ref_count -= 1
-            assert blk.ref_count >= 0, f"block {bid} freed twice"
-            if blk.ref_count == 0:
-                if blk.block_hash is None:
+            refs[bid] -= 1
+            assert refs[bid] >= 0, f"block {bid} freed twice"
+            if refs[bid] == 0:
+                if bid not in self.block_hash:
                     # uncached: make it the first candidate for reuse
                     self.free_queue[bid] = None
                     self.free_queue.move_to_end(bid, last=False)

@@ -214,7 +214,8 @@ def test_management_routes(d):
     assert all(isinstance(v, int) for v in st["resource"].values())
     status, raw = d.request("GET", "/v1/config", plane="management")
     cfg = json.loads(raw)
-    assert cfg["ServerConfig"]["maxLinkNum"] == 10 and cfg["BackendConfig"]["ScheduleConfig"]["cacheBlockSize"] == 128
+    assert cfg["ServerConfig"]["maxLinkNum"] == 10 and cfg["BackendConfig"]["ScheduleConfig"]["cacheBlockSize"] == \
+        d.config["BackendConfig"]["ScheduleConfig"]["cacheBlockSize"]
     status, raw = d.request("GET", "/info", plane="management")
     assert json.loads(raw)["model_id"] == d.model_name and json.loads(raw)["model_type"] == "qwen2"
     # business routes are not on the management plane

@@ -51,10 +51,10 @@ def test_prefix_hit_ref_counts_and_free_accounting():
     free_before = bm.num_free_blocks
     assert bm.allocate(b, b.num_tokens - 8, hit)
     assert b.num_computed_tokens == 8 and b.block_table[:2] == hit
-    assert bm.blocks[hit[0]].ref_count == 2
+    assert bm.ref_counts[hit[0]] == 2
     assert bm.num_free_blocks == free_before - 1      # only the new third block
     bm.free(a)
-    assert bm.blocks[hit[0]].ref_count == 1
+    assert bm.ref_counts[hit[0]] == 1
     bm.free(b)
     assert bm.num_free_blocks == 16                   # cached but unreferenced blocks count as free
     # still cached: a third request hits them while they sit in the free queue

@@ -299,7 +299,7 @@ def test_random_workloads_match_alone(seed):
             outs.setdefault(req.request_id, []).extend(o.new_token_ids)
             if o.finished:
                 reasons[req.request_id] = o.finish_reason
-    assert all(b.ref_count == 0 for b in core.bm.blocks)
+    assert not any(core.bm.ref_counts)
     assert core.bm.num_free_blocks == core.bm.num_blocks
     kw.pop("num_blocks")
     solo = alone(ps, params, num_blocks=core.bm.num_blocks, **kw)
