@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class PagedModelRunner(BaseRunner):
     path = "own"
     supports_prefix_cache = True
+    supports_kv_copy = True
 
     def __init__(self, cfg, model_dir: Path, device, dtype, config: EngineConfig,
                  parallel: Optional[ParallelSpec] = None, gguf: Optional[Path] = None):
@@ -90,6 +91,14 @@ class PagedModelRunner(BaseRunner):
     def weight_bytes(self) -> int:
         return self.model.weight_bytes()
 
+    def _copy_kv(self, copies) -> None:
+        """Partial-block prefix reuse: the first n slots of block src into block dst, in every layer's caches
+        (each cache tensor is [num_blocks, block_size, ...]: K and V, or MLA's latent and rope key)."""
+        for src, dst, n in copies:
+            for caches in self.kv_caches:
+                for t in caches:
+                    t[dst, :n].copy_(t[src, :n])
+
     @torch.inference_mode()
     def execute(self, batch: ForwardBatch) -> torch.Tensor:
         if not self.kv_caches:
@@ -101,6 +110,8 @@ class PagedModelRunner(BaseRunner):
         slot_mapping = batch.slot_mapping if cpu else batch.slot_mapping.to(dev, non_blocking=True)
         block_tables = batch.block_tables if cpu else batch.block_tables.to(dev, non_blocking=True)
         logits_indices = batch.logits_indices if cpu else batch.logits_indices.to(dev, non_blocking=True)
+        if batch.kv_copies:
+            self._copy_kv(batch.kv_copies)
         self.model.ensure_positions(max(batch.context_lens))
         meta = self.ops.prepare(query_lens=batch.query_lens, context_lens=batch.context_lens,
                                 block_tables=block_tables, slot_mapping=slot_mapping, block_size=self.block_size,

@@ -12,8 +12,8 @@ on the control group between requests, so it has no practical timeout: a dead ra
 workers watch (and PR_SET_PDEATHSIG), a dead or hung worker by rank 0's watchdog (tp_runner).
 
 The step broadcast is two `broadcast` calls of int64 tensors: a fixed header [command, argument, T, B, max_blocks,
-S] and one payload that packs the ForwardBatch (token ids, positions, query and context lengths, block table,
-slot mapping, logits rows). `broadcast_object_list` would pickle the batch and send its size first, which costs
+S, C] and one payload that packs the ForwardBatch (token ids, positions, query and context lengths, block table,
+slot mapping, logits rows, C partial-block KV copies). `broadcast_object_list` would pickle the batch and send its size first, which costs
 more per step for the same bytes (docs/architecture.md has the numbers).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..engine.types import ForwardBatch
 CONTROL_TIMEOUT = datetime.timedelta(days=365)      # workers idle on the control group between requests
 
 CMD_EXECUTE, CMD_NUM_BLOCKS, CMD_ALLOCATE, CMD_STOP = 1, 2, 3, 4
-_HEADER = 6
+_HEADER = 7
 
 
 class TPConfigError(ValueError):
@@ -205,18 +205,18 @@ def pack_batch(batch: ForwardBatch) -> tuple[list[int], torch.Tensor]:
     bt = batch.block_tables
     parts = [batch.input_ids, batch.positions, torch.tensor(batch.query_lens, dtype=torch.long),
              torch.tensor(batch.context_lens, dtype=torch.long), bt.reshape(-1).long(), batch.slot_mapping,
-             batch.logits_indices]
-    return [batch.input_ids.shape[0], len(batch.query_lens), bt.shape[1], batch.logits_indices.shape[0]], \
-        torch.cat(parts)
+             batch.logits_indices, torch.tensor(batch.kv_copies, dtype=torch.long).reshape(-1)]
+    return [batch.input_ids.shape[0], len(batch.query_lens), bt.shape[1], batch.logits_indices.shape[0],
+            len(batch.kv_copies)], torch.cat(parts)
 
 
 def unpack_batch(dims: list[int], payload: torch.Tensor) -> ForwardBatch:
-    T, B, W, S = dims
-    sizes = [T, T, B, B, B * W, T, S]
-    ids, pos, ql, cl, bt, slots, lidx = payload.split(sizes)
+    T, B, W, S, C = dims
+    sizes = [T, T, B, B, B * W, T, S, 3 * C]
+    ids, pos, ql, cl, bt, slots, lidx, copies = payload.split(sizes)
     return ForwardBatch(seq_ids=[""] * B, input_ids=ids, positions=pos, query_lens=ql.tolist(),
                         context_lens=cl.tolist(), block_tables=bt.view(B, W).int(), slot_mapping=slots,
-                        logits_indices=lidx)
+                        logits_indices=lidx, kv_copies=[tuple(c) for c in copies.view(C, 3).tolist()])
 
 
 class StepChannel:
@@ -227,7 +227,7 @@ class StepChannel:
 
     def send(self, cmd: int, arg: int = 0, batch: Optional[ForwardBatch] = None) -> None:
         import torch.distributed as dist
-        dims, payload = pack_batch(batch) if batch is not None else ([0, 0, 0, 0], None)
+        dims, payload = pack_batch(batch) if batch is not None else ([0, 0, 0, 0, 0], None)
         dist.broadcast(torch.tensor([cmd, arg, *dims], dtype=torch.long), src=0, group=self.group)
         if payload is not None:
             dist.broadcast(payload, src=0, group=self.group)
@@ -239,8 +239,8 @@ class StepChannel:
         cmd, arg, *dims = header.tolist()
         if cmd != CMD_EXECUTE:
             return cmd, arg, None
-        T, B, W, S = dims
-        payload = torch.empty(3 * T + 2 * B + B * W + S, dtype=torch.long)
+        T, B, W, S, C = dims
+        payload = torch.empty(3 * T + 2 * B + B * W + S + 3 * C, dtype=torch.long)
         dist.broadcast(payload, src=0, group=self.group)
         return cmd, arg, unpack_batch(dims, payload)
 

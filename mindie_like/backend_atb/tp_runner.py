@@ -257,6 +257,7 @@ class WorkerGroup:
 class TPModelRunner(BaseRunner):
     """Rank 0 of a tensor-parallel group; the ModelRunner surface over the whole group."""
     supports_prefix_cache = True
+    supports_kv_copy = True          # every rank's PagedModelRunner applies the broadcast batch's kv_copies
 
     def __init__(self, config: EngineConfig, layout: WorldLayout):
         self.layout = layout

@@ -10,6 +10,15 @@ same full blocks reuses them (ref count + 1) and only computes the tokens after 
 whose ref count drops to 0 goes to the free queue but keeps its hash and contents: it can still be hit, until the
 allocator needs a block and evicts the least recently freed one (LRU; the hash entry is dropped then).
 
+Partial-block reuse (`partial_reuse`, when the runner can copy KV): a shared prefix rarely ends on a block
+boundary (a system prompt + tools followed by a different user message), so after the last whole cached block
+the next block of the new prompt is compared with the cached full blocks that follow the same parent (indexed by
+parent hash); the longest common run of leading tokens is copied into the request's own new block (the runner
+copies those slots before the step's forward, `ForwardBatch.kv_copies`) and counts as cached. The source block is
+pinned (ref count + 1) until the scheduler has finished the step's allocations (`take_kv_copies`), so no
+allocation of the same step can evict and overwrite it before the copy runs. Prefixes are thus reused to the
+token at any block size, as SGLang's radix cache does, while sharing stays by whole blocks.
+
 Swap space (`cpuMemSize`) is only *reported* as CPU blocks: preemption works by recomputation (a preempted
 sequence frees its device blocks and is later prefilled again from its prompt + generated tokens; with prefix
 caching most of those blocks are usually still cached), so no KV is ever copied to host memory and the CPU
@@ -26,6 +35,27 @@ def hash_block(parent_hash: Optional[int], token_ids: Sequence[int]) -> int:
     return hash((parent_hash, tuple(token_ids)))
 
 
+# Siblings compared per partial lookup (a popular parent, e.g. a system prompt followed by many different user
+# messages, can have thousands): the most recently cached ones, which are the likeliest to be shared again.
+MAX_PARTIAL_CANDIDATES = 64
+
+
+def _common_prefix_len(a: tuple, b: tuple, at_least: int) -> int:
+    """Length of the common leading run of a and b, by bisection on slice equality (C-speed compares); 0 when it
+    is not above `at_least` (the caller only wants a longer run than its best)."""
+    n = min(len(a), len(b))
+    if n <= at_least or a[:at_least + 1] != b[:at_least + 1]:
+        return 0
+    lo, hi = at_least + 1, n                   # a[:lo] == b[:lo]; the answer is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class BlockManager:
     """Allocates KV blocks to sequences; a sequence is anything with `block_table` and `block_hashes` lists.
 
@@ -35,13 +65,14 @@ class BlockManager:
     `_next_fresh` up, handed out after the freed uncached blocks and before any cached block is evicted."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True,
-                 num_cpu_blocks: int = 0):
+                 num_cpu_blocks: int = 0, partial_reuse: bool = False):
         if num_blocks <= 0:
             raise ValueError(f"KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_cache = enable_prefix_cache
         self.num_cpu_blocks = num_cpu_blocks
+        self.partial_reuse = bool(partial_reuse and enable_prefix_cache)
         self.ref_counts = [0] * num_blocks
         self.block_hash: dict[int, int] = {}           # block id -> its hash (cached blocks only)
         self.block_tokens: dict[int, tuple] = {}       # block id -> its tokens, kept to rule out hash collisions
@@ -50,6 +81,10 @@ class BlockManager:
         self.free_queue: "OrderedDict[int, None]" = OrderedDict()
         self._next_fresh = 0                           # blocks from here up were never used
         self.cached: dict[int, int] = {}   # block hash -> block id (full blocks only)
+        # parent hash (None: a first block) -> ids of the cached blocks that follow it, for partial reuse
+        self.children: dict[Optional[int], dict[int, None]] = {}
+        self.block_parent: dict[int, Optional[int]] = {}
+        self._pending_copies: list[tuple[int, int, int]] = []   # (src block, dst block, tokens), pinned src
         # counters
         self.prefix_queries = 0            # prompt tokens looked up
         self.prefix_hits = 0               # prompt tokens found cached
@@ -101,6 +136,40 @@ class BlockManager:
             hit.append(bid)
         return hit
 
+    def find_partial_block(self, seq, num_hit_blocks: int) -> Optional[tuple[int, int]]:
+        """(cached block id, n): the cached full block, following seq's `num_hit_blocks` cached blocks, whose first
+        n tokens are the longest run equal to seq's next tokens (n >= 1, at most one token short of seq's end);
+        None when there is none. Copying those n slots reuses them (`allocate(..., partial=...)`)."""
+        if not self.partial_reuse:
+            return None
+        bs = self.block_size
+        start = num_hit_blocks * bs
+        limit = min(bs, len(seq.token_ids) - 1 - start)
+        if limit <= 0:
+            return None
+        siblings = self.children.get(seq.block_hashes[num_hit_blocks - 1] if num_hit_blocks else None)
+        if not siblings:
+            return None
+        want = tuple(seq.token_ids[start:start + limit])
+        best, best_n = None, 0
+        for i, bid in enumerate(reversed(siblings)):      # most recently cached first
+            if i == MAX_PARTIAL_CANDIDATES:
+                break
+            n = _common_prefix_len(self.block_tokens[bid], want, best_n)
+            if n > best_n:
+                best, best_n = bid, n
+                if n == limit:
+                    break
+        return (best, best_n) if best is not None else None
+
+    def take_kv_copies(self) -> list[tuple[int, int, int]]:
+        """The partial-block copies this step's allocations asked for, (src block, dst block, tokens); unpins
+        their source blocks. The scheduler calls it once all of a step's blocks are allocated."""
+        copies, self._pending_copies = self._pending_copies, []
+        for src, _, _ in copies:
+            self._unref(src)
+        return copies
+
     # ------------------------------------------------------------------ allocation
     def _take_free_block(self) -> int:
         front = next(iter(self.free_queue), None)
@@ -114,6 +183,12 @@ class BlockManager:
                 if self.cached.get(h) == bid:
                     del self.cached[h]
                 del self.block_tokens[bid]
+                if self.partial_reuse:
+                    parent = self.block_parent.pop(bid)
+                    siblings = self.children[parent]
+                    del siblings[bid]
+                    if not siblings:
+                        del self.children[parent]
         self.ref_counts[bid] = 1
         return bid
 
@@ -122,29 +197,53 @@ class BlockManager:
             self.free_queue.pop(bid, None)
         self.ref_counts[bid] += 1
 
-    def can_allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = ()) -> bool:
-        need = self._new_blocks_needed(seq, num_new_tokens, len(cached_blocks))
-        # cached blocks that are currently free will leave the free queue when touched
+    def _unref(self, bid: int) -> None:
+        """Drops one reference; at 0 the block joins the free queue (uncached at the front, cached at the end)."""
+        self.ref_counts[bid] -= 1
+        assert self.ref_counts[bid] >= 0, f"block {bid} freed twice"
+        if self.ref_counts[bid] == 0:
+            self.free_queue[bid] = None
+            if bid not in self.block_hash:
+                self.free_queue.move_to_end(bid, last=False)   # uncached: the first candidate for reuse
+
+    def can_allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = (),
+                     partial: Optional[tuple[int, int]] = None) -> bool:
+        partial_tokens = partial[1] if partial else 0
+        need = self._new_blocks_needed(seq, num_new_tokens, len(cached_blocks), partial_tokens)
+        # cached blocks that are currently free will leave the free queue when touched (a partial source too)
         reclaimed = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)
+        if partial and self.ref_counts[partial[0]] == 0 and partial[0] not in cached_blocks:
+            reclaimed += 1
         return need + reclaimed <= self.num_free_blocks
 
-    def _new_blocks_needed(self, seq, num_new_tokens: int, num_cached_blocks: int = 0) -> int:
+    def _new_blocks_needed(self, seq, num_new_tokens: int, num_cached_blocks: int = 0,
+                           partial_tokens: int = 0) -> int:
         have = len(seq.block_table) + num_cached_blocks
-        total_tokens = seq.num_computed_tokens + num_cached_blocks * self.block_size + num_new_tokens
+        total_tokens = (seq.num_computed_tokens + num_cached_blocks * self.block_size + partial_tokens
+                        + num_new_tokens)
         return max(0, self.blocks_needed(total_tokens) - have)
 
-    def allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = ()) -> bool:
+    def allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = (),
+                 partial: Optional[tuple[int, int]] = None) -> bool:
         """Gives seq the blocks for `num_new_tokens` more tokens (after its computed ones and `cached_blocks`,
-        a prefix-cache hit from find_cached_prefix that becomes the start of its block table). False, with
-        nothing changed, when there are not enough free blocks."""
-        if not self.can_allocate(seq, num_new_tokens, cached_blocks):
+        a prefix-cache hit from find_cached_prefix that becomes the start of its block table; then `partial`,
+        (source block, n) from find_partial_block: the first n slots of seq's next block are copied from the
+        source and count as computed). False, with nothing changed, when there are not enough free blocks."""
+        if not self.can_allocate(seq, num_new_tokens, cached_blocks, partial):
             return False
-        if cached_blocks:
+        if cached_blocks or partial:
             assert not seq.block_table and seq.num_computed_tokens == 0
             for bid in cached_blocks:
                 self._touch(bid)
             seq.block_table.extend(cached_blocks)
             seq.num_computed_tokens = len(cached_blocks) * self.block_size
+        if partial:
+            src, n = partial
+            self._touch(src)                       # pinned until take_kv_copies
+            dst = self._take_free_block()
+            seq.block_table.append(dst)
+            seq.num_computed_tokens += n
+            self._pending_copies.append((src, dst, n))
         for _ in range(self._new_blocks_needed(seq, num_new_tokens)):
             seq.block_table.append(self._take_free_block())
         return True
@@ -164,6 +263,10 @@ class BlockManager:
                     self.block_hash[bid] = h
                     self.block_tokens[bid] = tuple(seq.token_ids[i * bs:(i + 1) * bs])
                     self.cached[h] = bid
+                    if self.partial_reuse:
+                        parent = seq.block_hashes[i - 1] if i else None
+                        self.block_parent[bid] = parent
+                        self.children.setdefault(parent, {})[bid] = None
                 # else: an identical block computed concurrently by another sequence is already cached; keep ours
                 # private (it is freed normally).
         seq.num_cached_block_marks = max(seq.num_cached_block_marks, n_full)
@@ -171,17 +274,8 @@ class BlockManager:
     def free(self, seq) -> None:
         """Drops seq's references. Blocks are queued tail-first so a sequence's last blocks are evicted first
         (its prefix is the part most likely to be shared)."""
-        refs = self.ref_counts
         for bid in reversed(seq.block_table):
-            refs[bid] -= 1
-            assert refs[bid] >= 0, f"block {bid} freed twice"
-            if refs[bid] == 0:
-                if bid not in self.block_hash:
-                    # uncached: make it the first candidate for reuse
-                    self.free_queue[bid] = None
-                    self.free_queue.move_to_end(bid, last=False)
-                else:
-                    self.free_queue[bid] = None
+            self._unref(bid)
         seq.block_table.clear()
         seq.num_computed_tokens = 0
         seq.num_cached_block_marks = 0

@@ -46,7 +46,9 @@ class EngineCore:
         self.enable_prefix_cache = bool(config.enable_prefix_cache and getattr(runner, "supports_prefix_cache", False))
         if config.enable_prefix_cache and not self.enable_prefix_cache:
             logger.info("prefix caching off: the %s runner path does not support it", getattr(runner, "model_type", "?"))
-        self.bm = BlockManager(num_blocks, self.block_size, self.enable_prefix_cache, num_cpu_blocks)
+        partial = bool(config.partial_block_reuse and getattr(runner, "supports_kv_copy", False))
+        self.bm = BlockManager(num_blocks, self.block_size, self.enable_prefix_cache, num_cpu_blocks,
+                               partial_reuse=partial)
         self.scheduler = Scheduler(self.bm, max_batch_size=config.max_batch_size,
                                    max_prefill_batch_size=config.max_prefill_batch_size,
                                    max_prefill_tokens=config.max_prefill_tokens,
@@ -70,7 +72,8 @@ class EngineCore:
         self.step_observers: list[Callable[[str, float, int], None]] = []
         logger.info("KV cache: %d blocks of %d tokens (%.2f GB), %d swap blocks reported (preemption recomputes), "
                     "prefix cache %s", num_blocks, self.block_size, num_blocks * bytes_per_block / GiB,
-                    num_cpu_blocks, "on" if self.enable_prefix_cache else "off")
+                    num_cpu_blocks, ("on, reused to the token" if self.bm.partial_reuse else "on, by whole blocks")
+                    if self.enable_prefix_cache else "off")
 
     # ------------------------------------------------------------------ admission
     def make_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:

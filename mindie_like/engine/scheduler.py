@@ -8,7 +8,8 @@ Each step:
    tokens: preemption by recomputation, requests never fail for lack of blocks).
 2. Waiting requests are admitted in arrival order while the budget, `max_batch_size`, `max_prefill_batch_size` and
    free blocks allow (head-of-line: the queue is not reordered). A prefix-cache hit shortens a prompt to the tokens
-   after its last cached full block. A prompt that does not fit the remaining budget is chunked when chunked
+   after its last cached full block, or, with partial-block reuse, after the longest cached run of tokens (the
+   matched part of the next block is copied, `SchedulerOutput.kv_copies`). A prompt that does not fit the remaining budget is chunked when chunked
    prefill is on (`templateType: "Mix"`) or when it is longer than the whole budget; otherwise it waits a step.
    Nothing is admitted in a step that had to preempt.
    **Same-step prefix dedupe**: a waiting request whose next uncached full block is being computed in this step
@@ -48,6 +49,7 @@ class ScheduledRequest:
 class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    kv_copies: list[tuple[int, int, int]] = field(default_factory=list)   # (src block, dst block, tokens)
 
     @property
     def num_tokens(self) -> int:
@@ -162,20 +164,22 @@ class Scheduler:
                 if self._next_block_in(req, len(cached), computing):
                     self.num_prefix_deferrals += 1
                     break
-                n_total = req.num_tokens - len(cached) * self.block_size
+                partial = self.bm.find_partial_block(req, len(cached))
+                num_cached = len(cached) * self.block_size + (partial[1] if partial else 0)
+                n_total = req.num_tokens - num_cached
                 n = n_total
                 if n > budget:
                     if self.chunked_prefill or n_total > self.max_prefill_tokens:
                         n = budget
                     else:
                         break
-                if not self.bm.allocate(req, n, cached):
+                if not self.bm.allocate(req, n, cached, partial):
                     break
                 self.waiting.popleft()
                 req.status = RequestStatus.RUNNING
                 self.running.append(req)
                 if req.num_cached_tokens < 0:             # first admission (not a recomputation)
-                    req.num_cached_tokens = len(cached) * self.block_size
+                    req.num_cached_tokens = num_cached
                     self.prompt_tokens_total += req.num_prompt_tokens
                     self.cached_tokens_total += req.num_cached_tokens
                     self.bm.prefix_queries += req.num_prompt_tokens
@@ -185,6 +189,7 @@ class Scheduler:
                 budget -= n
                 num_prefills += 1
 
+        out.kv_copies = self.bm.take_kv_copies()
         # decodes first in the batch, then prefills (kernels like it that way)
         out.scheduled = sorted(chosen.values(), key=lambda s: s.num_new_tokens > 1)
         return out
@@ -238,6 +243,7 @@ class Scheduler:
             block_tables=block_tables,
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
             logits_indices=torch.tensor(logits_indices, dtype=torch.int64),
+            kv_copies=list(out.kv_copies),
         )
 
     def update(self, out: SchedulerOutput) -> None:

@@ -187,6 +187,7 @@ class EngineConfig:
     max_iter_times: int = 512
     chunked_prefill: bool = False             # templateType "Mix"
     enable_prefix_cache: bool = True
+    partial_block_reuse: bool = True          # reuse a cached prefix to the token (runners with supports_kv_copy)
     max_queue_size: int = 0                   # 0 = unbounded waiting queue
     num_threads: int = 0                      # 0 = the cores actually available
     cache_dir: Optional[str] = None           # where a GGUF model is imported once (None: paths.cache_dir())
@@ -238,6 +239,9 @@ class ForwardBatch:
     block_tables: torch.Tensor    # [B, max_blocks] int32, physical block ids, padded with 0
     slot_mapping: torch.Tensor    # [T] int64, KV slot (block_id * block_size + offset) of each new token
     logits_indices: torch.Tensor  # [S] int64, rows of the flattened tokens whose logits are returned
+    # (src block, dst block, n): before the step, copy the first n KV slots of src into dst (partial-block reuse of
+    # a cached prefix; only for runners with `supports_kv_copy`)
+    kv_copies: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
@@ -251,6 +255,7 @@ class Runner(Protocol):
     max_model_len: int
     block_size: int
     supports_prefix_cache: bool
+    supports_kv_copy: bool        # executes ForwardBatch.kv_copies (enables partial-block prefix reuse)
     tokenizer_path: str
     num_blocks: int
 

@@ -25,11 +25,13 @@ class PagedRunnerBase:
     max_model_len = 4096
 
     def __init__(self, vocab_size: int, eos_token_ids: list[int], block_size: int = 16,
-                 supports_prefix_cache: bool = True, tokenizer_path: str = "", default_blocks: int = 256):
+                 supports_prefix_cache: bool = True, tokenizer_path: str = "", default_blocks: int = 256,
+                 supports_kv_copy: Optional[bool] = None):
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.block_size = block_size
         self.supports_prefix_cache = supports_prefix_cache
+        self.supports_kv_copy = supports_prefix_cache if supports_kv_copy is None else supports_kv_copy
         self.tokenizer_path = tokenizer_path
         self.default_blocks = default_blocks
         self.hf_config = SimpleNamespace(vocab_size=vocab_size)
@@ -38,6 +40,7 @@ class PagedRunnerBase:
         self.num_blocks = 0
         # counters the tests assert on
         self.executed_tokens = 0          # tokens run through the model (input_ids rows)
+        self.copied_tokens = 0            # KV slots copied for partial-block reuse (ForwardBatch.kv_copies)
         self.batches: list[tuple[int, int]] = []   # (num_seqs, num_tokens) per execute
         self.released: list[str] = []
         self.fail_next = 0                # execute raises this many times (error-path tests)
@@ -113,6 +116,11 @@ class PagedRunnerBase:
             raise RuntimeError("injected runner failure")
         self.executed_tokens += batch.input_ids.numel()
         self.batches.append((batch.num_seqs, batch.input_ids.numel()))
+        bs = self.block_size
+        for src, dst, n in batch.kv_copies:
+            assert self.supports_kv_copy and 0 < n <= bs and src != dst
+            self.slots[dst * bs:dst * bs + n] = self.slots[src * bs:src * bs + n]
+            self.copied_tokens += n
         contexts = self.contexts(batch)
         rows = self.logits_rows(batch)
         return self.compute_logits(contexts, rows)

@@ -136,29 +136,37 @@ def test_batch_invariance_preemption(kind, model_path):
     assert core.stats().free_blocks == 12
 
 
+@pytest.mark.parametrize("partial", [True, False], ids=["to-the-token", "whole-blocks"])
 @pytest.mark.parametrize("kind_", ["reference", "own"])
-def test_prefix_cache_shared_300_token_prefix(kind_, model_path):
+def test_prefix_cache_shared_300_token_prefix(kind_, partial, model_path):
     rng = random.Random(5)
     shared = [rng.randrange(3, 2000) for _ in range(300)]
     a = shared + [rng.randrange(3, 2000) for _ in range(10)]
     b = shared + [rng.randrange(3, 2000) for _ in range(7)]
-    core, runner = make_core(kind_, model_path)
-    assert core.enable_prefix_cache
+    core, runner = make_core(kind_, model_path, partial_block_reuse=partial)
+    assert core.enable_prefix_cache and core.bm.partial_reuse == partial
     run(core, [a], ids=["a"])
     before = core.scheduler.computed_tokens_total
     toks, lps, cached = run(core, [b], ids=["b"])
-    # 300 shared tokens = 18 full blocks of 16 (288 tokens): b computes only its last 307 - 288 = 19 prompt
-    # tokens, then one token per decode step
-    assert cached["b"] == 288
-    assert core.scheduler.computed_tokens_total - before == 19 + (N_OUT - 1)
-    assert core.stats().cached_tokens_total == 288
+    # 300 shared tokens = 18 full blocks of 16 (288 tokens) + 12 tokens of the 19th. By whole blocks b computes
+    # its last 307 - 288 = 19 prompt tokens; to the token, the 12 are copied from a's 19th block and b computes 7.
+    # Then one token per decode step.
+    n_cached = 300 if partial else 288
+    assert cached["b"] == n_cached
+    assert core.scheduler.computed_tokens_total - before == (307 - n_cached) + (N_OUT - 1)
+    assert core.stats().cached_tokens_total == n_cached
     if kind_ == "reference":
-        assert runner.batches[-N_OUT][1] == 19
-    # same tokens as without the cache
+        assert runner.batches[-N_OUT][1] == 307 - n_cached
+        assert runner.copied_tokens == n_cached - 288
+    # same tokens and log-probabilities as without the cache
     fresh, _ = make_core(kind_, model_path, enable_prefix_cache=False)
     ft, fl, fc = run(fresh, [b], ids=["b"])
     assert fc["b"] == 0
-    assert_same_greedy(toks["b"], ft["b"], fl["b"])
+    checked = assert_same_greedy(toks["b"], ft["b"], fl["b"])
+    for got, ref in zip(lps["b"][:checked], fl["b"][:checked]):
+        assert [t for t, _ in got.top] == [t for t, _ in ref.top]
+        assert [lp for _, lp in got.top] == pytest.approx([lp for _, lp in ref.top], abs=1e-4)
+    assert core.stats().free_blocks == core.stats().total_blocks
 
 
 def test_generic_path_turns_prefix_cache_off(model_path):

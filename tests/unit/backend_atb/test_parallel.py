@@ -87,7 +87,8 @@ def test_step_packing_round_trip():
     b = ForwardBatch(seq_ids=["a", "b"], input_ids=torch.tensor([5, 6, 7, 8]), positions=torch.tensor([0, 1, 2, 9]),
                      query_lens=[3, 1], context_lens=[3, 10], block_tables=torch.tensor([[1, 0], [2, 3]],
                                                                                          dtype=torch.int32),
-                     slot_mapping=torch.tensor([16, 17, 18, 57]), logits_indices=torch.tensor([2, 3]))
+                     slot_mapping=torch.tensor([16, 17, 18, 57]), logits_indices=torch.tensor([2, 3]),
+                     kv_copies=[(7, 1, 5), (9, 4, 15)])
     dims, payload = pack_batch(b)
     assert payload.dtype == torch.long
     u = unpack_batch(dims, payload)
@@ -95,6 +96,9 @@ def test_step_packing_round_trip():
         assert torch.equal(getattr(u, f), getattr(b, f)), f
     assert u.block_tables.dtype == torch.int32
     assert (u.query_lens, u.context_lens) == (b.query_lens, b.context_lens)
+    assert u.kv_copies == b.kv_copies
+    b.kv_copies = []
+    assert unpack_batch(*pack_batch(b)).kv_copies == []
 
 
 def test_weight_slices_per_rank(tiny_model):

@@ -115,3 +115,83 @@ def test_prefix_cache_off():
     a.num_computed_tokens = 9
     bm.cache_full_blocks(a)
     assert bm.cached == {} and bm.find_cached_prefix(req(range(9), "b")) == []
+
+
+# -- partial-block reuse: a cached prefix reused to the token -------------------------------------------------
+def computed(bm, r):
+    """Allocates r's whole prompt (after any hit), marks it computed and registers its full blocks."""
+    hit = bm.find_cached_prefix(r)
+    partial = bm.find_partial_block(r, len(hit))
+    n = r.num_tokens - len(hit) * bm.block_size - (partial[1] if partial else 0)
+    assert bm.allocate(r, n, hit, partial)
+    r.num_computed_tokens = r.num_tokens
+    bm.cache_full_blocks(r)
+    return hit, partial
+
+
+def test_partial_block_found_after_the_whole_blocks():
+    bm = BlockManager(16, 4, partial_reuse=True)
+    a = req([1, 2, 3, 4, 5, 6, 7, 8, 9], "a")          # blocks [1-4] [5-8], then 9
+    computed(bm, a)
+    b = req([1, 2, 3, 4, 5, 6, 70, 80, 90], "b")      # shares block 0 and 2 tokens of block 1
+    assert bm.find_cached_prefix(b) == [a.block_table[0]]
+    assert bm.find_partial_block(b, 1) == (a.block_table[1], 2)
+    c = req([1, 2, 9, 9, 9], "c")                      # 2 tokens of the first block (no parent)
+    assert bm.find_partial_block(c, 0) == (a.block_table[0], 2)
+    assert bm.find_partial_block(req([7, 7, 7], "d"), 0) is None
+    # the same run after another first block is not a match (the parent hash differs)
+    e = req([1, 2, 3, 5, 5, 6, 7, 8, 1], "e")
+    assert bm.find_cached_prefix(e) == [] and bm.find_partial_block(e, 0)[1] == 3
+
+
+def test_partial_leaves_the_last_token_to_compute_and_picks_the_longest_run():
+    bm = BlockManager(16, 4, partial_reuse=True)
+    computed(bm, req([1, 2, 3, 4, 5, 6, 7, 8, 0], "a"))
+    computed(bm, req([1, 2, 3, 4, 5, 6, 9, 9, 0], "b"))
+    # block 1 of the new prompt matches a's in 3 tokens and b's in 2; the prompt ends at token 8 of 9
+    r = req([1, 2, 3, 4, 5, 6, 7, 8], "r")
+    hit = bm.find_cached_prefix(r)
+    assert len(hit) == 1
+    src, n = bm.find_partial_block(r, 1)
+    assert n == 3 and bm.block_tokens[src] == (5, 6, 7, 8)   # a's block: 3 tokens, the 8th is computed
+
+
+def test_partial_copy_refcounts_pin_and_accounting():
+    bm = BlockManager(6, 4, partial_reuse=True)
+    a = req([1, 2, 3, 4, 5, 6, 7, 8, 9], "a")
+    computed(bm, a)
+    src = a.block_table[1]
+    bm.free(a)
+    assert bm.num_free_blocks == 6 and bm.ref_counts[src] == 0
+    b = req([1, 2, 3, 4, 5, 6, 70, 80], "b")
+    hit, partial = computed(bm, b)
+    assert partial == (src, 2) and b.num_computed_tokens == 8
+    dst = b.block_table[1]
+    assert dst != src and b.block_table == hit + [dst]
+    # the source is pinned until the scheduler takes the step's copies: no allocation can evict it before
+    assert bm.ref_counts[src] == 1 and bm.num_free_blocks == 6 - 3
+    assert bm.take_kv_copies() == [(src, dst, 2)]
+    assert bm.ref_counts[src] == 0 and bm.num_free_blocks == 6 - 2 and bm.take_kv_copies() == []
+    bm.free(b)
+    assert bm.num_free_blocks == 6 and not any(bm.ref_counts)
+
+
+def test_partial_index_forgets_evicted_blocks():
+    bm = BlockManager(3, 2, partial_reuse=True)
+    a = req([1, 2, 3, 4, 5], "a")                      # blocks [1,2] [3,4] cached, [5] not
+    computed(bm, a)
+    bm.free(a)
+    assert len(bm.children) == 2
+    big = req([9, 9, 9, 9, 9, 9], "big")               # needs all 3 blocks: evicts both cached ones
+    assert bm.allocate(big, 6)
+    assert bm.cached == {} and bm.children == {} and bm.block_parent == {}
+    assert bm.find_partial_block(req([1, 7, 7], "x"), 0) is None
+
+
+def test_partial_reuse_off_by_default_and_without_prefix_cache():
+    for bm in (BlockManager(8, 4), BlockManager(8, 4, enable_prefix_cache=False, partial_reuse=True)):
+        a = req([1, 2, 3, 4, 5], "a")
+        bm.allocate(a, 5)
+        a.num_computed_tokens = 5
+        bm.cache_full_blocks(a)
+        assert bm.find_partial_block(req([1, 2, 9], "b"), 0) is None and bm.children == {}

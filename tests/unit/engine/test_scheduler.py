@@ -218,30 +218,36 @@ def test_step_error_fails_its_requests_and_engine_goes_on():
     assert set(reasons.values()) == {"length"}
 
 
-def test_prefix_cache_counts_and_skips_cached_tokens():
-    core, runner = make_core(block_size=4)
-    shared = list(range(1, 31))                    # 30 tokens: 7 full blocks
+@pytest.mark.parametrize("partial", [True, False])
+def test_prefix_cache_counts_and_skips_cached_tokens(partial):
+    core, runner = make_core(block_size=4, partial_block_reuse=partial)
+    shared = list(range(1, 31))                    # 30 tokens: 7 full blocks and 2 tokens of the 8th
     run(core, [shared + [40, 41]])
     before = runner.executed_tokens
     core2_outs, _ = run(core, [shared + [50, 51, 52]])
-    # 28 cached tokens (7 blocks); 5 prompt tokens + 11 decode steps computed
-    assert runner.executed_tokens - before == 5 + 11
-    assert core.stats().cached_tokens_total == 28
+    # whole blocks: 28 cached tokens (7 blocks); to the token: 30 (the 8th block's first 2 tokens copied)
+    cached = 30 if partial else 28
+    assert runner.executed_tokens - before == (33 - cached) + 11
+    assert core.stats().cached_tokens_total == cached
+    assert runner.copied_tokens == cached - 28
     assert core2_outs["r0"] == alone([shared + [50, 51, 52]])["r0"]
+    assert core.stats().free_blocks == core.stats().total_blocks
 
 
-def test_burst_with_shared_prefix_computes_the_prefix_once():
+@pytest.mark.parametrize("partial", [True, False])
+def test_burst_with_shared_prefix_computes_the_prefix_once(partial):
     """Requests arriving together with the same prefix: the first computes it, the others wait one step and
     take it from the prefix cache (same-step dedupe) instead of computing identical blocks side by side."""
     shared = list(range(1, 31))                    # 30 tokens: 7 full blocks of 4
     ps = [shared + [40 + i, 46 + i, 52 + i] for i in range(6)]
-    core, runner = make_core(block_size=4)
+    core, runner = make_core(block_size=4, partial_block_reuse=partial)
     outs, _ = run(core, ps)
     assert outs == alone(ps)
     st = core.stats()
-    assert st.cached_tokens_total == 5 * 28
-    # prefill: 33 tokens once, then 5 tokens for each follower; then 11 decode steps of one token each
-    assert runner.executed_tokens == 33 + 5 * 5 + 6 * 11
+    cached = 30 if partial else 28                 # to the token, or the 7 whole blocks
+    assert st.cached_tokens_total == 5 * cached
+    # prefill: 33 tokens once, then the rest for each follower; then 11 decode steps of one token each
+    assert runner.executed_tokens == 33 + 5 * (33 - cached) + 6 * 11
     assert core.scheduler.num_prefix_deferrals == 1    # one step of waiting, for the whole burst behind the first
     assert st.free_blocks == st.total_blocks
 
