@@ -12,8 +12,9 @@ allocator needs a block and evicts the least recently freed one (LRU; the hash e
 
 Partial-block reuse (`partial_reuse`, when the runner can copy KV): a shared prefix rarely ends on a block
 boundary (a system prompt + tools followed by a different user message), so after the last whole cached block
-the next block of the new prompt is compared with the cached full blocks that follow the same parent (indexed by
-parent hash); the longest common run of leading tokens is copied into the request's own new block (the runner
+the next block of the new prompt is compared with the blocks that follow the same parent (indexed by parent hash:
+the cached full blocks, and the last, partly filled block of a freed sequence, e.g. a prompt that ended
+mid-block, kept in the free queue with its computed tokens like a cached block); the longest common run of leading tokens is copied into the request's own new block (the runner
 copies those slots before the step's forward, `ForwardBatch.kv_copies`) and counts as cached. The source block is
 pinned (ref count + 1) until the scheduler has finished the step's allocations (`take_kv_copies`), so no
 allocation of the same step can evict and overwrite it before the copy runs. Prefixes are thus reused to the
@@ -75,7 +76,9 @@ class BlockManager:
         self.partial_reuse = bool(partial_reuse and enable_prefix_cache)
         self.ref_counts = [0] * num_blocks
         self.block_hash: dict[int, int] = {}           # block id -> its hash (cached blocks only)
-        self.block_tokens: dict[int, tuple] = {}       # block id -> its tokens, kept to rule out hash collisions
+        # block id -> its tokens: every cached block (kept to rule out hash collisions), and with partial reuse
+        # also the freed last, partly filled block of a sequence (its computed tokens; a copy source only)
+        self.block_tokens: dict[int, tuple] = {}
         # Used blocks with ref_count 0: uncached ones at the front (reused first), cached ones least recently
         # freed first. OrderedDict: O(1) pop-front, O(1) removal.
         self.free_queue: "OrderedDict[int, None]" = OrderedDict()
@@ -173,16 +176,15 @@ class BlockManager:
     # ------------------------------------------------------------------ allocation
     def _take_free_block(self) -> int:
         front = next(iter(self.free_queue), None)
-        if self._next_fresh < self.num_blocks and (front is None or front in self.block_hash):
+        if self._next_fresh < self.num_blocks and (front is None or front in self.block_tokens):
             bid = self._next_fresh                     # no freed uncached block: a never-used one
             self._next_fresh += 1
         else:
             bid, _ = self.free_queue.popitem(last=False)   # LRU: least recently freed first
             h = self.block_hash.pop(bid, None)
-            if h is not None:                          # evict its cache entry
-                if self.cached.get(h) == bid:
-                    del self.cached[h]
-                del self.block_tokens[bid]
+            if h is not None and self.cached.get(h) == bid:     # evict its cache entry
+                del self.cached[h]
+            if self.block_tokens.pop(bid, None) is not None:
                 if self.partial_reuse:
                     parent = self.block_parent.pop(bid)
                     siblings = self.children[parent]
@@ -203,7 +205,7 @@ class BlockManager:
         assert self.ref_counts[bid] >= 0, f"block {bid} freed twice"
         if self.ref_counts[bid] == 0:
             self.free_queue[bid] = None
-            if bid not in self.block_hash:
+            if bid not in self.block_tokens:
                 self.free_queue.move_to_end(bid, last=False)   # uncached: the first candidate for reuse
 
     def can_allocate(self, seq, num_new_tokens: int, cached_blocks: Sequence[int] = (),
@@ -271,9 +273,25 @@ class BlockManager:
                 # private (it is freed normally).
         seq.num_cached_block_marks = max(seq.num_cached_block_marks, n_full)
 
+    def _index_partial_tail(self, seq) -> None:
+        i, k = divmod(seq.num_computed_tokens, self.block_size)
+        if k == 0 or i >= len(seq.block_table):
+            return
+        bid = seq.block_table[i]
+        if bid in self.block_tokens or self.ref_counts[bid] != 1:   # only this sequence holds a partial block
+            return
+        self.compute_block_hashes(seq)
+        parent = seq.block_hashes[i - 1] if i else None
+        self.block_tokens[bid] = tuple(seq.token_ids[i * self.block_size:i * self.block_size + k])
+        self.block_parent[bid] = parent
+        self.children.setdefault(parent, {})[bid] = None
+
     def free(self, seq) -> None:
         """Drops seq's references. Blocks are queued tail-first so a sequence's last blocks are evicted first
-        (its prefix is the part most likely to be shared)."""
+        (its prefix is the part most likely to be shared). With partial reuse, the last block's computed tokens
+        stay findable as a copy source when that block is only partly filled (a prompt ending mid-block)."""
+        if self.partial_reuse:
+            self._index_partial_tail(seq)
         for bid in reversed(seq.block_table):
             self._unref(bid)
         seq.block_table.clear()

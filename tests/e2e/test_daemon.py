@@ -259,3 +259,37 @@ def test_engine_step_metric_grows_after_a_request(d):
     assert after[("engine_step_seconds_count", "prefill")] >= before[("engine_step_seconds_count", "prefill")] + 1
     assert after[("engine_step_seconds_count", "decode")] >= before[("engine_step_seconds_count", "decode")] + 3
     assert after[("engine_step_seconds_sum", "decode")] > before[("engine_step_seconds_sum", "decode")]
+
+
+# -- prefix cache at the shipped block size -------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city, in the unit asked for.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city"]}}}
+SYSTEM = "You are a careful assistant. Call a function when it answers the question; otherwise answer briefly."
+
+
+def test_shared_system_and_tools_are_reused_to_the_token(d):
+    """The shipped config (cacheBlockSize, prefix cache reused to the token): a repeat of a prompt computes only
+    its last token, and a new user message after the same system + tools recomputes only that message's turn."""
+    block_size = d.config["BackendConfig"]["ScheduleConfig"]["cacheBlockSize"]
+
+    def usage(user: str):
+        with d.openai_client() as client:
+            r = client.chat.completions.create(
+                model=d.model_name, max_tokens=1, tools=[WEATHER],
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
+        return r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+
+    ask = "What is the weather in Reykjavik, in celsius?"
+    n, _ = usage(ask)
+    # whole blocks would serve only a multiple of the block size; the prompt is chosen so that this differs
+    assert (n - 1) % block_size != 0, n
+    assert usage(ask) == (n, n - 1)                # all but the last token, whose logits are needed
+    other = "Tell me a short joke about cats."
+    n_other, cached = usage(other)
+    recomputed = n_other - cached
+    # the user turn: its text, the turn markers around it and the assistant header (a few tokens)
+    assert 0 < recomputed <= len(other.split()) * 3 + 10, (n_other, cached)
+    assert cached < n - 1

@@ -139,7 +139,7 @@ def test_partial_block_found_after_the_whole_blocks():
     c = req([1, 2, 9, 9, 9], "c")                      # 2 tokens of the first block (no parent)
     assert bm.find_partial_block(c, 0) == (a.block_table[0], 2)
     assert bm.find_partial_block(req([7, 7, 7], "d"), 0) is None
-    # the same run after another first block is not a match (the parent hash differs)
+    # a first block that differs in its 4th token: its first 3 tokens are reused
     e = req([1, 2, 3, 5, 5, 6, 7, 8, 1], "e")
     assert bm.find_cached_prefix(e) == [] and bm.find_partial_block(e, 0)[1] == 3
 
@@ -178,11 +178,11 @@ def test_partial_copy_refcounts_pin_and_accounting():
 
 def test_partial_index_forgets_evicted_blocks():
     bm = BlockManager(3, 2, partial_reuse=True)
-    a = req([1, 2, 3, 4, 5], "a")                      # blocks [1,2] [3,4] cached, [5] not
+    a = req([1, 2, 3, 4, 5], "a")                      # blocks [1,2] [3,4] cached, [5] a partly filled tail
     computed(bm, a)
     bm.free(a)
-    assert len(bm.children) == 2
-    big = req([9, 9, 9, 9, 9, 9], "big")               # needs all 3 blocks: evicts both cached ones
+    assert len(bm.children) == 3 and len(bm.cached) == 2
+    big = req([9, 9, 9, 9, 9, 9], "big")               # needs all 3 blocks: evicts every indexed one
     assert bm.allocate(big, 6)
     assert bm.cached == {} and bm.children == {} and bm.block_parent == {}
     assert bm.find_partial_block(req([1, 7, 7], "x"), 0) is None
@@ -195,3 +195,23 @@ def test_partial_reuse_off_by_default_and_without_prefix_cache():
         a.num_computed_tokens = 5
         bm.cache_full_blocks(a)
         assert bm.find_partial_block(req([1, 2, 9], "b"), 0) is None and bm.children == {}
+
+
+def test_freed_partly_filled_last_block_is_a_copy_source():
+    """A prompt ending mid-block: its last block never becomes a full cached block, yet its computed tokens can be
+    copied for the next request (an exact repeat reuses all but its last token)."""
+    bm = BlockManager(8, 4, partial_reuse=True)
+    a = req([1, 2, 3, 4, 5, 6, 7], "a")                # [1-4] cached, [5, 6, 7] computed in a partly filled block
+    computed(bm, a)
+    tail = a.block_table[1]
+    bm.free(a)
+    assert bm.block_tokens[tail] == (5, 6, 7) and tail not in bm.block_hash and tail in bm.free_queue
+    again = req([1, 2, 3, 4, 5, 6, 7], "again")
+    hit, partial = computed(bm, again)
+    assert len(hit) == 1 and partial == (tail, 2)      # 6 of 7 tokens: the last one is computed
+    assert bm.take_kv_copies() == [(tail, again.block_table[1], 2)]
+    bm.free(again)
+    # once its block is handed out again, the tail is no longer indexed
+    big = req(list(range(100, 132)), "big")
+    assert bm.allocate(big, 32)
+    assert bm.block_tokens == {} and bm.children == {} and bm.block_parent == {}
