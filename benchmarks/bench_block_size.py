@@ -3,7 +3,10 @@
 the engine core and the real runner (in-process, no server).
 
     PYTHONPATH=. python benchmarks/bench_block_size.py [--model models/smollm2-135m-instruct/smollm2-135m-instruct.gguf]
-        [--block-sizes 16,32,64,128] [--requests 8] [--max-tokens 16] [--threads 2]
+        [--block-sizes 16,32,64,128] [--requests 8] [--max-tokens 16] [--threads 2] [--rounds 1]
+
+A block size written `16w` reuses whole blocks only (partial-block reuse off); plain `16` reuses the prefix to
+the token (the engine's default). `--rounds N` runs the whole list N times, interleaved, and reports each.
 
 For each block size: the runner is loaded with it, one warm-up request fills the prefix cache, then `--requests`
 requests (loadgen's prompts, each after the same system message holding the tool schemas as JSON, so the shared
@@ -41,12 +44,13 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     return out
 
 
-def run_block_size(model: Path, bs: int, threads: int, ps: list[list[int]], max_tokens: int) -> dict:
+def run_block_size(model: Path, variant: str, threads: int, ps: list[list[int]], max_tokens: int) -> dict:
     from mindie_like.backend_atb import ModelRunner
     from mindie_like.engine.core import EngineCore
     from mindie_like.engine.types import EngineConfig, SamplingParams
+    bs = int(variant.rstrip("w"))
     cfg = EngineConfig(model_path=str(model), dtype="auto", num_threads=threads, block_size=bs,
-                       num_kv_blocks=4096 // bs * 8)
+                       num_kv_blocks=4096 // bs * 8, partial_block_reuse=not variant.endswith("w"))
     runner = ModelRunner.load(cfg)
     torch.set_num_threads(threads)
     core = EngineCore(cfg, runner)
@@ -69,7 +73,7 @@ def run_block_size(model: Path, bs: int, threads: int, ps: list[list[int]], max_
         if i > 0:                          # the first request only fills the cache
             rows.append({"prompt": len(p), "cached": cached, "ttft_ms": 1000 * ttft,
                          "step_ms": 1000 * statistics.median(steps)})
-    return {"block_size": bs, "prompt_tokens": statistics.mean(r["prompt"] for r in rows),
+    return {"block_size": variant, "prompt_tokens": statistics.mean(r["prompt"] for r in rows),
             "cached_tokens": statistics.mean(r["cached"] for r in rows),
             "computed_tokens": statistics.mean(r["prompt"] - r["cached"] for r in rows),
             "ttft_p50_ms": round(statistics.median(r["ttft_ms"] for r in rows), 1),
@@ -83,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     os.environ.setdefault("MINDIE_LIKE_NO_PROGRESS", "1")
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(model)))
     ps = prompts(tok, args.requests)
     load0 = os.getloadavg()[0]
-    res = [run_block_size(model, int(b), args.threads, ps, args.max_tokens) for b in args.block_sizes.split(",")]
+    res = [run_block_size(model, b, args.threads, ps, args.max_tokens)
+           for _ in range(args.rounds) for b in args.block_sizes.split(",")]
     print(json.dumps(res, indent=1))
     print(f"\nload average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
     print("| cacheBlockSize | prompt tokens | served from cache | computed | TTFT p50 ms | decode step p50 ms |\n"
