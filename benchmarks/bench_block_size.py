@@ -98,8 +98,11 @@ def main(argv=None) -> int:
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir(model)))
     ps = prompts(tok, args.requests)
     load0 = os.getloadavg()[0]
-    res = [run_block_size(model, b, args.threads, ps, args.max_tokens)
-           for _ in range(args.rounds) for b in args.block_sizes.split(",")]
+    res = []
+    for _ in range(args.rounds):
+        for b in args.block_sizes.split(","):
+            res.append(run_block_size(model, b, args.threads, ps, args.max_tokens))
+            print(json.dumps(res[-1]), f"load {os.getloadavg()[0]:.1f}", flush=True)
     print(json.dumps(res, indent=1))
     print(f"\nload average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
     print("| cacheBlockSize | prompt tokens | served from cache | computed | TTFT p50 ms | decode step p50 ms |\n"

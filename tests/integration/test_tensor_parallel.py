@@ -45,11 +45,12 @@ def runners(request, tiny_model):
 
 
 def prompts() -> list[list[int]]:
-    """8 prompts of 3..40 tokens; two pairs share a 16-token (one block) prefix, so prefix caching is in play."""
+    """8 prompts of 3..40 tokens; two pairs share a 20-token prefix (one block and 4 tokens of the next), so prefix
+    caching is in play."""
     g = torch.Generator().manual_seed(7)
     out = [torch.randint(5, 3000, (n,), generator=g).tolist() for n in (3, 17, 40, 9, 25, 33, 6, 21)]
-    out[4][:16] = out[2][:16]
-    out[5][:16] = out[2][:16]
+    out[4][:20] = out[2][:20]
+    out[5][:20] = out[2][:20]
     return out
 
 
@@ -92,6 +93,30 @@ def test_ws2_greedy_tokens_match_ws1_under_continuous_batching(runners):
             step = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
             assert first_divergence_is_near_tie(ref, prompt, a, step), \
                 f"{family}: tokens differ at step {step} without a near-tie: {a} vs {b}"
+
+
+def test_ws2_partial_block_copy_matches_ws1(runners):
+    """A prompt sharing 20 tokens with an earlier one: one whole cached block plus 4 tokens of the next, whose KV
+    every rank copies from the earlier request's block (ForwardBatch.kv_copies in the step broadcast)."""
+    from mindie_like.engine.core import EngineCore
+    _, path, ref, tp = runners
+    a, b = prompts()[2], prompts()[4]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    out = []
+    for runner, ws in ((ref, 1), (tp, 2)):
+        core = EngineCore(engine_config(path, ws), runner)
+        toks, cached = {}, {}
+        for rid, p in (("a", a), ("b", b)):            # one after the other: b finds a's blocks cached
+            core.add_request(core.make_request(rid, p, params))
+            while core.has_work():
+                for req, o in core.step():
+                    toks.setdefault(rid, []).extend(o.new_token_ids)
+                    cached[rid] = o.num_cached_tokens
+        assert cached == {"a": 0, "b": 20}, (ws, cached)
+        out.append(toks["b"])
+    if out[0] != out[1]:
+        step = next(i for i, (x, y) in enumerate(zip(*out)) if x != y)
+        assert first_divergence_is_near_tie(ref, b, out[0], step), f"tokens differ at step {step}: {out}"
 
 
 def test_ws2_logits_match_ws1(runners):
