@@ -140,8 +140,8 @@ class BlockManager:
         return hit
 
     def find_partial_block(self, seq, num_hit_blocks: int) -> Optional[tuple[int, int]]:
-        """(cached block id, n): the cached full block, following seq's `num_hit_blocks` cached blocks, whose first
-        n tokens are the longest run equal to seq's next tokens (n >= 1, at most one token short of seq's end);
+        """(block id, n): the indexed block (a cached full block or a freed partly filled one) following seq's
+        `num_hit_blocks` cached blocks whose first n tokens are the longest run equal to seq's next tokens (n >= 1, at most one token short of seq's end);
         None when there is none. Copying those n slots reuses them (`allocate(..., partial=...)`)."""
         if not self.partial_reuse:
             return None

@@ -148,6 +148,9 @@ class EngineCore:
             for s in sched.scheduled:
                 req = s.request
                 if not req.is_finished:
+                    # its KV of this step (a partial-block copy included) may not have been written: nothing of
+                    # its last block is kept as a copy source when it is freed
+                    req.num_computed_tokens = s.start // self.block_size * self.block_size
                     out = self._finish(req, "error", error=msg)
                     out.backend_failed = True     # the forward step, not the request, failed: HTTP 500
                     outs.append((req, out))

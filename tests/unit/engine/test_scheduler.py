@@ -314,3 +314,18 @@ def test_random_workloads_match_alone(seed):
             assert outs.get(rid, []) == toks[:len(outs.get(rid, []))]
         else:
             assert reasons[rid] == "length" and outs[rid] == toks, rid
+
+
+def test_failed_step_keeps_no_partial_copy_source():
+    """A step that fails may not have run its KV copies: the failed request's last block must not become a copy
+    source for the next request with the same prefix (it would copy slots that were never written)."""
+    core, runner = make_core(block_size=4)
+    shared = list(range(1, 31))                    # 7 full blocks + 2 tokens of the 8th
+    run(core, [shared + [40, 41]])
+    runner.fail_next = 1
+    _, reasons = run(core, [shared + [50, 51, 52]])
+    assert reasons == {"r0": "error"}
+    copied = runner.copied_tokens
+    outs, _ = run(core, [shared + [50, 51, 52]])
+    assert outs["r0"] == alone([shared + [50, 51, 52]])["r0"]
+    assert runner.copied_tokens == copied + 2 and core.stats().cached_tokens_total == 2 * 30
