@@ -1,7 +1,8 @@
 """The decode step's layers in one C++ call (csrc/decode_step.cpp) against the same runner's Python layer loop:
-equal logits, step by step, for several sequences decoding together, for every dense own architecture, on both
-attention routes (the own fused float32 kernel and the torch ops), and with quantized weights (called back
-through their Python kernels). Other layers (MoE, GLM-4's extra norms, MLA) run the Python loop."""
+equal logits, step by step, for sequences of different lengths decoding together, for every own architecture the
+stack covers (dense llama-shaped, GLM's rotary layouts and norms), on both attention routes (the own fused float32
+kernel and the torch ops), and with quantized weights (called back through their Python kernels). MoE blocks, MLA
+(DeepSeek V3) and tensor-parallel models run the Python loop and log why."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,8 @@ from tests.support.native import NATIVE_KERNELS
 
 pytestmark = NATIVE_KERNELS
 
-FAMILIES = [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("mistral", {"sliding_window": 8})]
+FAMILIES = [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("mistral", {"sliding_window": 8}),
+            ("glm", {}), ("glm4", {}),]
 
 
 def has_stack(runner) -> bool:
@@ -21,8 +23,9 @@ def has_stack(runner) -> bool:
     return runner.model.decode_stack(runner.kv_caches) is not None
 
 
-def decode_logits(runner, steps: int = 10) -> torch.Tensor:
-    prompts = {"a": prompt(11, 5), "b": prompt(12, 19), "c": prompt(13, 2)}
+def decode_logits(runner, steps: int = 10, sequences: int = 3) -> torch.Tensor:
+    lengths = [5, 19, 2, 7, 11, 3, 14, 1, 9][:sequences]
+    prompts = {f"s{i}": prompt(11 + i, n) for i, n in enumerate(lengths)}
     d = Driver(runner)
     out = d.step(list(prompts.items()))
     rows = []
@@ -34,18 +37,23 @@ def decode_logits(runner, steps: int = 10) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def stack_on_off(runner) -> dict:
+def stack_on_off(runner, **kw) -> dict:
     model = runner.model
     logits = {}
     for on in (True, False):
         model.allow_decode_stack = on
-        logits[on] = decode_logits(runner)
+        logits[on] = decode_logits(runner, **kw)
         if on:
             assert model.decode_stack(runner.kv_caches) is not None
     return logits
 
 
+def assert_equal_logits(logits: dict) -> None:
+    torch.testing.assert_close(logits[True], logits[False], atol=1e-5 * float(logits[False].abs().max()), rtol=1e-5)
+
+
 # the own-attention route is what a CPU serves with; the other two routes are the same equality on other ops
+# (GLM's partial / interleaved rotary takes the torch attention route on every one)
 @pytest.mark.parametrize("route", ["own-attention", pytest.param("torch-attention", marks=pytest.mark.exhaustive),
                                    pytest.param("torch-ops", marks=pytest.mark.exhaustive)])
 @pytest.mark.parametrize("family,overrides", FAMILIES, ids=[f for f, _ in FAMILIES])
@@ -61,26 +69,40 @@ def test_decode_stack_matches_layer_loop(tiny_model, monkeypatch, family, overri
         pytest.skip("own CPU kernels cannot run here (no AVX2/FMA, or no compiler)")
     if fused_attention and not model.fused_decode_attention:
         pytest.skip("the own fused attention kernel cannot run here")
-    logits = stack_on_off(runner)
-    torch.testing.assert_close(logits[True], logits[False], atol=1e-5 * float(logits[False].abs().max()), rtol=1e-5)
+    assert_equal_logits(stack_on_off(runner))
 
 
-def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch):
+@pytest.mark.parametrize("family", ["qwen2", "glm4"])
+def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch, family):
     monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
-    runner = load_runner(tiny_model("qwen2"), block_size=4, quantization="w8a16")
+    runner = load_runner(tiny_model(family), block_size=4, quantization="w8a16")
     assert getattr(runner.model.layers[0].qkv, "is_quantized_weight", False)
     if not has_stack(runner):
         pytest.skip("own CPU kernels cannot run here")
-    logits = stack_on_off(runner)
-    torch.testing.assert_close(logits[True], logits[False], atol=1e-5 * float(logits[False].abs().max()), rtol=1e-5)
+    assert_equal_logits(stack_on_off(runner, ))
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "glm4", "deepseek_v3"])
-def test_other_layers_run_the_python_loop(tiny_model, caplog, family):
+@pytest.mark.parametrize("family,why", [("qwen3_moe", "SparseMoeBlock MLP"),
+                                        ("deepseek_v3", "no C++ decode step for deepseek_v3")])
+def test_moe_and_mla_run_the_python_loop(tiny_model, caplog, family, why):
     runner = load_runner(tiny_model(family), block_size=4)
     if runner.path != "own":
         pytest.skip(f"{family} not on the own path")
     with caplog.at_level("INFO"):
         assert not has_stack(runner)
-    assert "layers run from Python" in caplog.text
+    assert f"layers run from Python ({why})" in caplog.text
     assert decode_logits(runner, steps=2).isfinite().all()
+
+
+def test_tensor_parallel_model_logs_why(tiny_model, caplog):
+    """A tensor-parallel rank (built here without a process group: the stack is refused before any collective)."""
+    from transformers import AutoConfig
+    from mindie_like.backend_atb.layers import ParallelSpec
+    from mindie_like.backend_atb.models import model_class
+    from mindie_like.backend_atb.ops.torch_ops import TorchOps
+    cfg = AutoConfig.from_pretrained(tiny_model("qwen2"))
+    cpu = torch.device("cpu")
+    model = model_class(cfg)(cfg, torch.float32, cpu, TorchOps(cpu, torch.float32), ParallelSpec(rank=0, size=2))
+    with caplog.at_level("INFO"):
+        assert model.decode_stack(model.allocate_kv(4, 4)) is None
+    assert "layers run from Python (tensor parallel (all-reduce between layers))" in caplog.text
