@@ -1,5 +1,6 @@
-// A whole decode step's decoder layers in one C++ call: the llama-shaped layer (llama, mistral, qwen2, qwen3) and
-// GLM's (partial and/or interleaved rotary, GLM-4's norms on the attention and MLP outputs). Python builds a DecodeStack once (the layers' weights, caches and
+// A whole decode step's decoder layers in one C++ call: the llama-shaped layer (llama, mistral, qwen2, qwen3), GLM's
+// (partial and/or interleaved rotary, GLM-4's norms on the attention and MLP outputs) and the sparse MoE MLP
+// (Qwen2-MoE, Qwen3-MoE, GLM-4.5: step_moe.cpp). Python builds a DecodeStack once (the layers' weights, caches and
 // switches: models/decode_stack.py) and calls `run` once per step, so the per-layer, per-op Python dispatch (~15
 // ops x layers) is paid once per step.
 //
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "step_ops.cpp"
+#include "step_moe.cpp"
 
 namespace step {
 
@@ -24,6 +26,7 @@ struct Layer {
   Linear qkv, o;
   bool has_mlp = false;
   Linear gate_up, down;                 // dense SwiGLU MLP
+  std::shared_ptr<Moe> moe;             // or a sparse MoE block
 };
 
 }  // namespace step
@@ -73,18 +76,53 @@ class DecodeStack {
     L.has_mlp = true;
   }
 
+  // the last layer's MLP is a sparse MoE block: routing as ops/torch_moe.py RoutingSpec, this rank's experts
+  void set_moe(py::object router, c10::optional<torch::Tensor> correction_bias, int64_t top_k, bool sigmoid,
+               bool norm_topk_prob, int64_t n_group, int64_t topk_group, double routed_scaling, double renorm_eps,
+               int64_t first_expert, std::vector<py::object> w13, std::vector<py::object> w2) {
+    TORCH_CHECK(w13.size() == w2.size() && !w13.empty(), "expert lists");
+    auto m = std::make_shared<step::Moe>();
+    m->router = step::make_linear(router, c10::nullopt, false);
+    m->correction_bias = correction_bias;
+    m->top_k = top_k;
+    m->sigmoid = sigmoid;
+    m->norm_topk_prob = norm_topk_prob;
+    m->n_group = n_group;
+    m->topk_group = topk_group;
+    m->routed_scaling = routed_scaling;
+    m->renorm_eps = renorm_eps;
+    m->first_expert = first_expert;
+    for (size_t e = 0; e < w13.size(); ++e) {
+      m->w13.push_back(step::make_linear(w13[e], c10::nullopt, false));
+      m->w2.push_back(step::make_linear(w2[e], c10::nullopt, true));
+      m->all_dense = m->all_dense && m->w13.back().dense && m->w2.back().dense;
+    }
+    last().moe = m;
+    last().has_mlp = true;
+  }
+
+  // the last layer's MoE block adds a shared expert (an MLP), scaled by sigmoid(x @ gate.T) where `gate` is given
+  void set_shared_expert(py::object gate_up, py::object down, c10::optional<torch::Tensor> gate) {
+    TORCH_CHECK(last().moe, "a shared expert needs an MoE block");
+    step::Moe& m = *last().moe;
+    m.has_shared = true;
+    m.shared_gate_up = step::make_linear(gate_up, c10::nullopt, false);
+    m.shared_down = step::make_linear(down, c10::nullopt, true);
+    m.shared_gate = gate;
+  }
+
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
   // h [B, H] (the embedded tokens, one row per sequence) -> (h, residual) after the last layer.
   // fused attention: positions, slots int64 [B], tables int32 [B, max_blocks], lens int64 [B], cos_sin the rotary
   // cache. Otherwise: cos / sin the step's rotary tables in the activation dtype (rotary.tables), slots int64 [B]
   // for the cache write, decode_slots [B, L] int64 for the gather, masks[window_index] the step's attention mask
-  // (or None).
+  // (or None). moe_workers: how many shares a step's experts split into (TorchOps.moe_experts' workers).
   std::tuple<torch::Tensor, torch::Tensor> run(torch::Tensor h, torch::Tensor positions, torch::Tensor slots,
                                                torch::Tensor tables, torch::Tensor lens, torch::Tensor cos_sin,
                                                c10::optional<torch::Tensor> cos, c10::optional<torch::Tensor> sin,
                                                c10::optional<torch::Tensor> decode_slots,
-                                               std::vector<c10::optional<torch::Tensor>> masks) {
+                                               std::vector<c10::optional<torch::Tensor>> masks, int64_t moe_workers) {
     TORCH_CHECK(layers_.size() == k_caches_.size(), "the stack has ", layers_.size(), " layers for ",
                 k_caches_.size(), " KV caches");
     TORCH_CHECK(layers_.back().has_mlp, "the last layer has no MLP");
@@ -103,7 +141,11 @@ class DecodeStack {
       h = ops_.linear(L.o, o);
       if (L.attn_out_norm) h = ops_.rms_norm(h, *L.attn_out_norm);
       std::tie(x, residual) = ops_.add_rms_norm(h, residual, L.post_norm);
-      h = ops_.linear(L.down, ops_.silu_and_mul(ops_.linear(L.gate_up, x)));
+      if (L.moe) {
+        h = step::moe_block(ops_, *L.moe, x, moe_workers);
+      } else {
+        h = ops_.linear(L.down, ops_.silu_and_mul(ops_.linear(L.gate_up, x)));
+      }
       if (L.mlp_out_norm) h = ops_.rms_norm(h, *L.mlp_out_norm);
     }
     return {h, residual};
@@ -170,6 +212,8 @@ void register_decode_step(py::module& m) {
       .def("add_layer", &DecodeStack::add_layer)
       .def("set_output_norms", &DecodeStack::set_output_norms)
       .def("set_dense_mlp", &DecodeStack::set_dense_mlp)
+      .def("set_moe", &DecodeStack::set_moe)
+      .def("set_shared_expert", &DecodeStack::set_shared_expert)
       .def("num_layers", &DecodeStack::num_layers)
       .def("run", &DecodeStack::run, "a decode step's decoder layers -> (h, residual)");
 }

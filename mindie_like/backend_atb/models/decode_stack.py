@@ -6,10 +6,10 @@ Covered: one rank, CPU, the op table's own torch path (TorchOps), and layers bui
   layout: whole-head half-split (the own fused rope + attention kernel where the op table uses it), partial or
   interleaved (GLM; the op-by-op attention route, as the Python layer takes it);
 * GLM-4's decoder layer (norms on the attention and MLP outputs);
-* a dense SwiGLU MLP.
+* a dense SwiGLU MLP or a sparse MoE block (router, top-k routing of any RoutingSpec, this rank's experts, a shared
+  expert with or without its sigmoid gate: Qwen2-MoE, Qwen3-MoE, GLM-4.5).
 Not covered, with the reason logged by `CausalLM.decode_stack` (the model runs its layers from Python): tensor
-parallelism (an all-reduce between layers), other devices and op tables, MoE blocks and MLA attention (DeepSeek
-V3)."""
+parallelism (an all-reduce between layers), other devices and op tables, and MLA attention (DeepSeek V3)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -26,11 +26,30 @@ def _rope_kind(rotary) -> int:
 
 
 def _mlp_kind(mlp, ops) -> tuple[Optional[str], str]:
-    """("dense", "") or (None, why the stack cannot run this MLP)."""
+    """("dense" | "moe", "") or (None, why the stack cannot run this MLP)."""
+    from ..ops.torch_ops import TorchOps
+    from ..layers.moe import FusedMoE, SharedExpertGate, SparseMoeBlock, TopKRouter
     from .llama import MLP
     if isinstance(mlp, MLP) and type(mlp).forward is MLP.forward:
         return "dense", ""
-    return None, f"{type(mlp).__name__} MLP"
+    if type(mlp) is not SparseMoeBlock:
+        return None, f"{type(mlp).__name__} MLP"
+    if type(mlp.gate) is not TopKRouter or type(mlp.experts) is not FusedMoE:
+        return None, f"{type(mlp.gate).__name__} / {type(mlp.experts).__name__} MoE parts"
+    if type(ops).moe_experts is not TorchOps.moe_experts or type(ops).moe_select is not TorchOps.moe_select:
+        return None, "the op table's own MoE kernels"
+    if mlp.gate.spec.scoring not in ("softmax", "sigmoid"):
+        return None, f"MoE scoring {mlp.gate.spec.scoring!r}"
+    if not isinstance(mlp.gate.weight, torch.Tensor):
+        return None, "a quantized router"
+    shared = mlp.shared
+    if shared is not None and not (isinstance(shared, MLP) and type(shared).forward is MLP.forward
+                                   and shared.gate_up_proj.bias is None and shared.down_proj.bias is None):
+        return None, f"shared expert {type(shared).__name__} (with biases)"
+    if mlp.shared_gate is not None and (type(mlp.shared_gate) is not SharedExpertGate
+                                        or not isinstance(mlp.shared_gate.weight, torch.Tensor)):
+        return None, f"shared expert gate {type(mlp.shared_gate).__name__}"
+    return "moe", ""
 
 
 def refusal(model, kv_caches) -> tuple[Optional[str], list]:
@@ -85,9 +104,24 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
                         at.qkv_proj.weight, at.qkv_proj.bias, at.o_proj.weight, at.o_proj.bias)
         if type(layer) is Glm4DecoderLayer:
             stack.set_output_norms(layer.post_self_attn_layernorm.weight, layer.post_mlp_layernorm.weight)
-        mlp = layer.mlp
-        stack.set_dense_mlp(mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias)
+        if mlp_kind == "dense":
+            mlp = layer.mlp
+            stack.set_dense_mlp(mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
+                                mlp.down_proj.bias)
+        else:
+            _add_moe(stack, layer.mlp)
     return DecodeStep(stack, rotary, windows, fused), ""
+
+
+def _add_moe(stack, block) -> None:
+    spec, experts = block.gate.spec, block.experts
+    w13, w2 = experts.expert_weights()
+    stack.set_moe(block.gate.weight, block.gate.e_score_correction_bias, spec.top_k, spec.scoring == "sigmoid",
+                  spec.norm_topk_prob, spec.n_group, spec.topk_group, spec.routed_scaling_factor, spec.renorm_eps,
+                  experts.first, w13, w2)
+    if block.shared is not None:
+        gate = block.shared_gate.weight if block.shared_gate is not None else None
+        stack.set_shared_expert(block.shared.gate_up_proj.weight, block.shared.down_proj.weight, gate)
 
 
 class DecodeStep:
@@ -104,10 +138,12 @@ _NONE = torch.empty(0, dtype=torch.int64)
 def run(model, step: DecodeStep, ctx, h: torch.Tensor):
     """The step's decoder layers -> (h, residual)."""
     meta, ops = ctx.meta, model.ops
+    # TorchOps.moe_experts' split of a step's experts
+    workers = torch.get_num_threads() if getattr(ops, "moe_expert_threads", False) else 1
     if step.fused:
         pos, slots, tables, lens = ops.own_decode_args(meta, ctx.positions)
-        return step.stack.run(h, pos, slots, tables, lens, step.rotary.cos_sin, None, None, None, [])
+        return step.stack.run(h, pos, slots, tables, lens, step.rotary.cos_sin, None, None, None, [], workers)
     cos, sin = ctx.rope_tables(step.rotary)
     masks = [meta.decode_window_masks[w] for w in step.windows]
     return step.stack.run(h, _NONE, meta.slot_mapping, _NONE, _NONE, step.rotary.cos_sin, cos, sin,
-                          meta.decode_slots, masks)
+                          meta.decode_slots, masks, workers)

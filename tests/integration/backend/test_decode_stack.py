@@ -1,8 +1,9 @@
 """The decode step's layers in one C++ call (csrc/decode_step.cpp) against the same runner's Python layer loop:
 equal logits, step by step, for sequences of different lengths decoding together, for every own architecture the
-stack covers (dense llama-shaped, GLM's rotary layouts and norms), on both attention routes (the own fused float32
-kernel and the torch ops), and with quantized weights (called back through their Python kernels). MoE blocks, MLA
-(DeepSeek V3) and tensor-parallel models run the Python loop and log why."""
+stack covers (dense llama-shaped, GLM's rotary layouts and norms, the MoE blocks), on both attention routes (the own
+fused float32 kernel and the torch ops), with the experts split over threads and not, and with quantized weights
+(called back through their Python kernels). MLA (DeepSeek V3) and tensor-parallel models run the Python loop and
+log why."""
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,8 @@ from tests.support.native import NATIVE_KERNELS
 pytestmark = NATIVE_KERNELS
 
 FAMILIES = [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("mistral", {"sliding_window": 8}),
-            ("glm", {}), ("glm4", {}),]
+            ("glm", {}), ("glm4", {}), ("glm4_moe", {}), ("qwen2_moe", {}), ("qwen3_moe", {})]
+MOE = ("glm4_moe", "qwen2_moe", "qwen3_moe")
 
 
 def has_stack(runner) -> bool:
@@ -69,28 +71,44 @@ def test_decode_stack_matches_layer_loop(tiny_model, monkeypatch, family, overri
         pytest.skip("own CPU kernels cannot run here (no AVX2/FMA, or no compiler)")
     if fused_attention and not model.fused_decode_attention:
         pytest.skip("the own fused attention kernel cannot run here")
-    assert_equal_logits(stack_on_off(runner))
+    # MoE: 9 sequences x top-2 = 18 (token, expert) pairs, enough for the experts' split over 2 threads
+    assert_equal_logits(stack_on_off(runner, sequences=9 if family in MOE else 3))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "glm4"])
+@pytest.mark.parametrize("family", ["qwen2_moe", "glm4_moe"])
+def test_decode_stack_moe_experts_split_or_not(tiny_model, monkeypatch, family):
+    """The experts' split over threads (at::parallel_for in the stack, a thread pool in Python) on and off."""
+    monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
+    runner = load_runner(tiny_model(family), block_size=4)
+    if not has_stack(runner):
+        pytest.skip("own CPU kernels cannot run here")
+    with_threads = stack_on_off(runner, steps=4, sequences=9)
+    runner.ops.moe_expert_threads = False
+    one_thread = stack_on_off(runner, steps=4, sequences=9)
+    assert_equal_logits(one_thread)
+    torch.testing.assert_close(with_threads[True], one_thread[True], atol=1e-5 * float(one_thread[True].abs().max()),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_moe", "glm4"])
 def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch, family):
     monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
     runner = load_runner(tiny_model(family), block_size=4, quantization="w8a16")
     assert getattr(runner.model.layers[0].qkv, "is_quantized_weight", False)
+    if family == "qwen3_moe":
+        assert getattr(runner.model.layers[0].mlp.experts.w13[0].weight, "is_quantized_weight", False)
     if not has_stack(runner):
         pytest.skip("own CPU kernels cannot run here")
-    assert_equal_logits(stack_on_off(runner, ))
+    assert_equal_logits(stack_on_off(runner, sequences=9 if family == "qwen3_moe" else 3))
 
 
-@pytest.mark.parametrize("family,why", [("qwen3_moe", "SparseMoeBlock MLP"),
-                                        ("deepseek_v3", "no C++ decode step for deepseek_v3")])
-def test_moe_and_mla_run_the_python_loop(tiny_model, caplog, family, why):
-    runner = load_runner(tiny_model(family), block_size=4)
+def test_mla_runs_the_python_loop(tiny_model, caplog):
+    runner = load_runner(tiny_model("deepseek_v3"), block_size=4)
     if runner.path != "own":
-        pytest.skip(f"{family} not on the own path")
+        pytest.skip("deepseek_v3 not on the own path")
     with caplog.at_level("INFO"):
         assert not has_stack(runner)
-    assert f"layers run from Python ({why})" in caplog.text
+    assert "layers run from Python (no C++ decode step for deepseek_v3)" in caplog.text
     assert decode_logits(runner, steps=2).isfinite().all()
 
 
