@@ -1,6 +1,6 @@
 // A whole decode step's decoder layers in one C++ call: the llama-shaped layer (llama, mistral, qwen2, qwen3), GLM's
-// (partial and/or interleaved rotary, GLM-4's norms on the attention and MLP outputs) and the sparse MoE MLP
-// (Qwen2-MoE, Qwen3-MoE, GLM-4.5: step_moe.cpp). Python builds a DecodeStack once (the layers' weights, caches and
+// (partial and/or interleaved rotary, GLM-4's norms on the attention and MLP outputs), DeepSeek V3's MLA attention
+// (step_mla.cpp) and the sparse MoE MLP (Qwen2-MoE, Qwen3-MoE, GLM-4.5, DeepSeek V3: step_moe.cpp). Python builds a DecodeStack once (the layers' weights, caches and
 // switches: models/decode_stack.py) and calls `run` once per step, so the per-layer, per-op Python dispatch (~15
 // ops x layers) is paid once per step.
 //
@@ -14,6 +14,7 @@
 
 #include "step_ops.cpp"
 #include "step_moe.cpp"
+#include "step_mla.cpp"
 
 namespace step {
 
@@ -24,6 +25,7 @@ struct Layer {
   int64_t window_index = 0;             // which mask of the step's list
   int64_t window = 0;                   // 0: full attention
   Linear qkv, o;
+  std::shared_ptr<Mla> mla;             // MLA attention instead of qkv (o is its o_proj)
   bool has_mlp = false;
   Linear gate_up, down;                 // dense SwiGLU MLP
   std::shared_ptr<Moe> moe;             // or a sparse MoE block
@@ -48,18 +50,40 @@ class DecodeStack {
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, c10::optional<torch::Tensor> q_norm,
                  c10::optional<torch::Tensor> k_norm, int64_t window_index, int64_t window, py::object qkv,
                  c10::optional<torch::Tensor> qkv_b, py::object o, c10::optional<torch::Tensor> o_b) {
-    TORCH_CHECK(layers_.size() < k_caches_.size(), "more layers than KV caches");
-    TORCH_CHECK(layers_.empty() || layers_.back().has_mlp, "the previous layer has no MLP");
-    step::Layer L;
-    L.in_norm = in_norm;
-    L.post_norm = post_norm;
+    step::Layer& L = push_layer(in_norm, post_norm, o, o_b);
     L.q_norm = q_norm;
     L.k_norm = k_norm;
     L.window_index = window_index;
     L.window = window;
     L.qkv = step::make_linear(qkv, qkv_b, false);
-    L.o = step::make_linear(o, o_b, true);
-    layers_.push_back(std::move(L));
+  }
+
+  // a layer with MLA attention (layers/mla.py): q_proj, or q_a_proj + q_a_norm + q_b_proj (q None)
+  void add_mla_layer(torch::Tensor in_norm, torch::Tensor post_norm, int64_t heads, int64_t kv_lora_rank,
+                     int64_t nope, int64_t rope, int64_t v_dim, py::object q, py::object q_a,
+                     c10::optional<torch::Tensor> q_a_b, c10::optional<torch::Tensor> q_a_norm, py::object q_b,
+                     py::object kv_a, c10::optional<torch::Tensor> kv_a_b, torch::Tensor kv_a_norm,
+                     torch::Tensor kv_b, py::object o, c10::optional<torch::Tensor> o_b) {
+    TORCH_CHECK(!fused_attention_, "MLA runs the op-by-op route");
+    auto m = std::make_shared<step::Mla>();
+    m->heads = heads;
+    m->kv_lora_rank = kv_lora_rank;
+    m->nope = nope;
+    m->rope = rope;
+    m->v_dim = v_dim;
+    m->q_lora = q.is_none();
+    if (m->q_lora) {
+      TORCH_CHECK(q_a_norm, "the q LoRA needs its norm");
+      m->q_a = step::make_linear(q_a, q_a_b, false);
+      m->q_a_norm = *q_a_norm;
+      m->q_b = step::make_linear(q_b, c10::nullopt, false);
+    } else {
+      m->q = step::make_linear(q, c10::nullopt, false);
+    }
+    m->kv_a = step::make_linear(kv_a, kv_a_b, false);
+    m->kv_a_norm = kv_a_norm;
+    m->kv_b = kv_b;
+    push_layer(in_norm, post_norm, o, o_b).mla = m;
   }
 
   // the last layer's norms of the attention output and of the MLP output (GLM-4)
@@ -152,6 +176,18 @@ class DecodeStack {
   }
 
  private:
+  step::Layer& push_layer(torch::Tensor in_norm, torch::Tensor post_norm, py::object o,
+                          c10::optional<torch::Tensor> o_b) {
+    TORCH_CHECK(layers_.size() < k_caches_.size(), "more layers than KV caches");
+    TORCH_CHECK(layers_.empty() || layers_.back().has_mlp, "the previous layer has no MLP");
+    step::Layer L;
+    L.in_norm = in_norm;
+    L.post_norm = post_norm;
+    L.o = step::make_linear(o, o_b, true);
+    layers_.push_back(std::move(L));
+    return layers_.back();
+  }
+
   step::Layer& last() {
     TORCH_CHECK(!layers_.empty(), "no layer added");
     return layers_.back();
@@ -163,6 +199,11 @@ class DecodeStack {
                           const torch::Tensor& cos_sin, const c10::optional<torch::Tensor>& cos,
                           const c10::optional<torch::Tensor>& sin, const c10::optional<torch::Tensor>& decode_slots,
                           const std::vector<c10::optional<torch::Tensor>>& masks) {
+    if (L.mla) {
+      TORCH_CHECK(cos && sin && decode_slots, "MLA needs cos, sin and decode_slots");
+      return step::mla_attention(ops_, *L.mla, x, k_caches_[i], v_caches_[i], *cos, *sin, rope_kind_, slots,
+                                 *decode_slots, masks.at(L.window_index), scale_);
+    }
     const int64_t T = x.size(0), q_size = Hq_ * D_, kv_size = Hk_ * D_;
     const double eps = ops_.eps;
     torch::Tensor qkv = ops_.linear(L.qkv, x);
@@ -210,6 +251,7 @@ void register_decode_step(py::module& m) {
       .def(py::init<int64_t, int64_t, int64_t, double, double, bool, bool, bool, int64_t, int64_t,
                     std::vector<torch::Tensor>, std::vector<torch::Tensor>>())
       .def("add_layer", &DecodeStack::add_layer)
+      .def("add_mla_layer", &DecodeStack::add_mla_layer)
       .def("set_output_norms", &DecodeStack::set_output_norms)
       .def("set_dense_mlp", &DecodeStack::set_dense_mlp)
       .def("set_moe", &DecodeStack::set_moe)

@@ -6,10 +6,11 @@ Covered: one rank, CPU, the op table's own torch path (TorchOps), and layers bui
   layout: whole-head half-split (the own fused rope + attention kernel where the op table uses it), partial or
   interleaved (GLM; the op-by-op attention route, as the Python layer takes it);
 * GLM-4's decoder layer (norms on the attention and MLP outputs);
+* DeepSeek V3's MLA attention (the absorbed decode over the latent cache), with either rotary layout;
 * a dense SwiGLU MLP or a sparse MoE block (router, top-k routing of any RoutingSpec, this rank's experts, a shared
-  expert with or without its sigmoid gate: Qwen2-MoE, Qwen3-MoE, GLM-4.5).
+  expert with or without its sigmoid gate: Qwen2-MoE, Qwen3-MoE, GLM-4.5, DeepSeek V3).
 Not covered, with the reason logged by `CausalLM.decode_stack` (the model runs its layers from Python): tensor
-parallelism (an all-reduce between layers), other devices and op tables, and MLA attention (DeepSeek V3)."""
+parallelism (an all-reduce between layers), other devices and op tables."""
 from __future__ import annotations
 
 from typing import Optional
@@ -25,9 +26,15 @@ def _rope_kind(rotary) -> int:
     return ROPE_FULL if rotary.full else ROPE_PARTIAL
 
 
+def _torch_op(ops, name: str) -> bool:
+    """`ops.name` is TorchOps' own (not another table's, nor one replaced on the instance): what the C++ mirrors."""
+    from ..ops.torch_ops import TorchOps
+    own = getattr(ops, name, None)
+    return getattr(own, "__func__", own) is getattr(TorchOps, name)
+
+
 def _mlp_kind(mlp, ops) -> tuple[Optional[str], str]:
     """("dense" | "moe", "") or (None, why the stack cannot run this MLP)."""
-    from ..ops.torch_ops import TorchOps
     from ..layers.moe import FusedMoE, SharedExpertGate, SparseMoeBlock, TopKRouter
     from .llama import MLP
     if isinstance(mlp, MLP) and type(mlp).forward is MLP.forward:
@@ -36,8 +43,8 @@ def _mlp_kind(mlp, ops) -> tuple[Optional[str], str]:
         return None, f"{type(mlp).__name__} MLP"
     if type(mlp.gate) is not TopKRouter or type(mlp.experts) is not FusedMoE:
         return None, f"{type(mlp.gate).__name__} / {type(mlp.experts).__name__} MoE parts"
-    if type(ops).moe_experts is not TorchOps.moe_experts or type(ops).moe_select is not TorchOps.moe_select:
-        return None, "the op table's own MoE kernels"
+    if not (_torch_op(ops, "moe_experts") and _torch_op(ops, "moe_select")):
+        return None, "the op table's MoE ops are not TorchOps'"
     if mlp.gate.spec.scoring not in ("softmax", "sigmoid"):
         return None, f"MoE scoring {mlp.gate.spec.scoring!r}"
     if not isinstance(mlp.gate.weight, torch.Tensor):
@@ -52,10 +59,26 @@ def _mlp_kind(mlp, ops) -> tuple[Optional[str], str]:
     return "moe", ""
 
 
-def refusal(model, kv_caches) -> tuple[Optional[str], list]:
-    """(None, each layer's MLP kind) when the stack runs `model`'s layers, else (why not, [])."""
+def _attention_kind(layer, ops) -> tuple[Optional[str], str]:
+    """("gqa" | "mla", "") or (None, why the stack cannot run this layer's attention)."""
+    from ..layers.mla import MLAAttention
+    from .deepseek_v3 import MLADecoderLayer
     from .glm import Glm4DecoderLayer
     from .llama import Attention, DecoderLayer
+    at = layer.self_attn
+    if type(at) is Attention and type(layer) in (DecoderLayer, Glm4DecoderLayer):
+        return "gqa", ""
+    if type(at) is MLAAttention and type(layer) is MLADecoderLayer:
+        if not (_torch_op(ops, "mla_write_cache") and _torch_op(ops, "mla_attention_decode")):
+            return None, "the op table's MLA ops are not TorchOps'"
+        if not isinstance(at.kv_b_proj.weight, torch.Tensor):
+            return None, "a quantized kv_b_proj"
+        return "mla", ""
+    return None, f"{type(layer).__name__} / {type(at).__name__} layers"
+
+
+def refusal(model, kv_caches) -> tuple[Optional[str], list]:
+    """(None, each layer's (attention kind, MLP kind)) when the stack runs `model`'s layers, else (why not, [])."""
     if len(kv_caches) != len(model.layers):
         return "no KV cache allocated", []
     if model.par.size > 1:
@@ -64,16 +87,17 @@ def refusal(model, kv_caches) -> tuple[Optional[str], list]:
         return f"device {model.device.type}", []
     kinds = []
     for layer in model.layers:
-        if type(layer.self_attn) is not Attention:
-            return f"{type(layer.self_attn).__name__} attention has no C++ decode step", []
-        if type(layer) not in (DecoderLayer, Glm4DecoderLayer):
-            return f"{type(layer).__name__} layers", []
-        kind, why = _mlp_kind(layer.mlp, model.ops)
-        if kind is None:
+        attention, why = _attention_kind(layer, model.ops)
+        if attention is None:
             return why, []
-        kinds.append(kind)
+        mlp, why = _mlp_kind(layer.mlp, model.ops)
+        if mlp is None:
+            return why, []
+        kinds.append((attention, mlp))
     if len({id(layer.self_attn.rotary) for layer in model.layers}) != 1:
         return "layers with different rotary embeddings", []
+    if len({a for a, _ in kinds}) != 1:
+        return "layers with different attention kinds", []
     return None, kinds
 
 
@@ -91,17 +115,26 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
     rotary = model.layers[0].self_attn.rotary
     kind = _rope_kind(rotary)
     windows = sorted({a.window for a in model.attention_layers()}, key=lambda w: -1 if w is None else w)
-    fused = model.fused_decode_attention and kind == ROPE_FULL     # the layer loop's choice (llama.Attention)
-    stack = mod.DecodeStack(model.num_heads, model.num_kv_heads, model.head_dim, model.eps, model.scale_value,
-                            own_f32, gemv, fused, kind, rotary.rotary_dim,
-                            [k for k, _ in kv_caches], [v for _, v in kv_caches])
-    for layer, mlp_kind in zip(model.layers, kinds):
-        at = layer.self_attn
-        stack.add_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                        at.q_norm.weight if at.q_norm is not None else None,
-                        at.k_norm.weight if at.k_norm is not None else None,
-                        windows.index(at.attn.window), at.attn.window or 0,
-                        at.qkv_proj.weight, at.qkv_proj.bias, at.o_proj.weight, at.o_proj.bias)
+    caches = [k for k, _ in kv_caches], [v for _, v in kv_caches]
+    mla = kinds[0][0] == "mla"
+    if mla:
+        m = model.mla
+        fused = False
+        stack = mod.DecodeStack(m.heads, 1, m.qk_dim, model.eps, m.scale, own_f32, gemv, False, kind, m.rope, *caches)
+    else:
+        fused = model.fused_decode_attention and kind == ROPE_FULL     # the layer loop's choice (llama.Attention)
+        stack = mod.DecodeStack(model.num_heads, model.num_kv_heads, model.head_dim, model.eps, model.scale_value,
+                                own_f32, gemv, fused, kind, rotary.rotary_dim, *caches)
+    for layer, (_, mlp_kind) in zip(model.layers, kinds):
+        if mla:
+            _add_mla_layer(stack, layer)
+        else:
+            at = layer.self_attn
+            stack.add_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                            at.q_norm.weight if at.q_norm is not None else None,
+                            at.k_norm.weight if at.k_norm is not None else None,
+                            windows.index(at.attn.window), at.attn.window or 0,
+                            at.qkv_proj.weight, at.qkv_proj.bias, at.o_proj.weight, at.o_proj.bias)
         if type(layer) is Glm4DecoderLayer:
             stack.set_output_norms(layer.post_self_attn_layernorm.weight, layer.post_mlp_layernorm.weight)
         if mlp_kind == "dense":
@@ -111,6 +144,18 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
         else:
             _add_moe(stack, layer.mlp)
     return DecodeStep(stack, rotary, windows, fused), ""
+
+
+def _add_mla_layer(stack, layer) -> None:
+    at = layer.self_attn
+    m = at.m
+    lora = at.q_proj is None
+    stack.add_mla_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, m.heads, m.kv_lora_rank,
+                        m.nope, m.rope, m.v_dim, None if lora else at.q_proj.weight,
+                        at.q_a_proj.weight if lora else None, at.q_a_proj.bias if lora else None,
+                        at.q_a_layernorm.weight if lora else None, at.q_b_proj.weight if lora else None,
+                        at.kv_a_proj_with_mqa.weight, at.kv_a_proj_with_mqa.bias, at.kv_a_layernorm.weight,
+                        at.kv_b_proj.weight, at.o_proj.weight, at.o_proj.bias)
 
 
 def _add_moe(stack, block) -> None:

@@ -1,9 +1,9 @@
 """The decode step's layers in one C++ call (csrc/decode_step.cpp) against the same runner's Python layer loop:
-equal logits, step by step, for sequences of different lengths decoding together, for every own architecture the
-stack covers (dense llama-shaped, GLM's rotary layouts and norms, the MoE blocks), on both attention routes (the own
-fused float32 kernel and the torch ops), with the experts split over threads and not, and with quantized weights
-(called back through their Python kernels). MLA (DeepSeek V3) and tensor-parallel models run the Python loop and
-log why."""
+equal logits, step by step, for sequences of different lengths decoding together, for every own architecture
+(dense llama-shaped; GLM's rotary layouts and norms; the MoE blocks; DeepSeek V3's MLA with and without the q LoRA,
+in both rotary layouts), on both attention routes (the own fused float32 kernel and the torch ops), with the
+experts split over threads and not, and with quantized weights (called back through their Python kernels). A
+tensor-parallel rank runs the Python loop and logs why."""
 from __future__ import annotations
 
 import pytest
@@ -16,8 +16,9 @@ from tests.support.native import NATIVE_KERNELS
 pytestmark = NATIVE_KERNELS
 
 FAMILIES = [("llama", {}), ("qwen2", {}), ("qwen3", {}), ("mistral", {"sliding_window": 8}),
-            ("glm", {}), ("glm4", {}), ("glm4_moe", {}), ("qwen2_moe", {}), ("qwen3_moe", {})]
-MOE = ("glm4_moe", "qwen2_moe", "qwen3_moe")
+            ("glm", {}), ("glm4", {}), ("glm4_moe", {}), ("qwen2_moe", {}), ("qwen3_moe", {}), ("deepseek_v3", {}),
+            ("deepseek_v3", {"q_lora_rank": None, "rope_interleave": False})]
+MOE = ("glm4_moe", "qwen2_moe", "qwen3_moe", "deepseek_v3")
 
 
 def has_stack(runner) -> bool:
@@ -58,7 +59,8 @@ def assert_equal_logits(logits: dict) -> None:
 # (GLM's partial / interleaved rotary takes the torch attention route on every one)
 @pytest.mark.parametrize("route", ["own-attention", pytest.param("torch-attention", marks=pytest.mark.exhaustive),
                                    pytest.param("torch-ops", marks=pytest.mark.exhaustive)])
-@pytest.mark.parametrize("family,overrides", FAMILIES, ids=[f for f, _ in FAMILIES])
+@pytest.mark.parametrize("family,overrides", FAMILIES, ids=[f + ("-direct-q" if o.get("q_lora_rank", 1) is None else "")
+                                                            for f, o in FAMILIES])
 def test_decode_stack_matches_layer_loop(tiny_model, monkeypatch, family, overrides, route):
     monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")      # forced on: CPUs with native bf16 test them too
     runner = load_runner(tiny_model(family, **overrides), block_size=4)
@@ -100,16 +102,6 @@ def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch, family):
     if not has_stack(runner):
         pytest.skip("own CPU kernels cannot run here")
     assert_equal_logits(stack_on_off(runner, sequences=9 if family == "qwen3_moe" else 3))
-
-
-def test_mla_runs_the_python_loop(tiny_model, caplog):
-    runner = load_runner(tiny_model("deepseek_v3"), block_size=4)
-    if runner.path != "own":
-        pytest.skip("deepseek_v3 not on the own path")
-    with caplog.at_level("INFO"):
-        assert not has_stack(runner)
-    assert "layers run from Python (no C++ decode step for deepseek_v3)" in caplog.text
-    assert decode_logits(runner, steps=2).isfinite().all()
 
 
 def test_tensor_parallel_model_logs_why(tiny_model, caplog):
