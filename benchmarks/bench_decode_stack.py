@@ -14,7 +14,8 @@ Random models built with transformers once under --dir (vocabulary cut to 32768 
 Per model and batch: a prefill of 16-token prompts, then --rounds rounds, each --steps decode steps with the stack,
 then --steps with the layer loop (interleaved, so load on the machine hits both alike); the median step time of
 each. The whole step is timed (embedding, layers, final norm, lm_head, sampling's logits out), through the runner's
-`execute`. The 1-minute load average is printed with each model (the numbers mean little on a busy machine).
+`execute`. MoE models also at batch 16 with the experts not split over the threads (TorchOps.moe_expert_threads
+off; on by default: a thread pool in the layer loop, at::parallel_for in the stack). The 1-minute load average is printed with each model (the numbers mean little on a busy machine).
 """
 from __future__ import annotations
 
@@ -107,6 +108,10 @@ def main() -> None:
                "act_dtype": str(runner.model.act_dtype).replace("torch.", "")}
         for b in BATCHES:
             row[f"batch {b}"] = step_times(runner, b, a.steps, a.rounds)
+        if hasattr(runner.model.layers[-1].mlp, "experts") and hasattr(runner.ops, "moe_expert_threads"):
+            runner.ops.moe_expert_threads = False       # experts one after the other, each matmul on every thread
+            row[f"batch {max(BATCHES)}, experts not split"] = step_times(runner, max(BATCHES), a.steps, a.rounds)
+            runner.ops.moe_expert_threads = True
         row["stack_used"] = runner.model.decode_stack(runner.kv_caches) is not None
         row["load_avg_1m_after"] = os.getloadavg()[0]
         res["models"][family] = row
