@@ -77,7 +77,7 @@ def test_decode_stack_matches_layer_loop(tiny_model, monkeypatch, family, overri
     assert_equal_logits(stack_on_off(runner, sequences=9 if family in MOE else 3))
 
 
-@pytest.mark.parametrize("family", ["qwen2_moe", "glm4_moe"])
+@pytest.mark.parametrize("family", ["qwen2_moe", pytest.param("glm4_moe", marks=pytest.mark.exhaustive)])
 def test_decode_stack_moe_experts_split_or_not(tiny_model, monkeypatch, family):
     """The experts' split over threads (at::parallel_for in the stack, a thread pool in Python) on and off."""
     monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
@@ -92,7 +92,7 @@ def test_decode_stack_moe_experts_split_or_not(tiny_model, monkeypatch, family):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3_moe", "glm4"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_moe", pytest.param("glm4", marks=pytest.mark.exhaustive)])
 def test_decode_stack_with_quantized_weights(tiny_model, monkeypatch, family):
     monkeypatch.setenv("MINDIE_LIKE_CPU_KERNELS", "1")
     runner = load_runner(tiny_model(family), block_size=4, quantization="w8a16")
