@@ -21,7 +21,10 @@ from tests.support.serving_fakes import FakeEngine, collect_sse, reassemble
 
 MODEL = "m"
 CALL_ANSWERS = ("bare_call", "bare_call_2", "fenced_call", "hermes_call", "prose_then_call")
-CONTENT_ANSWERS = ("code", "prose", "sql")
+CONTENT_ANSWERS = {name: DEMO_ANSWERS[name] for name in ("code", "prose", "sql")}
+# JSON objects in prose are no call (their first key is not "name"): released as they are written too
+CONTENT_ANSWERS["json_in_prose"] = (2, 'Send `{"city": "Paris", "unit": "celsius"}` as the body:\n\n```python\n'
+                                       'get_weather(**{"city": "Paris"})\n```')
 
 
 def serving_for(hf_tok, alias: str, text: str, eos: str = "<|im_end|>"):
@@ -60,7 +63,7 @@ def demo_body(prompt: int) -> dict:
 
 @pytest.mark.parametrize("name", CONTENT_ANSWERS)
 def test_content_is_sent_at_the_token_that_writes_it(hf_tok, name):
-    prompt, text = DEMO_ANSWERS[name]
+    prompt, text = CONTENT_ANSWERS[name]
     serving = serving_for(hf_tok, "qwen2_5", text)
     events, sent = by_token(serving, demo_body(prompt))
     pre = prefixes(hf_tok, text)
