@@ -102,7 +102,8 @@ class Recovery:
                 return
             start = pos if head else pos + 1   # the brace itself is the trigger that got us here
             m = self._trig_re.search(buf, start, end)
-            lim = m.start() if m is not None else _hold_point(buf, start, self._trig_prefixes, self._trig_max)
+            lim = min(end, m.start() if m is not None else
+                      _hold_point(buf, start, self._trig_prefixes, self._trig_max))
             if lim > start and "\\" not in buf[pos:lim]:
                 st, p = sc.scan(buf[pos:lim], 0, False)   # inside the head: the scanner needs more (NEED)
                 head += buf[pos:pos + p]
