@@ -33,11 +33,13 @@ struct StepLayer {
 
 class DecodeStack {
  public:
+  // dot_isa: the bf16 dot-product kernel's ISA (bf16dot::Isa) for bf16 weights of up to dot_rows rows, or -1
   DecodeStack(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale, bool own_f32,
-              bool gemv, bool fused_attention, std::vector<torch::Tensor> k_caches,
-              std::vector<torch::Tensor> v_caches)
+              bool gemv, int64_t dot_isa, int64_t dot_rows, bool fused_attention,
+              std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches)
       : Hq_(num_heads), Hk_(num_kv_heads), D_(head_dim), eps_(eps), scale_(scale), own_f32_(own_f32), gemv_(gemv),
-        fused_attention_(fused_attention), k_caches_(std::move(k_caches)), v_caches_(std::move(v_caches)) {}
+        dot_isa_(dot_isa), dot_rows_(dot_rows), fused_attention_(fused_attention), k_caches_(std::move(k_caches)),
+        v_caches_(std::move(v_caches)) {}
 
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, c10::optional<torch::Tensor> q_norm,
                  c10::optional<torch::Tensor> k_norm, int64_t window_index, int64_t window, py::object qkv,
@@ -144,6 +146,9 @@ class DecodeStack {
       y = L.fn(x, b ? py::cast(*b) : py::none()).cast<torch::Tensor>();
     } else if (gemv_ && x.size(0) <= 8 && L.w.scalar_type() == at::kBFloat16) {
       y = bf16_linear(x, L.w, b);
+    } else if (dot_isa_ >= 0 && x.size(0) <= dot_rows_ && L.w.scalar_type() == at::kBFloat16 &&
+               L.w.is_contiguous()) {
+      y = bf16_dot_linear(x, L.w, b, dot_isa_, false);
     } else if (x.scalar_type() != L.w.scalar_type()) {
       y = at::linear(x.to(L.w.scalar_type()), L.w).to(x.scalar_type());
       if (b) y = y + *b;
@@ -198,15 +203,17 @@ class DecodeStack {
 
   int64_t Hq_, Hk_, D_;
   double eps_, scale_;
-  bool own_f32_, gemv_, fused_attention_;
+  bool own_f32_, gemv_;
+  int64_t dot_isa_, dot_rows_;
+  bool fused_attention_;
   std::vector<torch::Tensor> k_caches_, v_caches_;
   std::vector<StepLayer> layers_;
 };
 
 void register_decode_step(py::module& m) {
   py::class_<DecodeStack>(m, "DecodeStack")
-      .def(py::init<int64_t, int64_t, int64_t, double, double, bool, bool, bool, std::vector<torch::Tensor>,
-                    std::vector<torch::Tensor>>())
+      .def(py::init<int64_t, int64_t, int64_t, double, double, bool, bool, int64_t, int64_t, bool,
+                    std::vector<torch::Tensor>, std::vector<torch::Tensor>>())
       .def("add_layer", &DecodeStack::add_layer)
       .def("num_layers", &DecodeStack::num_layers)
       .def("run", &DecodeStack::run, "a decode step's decoder layers -> (h, residual)");

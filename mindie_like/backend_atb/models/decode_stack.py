@@ -24,7 +24,7 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
     found = switches() if switches is not None else None
     if found is None:
         return None, f"op table {model.ops.name} has no C++ decode step here"
-    mod, own_f32, gemv = found
+    mod, own_f32, gemv, dot_isa, dot_rows = found
     for layer in model.layers:
         if type(layer) is not DecoderLayer or type(layer.self_attn) is not Attention:
             return None, f"{type(layer).__name__} / {type(layer.self_attn).__name__} layers"
@@ -35,7 +35,8 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
     windows = sorted({a.window for a in model.attention_layers()}, key=lambda w: -1 if w is None else w)
     fused = model.fused_decode_attention
     stack = mod.DecodeStack(model.num_heads, model.num_kv_heads, model.head_dim, model.eps, model.scale_value,
-                            own_f32, gemv, fused, [k for k, _ in kv_caches], [v for _, v in kv_caches])
+                            own_f32, gemv, dot_isa, dot_rows, fused, [k for k, _ in kv_caches],
+                            [v for _, v in kv_caches])
     for layer in model.layers:
         at, mlp = layer.self_attn, layer.mlp
         stack.add_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
