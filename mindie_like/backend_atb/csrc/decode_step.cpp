@@ -99,7 +99,11 @@ class DecodeStack {
           q = at::rms_norm(q, {D_}, *L.q_norm, eps_);
           k = at::rms_norm(k, {D_}, *L.k_norm, eps_);
         }
-        o = rope_attention_decode_f32(q, k, v, kc, vc, cos_sin, positions, slots, tables, lens, L.window, scale_);
+        o = kc.scalar_type() == at::kBFloat16
+                ? rope_attention_decode_bf16(q, k, v, kc, vc, cos_sin, positions, slots, tables, lens, L.window,
+                                             scale_)
+                : rope_attention_decode_f32(q, k, v, kc, vc, cos_sin, positions, slots, tables, lens, L.window,
+                                            scale_);
       } else {
         TORCH_CHECK(cos && sin && decode_slots, "the op path needs cos, sin and decode_slots");
         torch::Tensor q, k;

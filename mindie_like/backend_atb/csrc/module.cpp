@@ -37,6 +37,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm_f32", &add_rms_norm_f32, "(RMSNorm(x + residual), x + residual) of float32 rows");
   m.def("rope_attention_decode_f32", &rope_attention_decode_f32,
         "decode step: rope, KV cache write and paged attention of one query row per sequence (float32)");
+  m.def("rope_attention_decode_bf16", &rope_attention_decode_bf16,
+        "the same for bf16 activations and KV cache (float32 math, results rounded to bf16 once)");
   register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
   m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "

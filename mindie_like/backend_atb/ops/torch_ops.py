@@ -49,6 +49,7 @@ class TorchOps:
         # (torch_moe._run_split): 1.3-1.4x decode at 16 streams on 2 quiet cores (benchmarks/bench_moe.py)
         self.moe_expert_threads = True
         self._gemv = None
+        self._bf16_attention = False
         self._bf16_dot = None   # (kernel, isa, max rows): bf16 dot products (CPUs with AVX512-BF16, bf16 models)
         self._f32 = None        # own float32 kernels (cpu_kernels.py: RMSNorm, decode attention, silu*up), CPUs
                                 # without native bf16
@@ -72,6 +73,7 @@ class TorchOps:
         if isa != "none":
             self._bf16_dot = (mod.bf16_dot_linear, cpu_kernels.BF16_ISAS.index(isa), cpu_kernels.BF16_DOT_MAX_ROWS)
             self.name = f"torch+cpu_kernels(bf16dot:{isa})"
+            self._bf16_attention = cpu_kernels.runnable()        # the decode attention kernel is AVX2 code
 
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
     def _own_norm(self, x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -239,17 +241,21 @@ class TorchOps:
         return out.view(T, Hq * D)
 
     def has_fused_decode_attention(self, dtype: torch.dtype) -> bool:
-        """Whether `rope_attention_decode` runs for activations / KV cache of `dtype` (own float32 kernel)."""
-        return self._f32 is not None and dtype == torch.float32
+        """Whether `rope_attention_decode` runs for activations / KV cache of `dtype` (own kernel: float32 with the
+        own float32 kernels, bf16 where bf16 weights run the own dot-product kernel)."""
+        return ((self._f32 is not None and dtype == torch.float32)
+                or (self._bf16_dot is not None and self._bf16_attention and dtype == torch.bfloat16))
 
     def rope_attention_decode(self, q, k, v, k_cache, v_cache, meta: AttentionMeta, window: Optional[int],
                               cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """A decode step's rope + KV write + attention in one C++ call (float32; `has_fused_decode_attention`):
+        """A decode step's rope + KV write + attention in one C++ call (float32 or bf16; `has_fused_decode_attention`):
         q [B, Hq, D], k/v [B, Hk, D] un-rotated (views of the qkv output are fine), cos_sin the model's [max_pos, D]
         cache -> [B, Hq*D]. Same result as rope_heads, write_kv and attention_decode (tests/unit/backend_atb)."""
         pos, slots, tables, lens = self.own_decode_args(meta, positions)
-        return self._f32.rope_attention_decode_f32(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens,
-                                                   window or 0, meta.scale)
+        from .. import cpu_kernels
+        mod = cpu_kernels.load()
+        fn = mod.rope_attention_decode_bf16 if k_cache.dtype == torch.bfloat16 else mod.rope_attention_decode_f32
+        return fn(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens, window or 0, meta.scale)
 
     @staticmethod
     def own_decode_args(meta: AttentionMeta, positions: torch.Tensor):

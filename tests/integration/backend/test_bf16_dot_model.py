@@ -1,6 +1,6 @@
 """A bf16 model on a CPU with native bf16 (forced here, so any x86 machine runs it): the decode step's linears and
-the lm_head on the own bf16 dot-product kernel (csrc/bf16_dot.cpp) through the C++ decode stack, at the ISA this
-CPU has and the forced portable one, against transformers running the same bf16 weights (same greedy tokens up to a
+the lm_head on the own bf16 dot-product kernel (csrc/bf16_dot.cpp) and the bf16 decode attention kernel through the
+C++ decode stack, at the ISA this CPU has and the forced portable one, against transformers running the same bf16 weights (same greedy tokens up to a
 near-tie, close logits) and against the same runner on torch's bf16 matmuls."""
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def test_bf16_model_on_the_dot_kernel_matches_transformers(tiny_model, bf16_cpu,
     model = runner.model
     assert runner.dtype == torch.bfloat16 and model.ops.name == f"torch+cpu_kernels(bf16dot:{bf16_cpu})"
     d = Driver(runner)
-    assert model.decode_stack(runner.kv_caches) is not None          # the C++ step calls the kernel too
+    assert model.decode_stack(runner.kv_caches) is not None          # the C++ step calls the kernels too
+    assert model.fused_decode_attention and runner.kv_dtype == torch.bfloat16
     p = prompt(1, 23)
     gen, ours = d.greedy("a", p, STEPS)
     d.release("a")
@@ -103,5 +104,5 @@ def test_bf16_model_on_the_dot_kernel_matches_transformers(tiny_model, bf16_cpu,
     finally:
         model.ops._bf16_dot = kernel
         model.invalidate_decode_stack()
-    # same tokens fed: only the summation order and the logits' bf16 rounding differ (measured ~0.5%)
-    assert float((kernel_rows - torch_rows).abs().max()) <= 0.02 * float(torch_rows.abs().max())
+    # same tokens fed; the torch path rounds after each rope op and the logits to bf16 (both ~2% from transformers)
+    assert float((kernel_rows - torch_rows).abs().max()) <= TOL * float(torch_rows.abs().max())
