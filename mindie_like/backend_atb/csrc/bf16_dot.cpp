@@ -86,9 +86,11 @@ TBF16 inline __m512 dot32(__m512 acc, __m512i x, __m512i w) {
 }
 
 // rows m0 .. m0+R of x against weight rows n .. n+C (C <= 4; missing rows read row n and are not stored)
+// pf[0 .. npf): rows of the next tile to prefetch along the way (one cache line per row per 32 columns), so the
+// weight stream from memory continues while the later row blocks of this tile compute from cache
 template <int R, int C>
 TBF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const float* bias, float* y, int64_t N,
-                     int64_t n) {
+                     int64_t n, const uint16_t* const* pf, int npf) {
   __m512 acc[R][NR];
   for (int m = 0; m < R; ++m)
     for (int j = 0; j < NR; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -98,6 +100,7 @@ TBF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const floa
   for (; k + 32 <= K; k += 32) {
     __m512i wv[C];
     for (int j = 0; j < C; ++j) wv[j] = _mm512_loadu_si512(wr[j] + k);
+    for (int i = 0; i < npf; ++i) _mm_prefetch(reinterpret_cast<const char*>(pf[i] + k), _MM_HINT_T0);
     for (int m = 0; m < R; ++m) {
       const __m512i xv = _mm512_loadu_si512(x + m * K + k);
       for (int j = 0; j < C; ++j) acc[m][j] = dot32(acc[m][j], xv, wv[j]);
@@ -119,27 +122,36 @@ TBF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const floa
   }
 }
 
+// all row blocks of M against weight rows n .. n+C; the next tile's rows (up to n1) are prefetched spread over
+// the row blocks (block b takes rows j with j % blocks == b)
 template <int C>
 TBF16 void rows_tile_bf16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, const float* bias, float* y,
-                          int64_t N, int64_t n) {
+                          int64_t N, int64_t n, int64_t n1) {
+  const int64_t blocks = (M + MR - 1) / MR;
+  const int next = int(std::max<int64_t>(0, std::min<int64_t>(NR, n1 - (n + NR))));
+  const uint16_t* pf[NR];
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) tile_bf16<MR, C>(x + m * K, K, w, bias, y + m * N, N, n);
-  switch (M - m) {
-    case 1: tile_bf16<1, C>(x + m * K, K, w, bias, y + m * N, N, n); break;
-    case 2: tile_bf16<2, C>(x + m * K, K, w, bias, y + m * N, N, n); break;
-    case 3: tile_bf16<3, C>(x + m * K, K, w, bias, y + m * N, N, n); break;
-    default: break;
+  for (int64_t b = 0; b < blocks; ++b, m += MR) {
+    int npf = 0;
+    for (int j = 0; j < next; ++j)
+      if (j % blocks == b) pf[npf++] = w + (n + NR + j) * K;
+    switch (std::min<int64_t>(MR, M - m)) {
+      case 1: tile_bf16<1, C>(x + m * K, K, w, bias, y + m * N, N, n, pf, npf); break;
+      case 2: tile_bf16<2, C>(x + m * K, K, w, bias, y + m * N, N, n, pf, npf); break;
+      case 3: tile_bf16<3, C>(x + m * K, K, w, bias, y + m * N, N, n, pf, npf); break;
+      default: tile_bf16<MR, C>(x + m * K, K, w, bias, y + m * N, N, n, pf, npf); break;
+    }
   }
 }
 
 TBF16 void rows_bf16(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w, const float* bias, float* y,
                      int64_t N, int64_t n0, int64_t n1) {
   int64_t n = n0;
-  for (; n + NR <= n1; n += NR) rows_tile_bf16<NR>(x, M, K, w, bias, y, N, n);
+  for (; n + NR <= n1; n += NR) rows_tile_bf16<NR>(x, M, K, w, bias, y, N, n, n1);
   switch (n1 - n) {
-    case 1: rows_tile_bf16<1>(x, M, K, w, bias, y, N, n); break;
-    case 2: rows_tile_bf16<2>(x, M, K, w, bias, y, N, n); break;
-    case 3: rows_tile_bf16<3>(x, M, K, w, bias, y, N, n); break;
+    case 1: rows_tile_bf16<1>(x, M, K, w, bias, y, N, n, n1); break;
+    case 2: rows_tile_bf16<2>(x, M, K, w, bias, y, N, n, n1); break;
+    case 3: rows_tile_bf16<3>(x, M, K, w, bias, y, N, n, n1); break;
     default: break;
   }
 }
