@@ -25,3 +25,23 @@ def release_openmp_pool() -> bool:
         return False
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
     return pause(1) == 0                    # omp_pause_soft
+
+
+def run_single_threaded() -> None:
+    """Makes the calling thread's torch ops run on it alone (OpenMP and MKL) without changing torch's thread count
+    for other threads: a helper thread whose parallel region started a team of its own would add to libgomp's
+    count of OpenMP threads (see release_openmp_pool). For a thread pool's initializer."""
+    import ctypes
+    import os
+
+    import torch
+    torch.get_num_threads()                 # torch's per-thread set-up first: it would undo the calls below
+    found = ctypes.CDLL(None)
+    torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    for name in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local"):    # MKL's own count, this thread's
+        fn = getattr(found, name, None)
+        if fn is None and os.path.exists(torch_cpu):
+            fn = getattr(ctypes.CDLL(torch_cpu), name, None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int]
+            fn(1)

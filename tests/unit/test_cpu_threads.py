@@ -53,3 +53,33 @@ def test_the_engine_thread_owns_the_only_openmp_team():
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["False", "False"]
+
+
+# A thread pool thread that runs torch matmuls (the MoE experts' split) adds no OpenMP or MKL team of its own.
+POOL_SCRIPT = r"""
+import os, torch
+from concurrent.futures import ThreadPoolExecutor
+from mindie_like.cpu_threads import run_single_threaded
+torch.set_num_threads(2)
+def tasks(): return len(os.listdir('/proc/self/task'))
+a, b = torch.randn(600, 600), torch.randn(600, 600)
+a @ b
+base = tasks()
+pool = ThreadPoolExecutor(1, initializer=run_single_threaded)
+for dtype in (torch.float32, torch.bfloat16):
+    pool.submit(lambda: a.to(dtype) @ b.to(dtype)).result()
+    pool.submit(lambda: torch.nn.functional.linear(a.to(dtype), b.to(dtype))).result()
+assert pool.submit(torch.get_num_threads).result() == 1
+assert torch.get_num_threads() == 2
+assert tasks() == base + 1, (base, tasks())           # the pool's thread, no team of its own
+print("ok")
+"""
+
+
+def test_a_pool_thread_runs_its_matmuls_alone():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"]

@@ -16,7 +16,7 @@ from ..layers import ParallelLMHead, RMSNorm, RotaryEmbedding, VocabParallelEmbe
 from ..layers.mla import MLAAttention, MLAConfig
 from ..layers.moe import FusedMoE, SparseMoeBlock, TopKRouter
 from ..ops.torch_moe import RoutingSpec
-from . import register
+from . import decode_stack, register
 from .base import CausalLM
 from .llama import MLP, DecoderLayer
 
@@ -107,6 +107,12 @@ class DeepseekV3ForCausalLM(CausalLM):
         tied = bool(getattr(cfg, "tie_word_embeddings", False))
         self.head = ParallelLMHead("lm_head", cfg.vocab_size, self.hidden, pl,
                                    tied_to=self.embed_tokens if tied else None)
+
+    def build_decode_stack(self, kv_caches):
+        return decode_stack.build(self, kv_caches)
+
+    def run_decode_stack(self, stack, ctx, h):
+        return decode_stack.run(self, stack, ctx, h)
 
     def linears(self) -> list:
         """kv_b_proj stays dense (decode reads its halves as the absorbed weights)."""

@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from ...cpu_threads import run_single_threaded
+
 
 @dataclass(frozen=True)
 class RoutingSpec:
@@ -117,7 +119,10 @@ def _run_split(run, segments: list, workers: int) -> None:
     thread, can. Each share writes its own rows of the output."""
     global _POOL
     if _POOL is None or _POOL._max_workers < workers - 1:
-        _POOL = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="moe-experts")
+        # each pool thread runs its matmuls alone: a thread that started an OpenMP team of its own would stop the
+        # engine's team spinning between parallel regions for good (cpu_threads.release_openmp_pool)
+        _POOL = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="moe-experts",
+                                   initializer=run_single_threaded)
     shares: list[list] = [[] for _ in range(workers)]
     rows = [0] * workers
     for seg in sorted(segments, key=lambda s: -s[2]):       # largest first onto the least loaded share

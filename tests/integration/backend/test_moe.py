@@ -106,25 +106,38 @@ def test_fused_expert_layout_loads_the_same_model(moe_model, tmp_path):
     torch.testing.assert_close(b, a, atol=0, rtol=0)
 
 
-def test_only_routed_experts_run(moe_model, monkeypatch):
+class RowCountingWeight:
+    """An expert weight that counts the rows each call multiplies (a weight with its own `linear`, as quantized
+    weights are: the op table and the C++ decode stack both call it)."""
+    is_quantized_weight = True
+
+    def __init__(self, w: torch.Tensor, rows: list):
+        self.w, self.rows = w, rows
+
+    def linear(self, x, b=None):
+        self.rows.append(x.shape[0])
+        return torch.nn.functional.linear(x, self.w, b)
+
+
+@pytest.mark.parametrize("stack", [True, False], ids=["decode-stack", "layer-loop"])
+def test_only_routed_experts_run(moe_model, stack):
     """One gate/up matmul per expert that has tokens, over exactly those tokens: a single decode token runs
-    top_k experts per sparse layer, never all of them."""
+    top_k experts per sparse layer, never all of them (in the C++ decode stack and in the Python layer loop)."""
     family, path = moe_model
     runner = load_runner(path, block_size=4)
-    ops = runner.model.ops
+    model = runner.model
+    model.allow_decode_stack = stack
     rows: list[int] = []
-    expert_in = {lin.weight.data_ptr() for m in runner.model.linears() if getattr(m, "kind", "") == "w13"
-                 for lin in [m]}
-    orig = ops.linear
-
-    def spy(x, w, b=None):
-        if getattr(w, "data_ptr", None) and w.data_ptr() in expert_in:
-            rows.append(x.shape[0])
-        return orig(x, w, b)
+    for lin in model.linears():
+        if getattr(lin, "kind", "") == "w13":
+            lin.weight = RowCountingWeight(lin.weight, rows)
+    model.invalidate_decode_stack()
     d = Driver(runner)
     d.step([("a", prompt(41, 6))])
-    monkeypatch.setattr(ops, "linear", spy)
+    rows.clear()
     d.step([("a", [5])])
+    if stack and model.decode_stack(runner.kv_caches) is None:
+        pytest.skip("no C++ decode stack here")
     cfg = runner.hf_config
     sparse = sum(1 for i in range(cfg.num_hidden_layers) if i not in (cfg.mlp_only_layers or []))
     assert rows == [1] * (cfg.num_experts_per_tok * sparse)
