@@ -17,9 +17,11 @@ What is measured (wall clock of this process, `time.perf_counter`):
   call arguments), else one per chunk that carries output; RequestRecord.token_source says which.
 - TTFT: from just before the request is sent to the first SSE event with a choice in it (streams only). Our
   daemon and llama-cpp-python both send that event (the assistant role) once the first token exists, not
-  before. "first output" is the first event that carries text, reasoning or a tool-call delta: later than TTFT
-  when the server holds text back (our daemon withholds what may be a tool call, e.g. a ```json block, until it
-  knows).
+  before. "first output" is the first event that carries text, reasoning or a tool-call delta, summarized also
+  per kind of that first output (`first_output_ms_by_kind`: content / reasoning / tool_call). Later than TTFT
+  when the server holds text back: our daemon sends a tool call (a ```json block or a bare `{"name": ...}` object
+  included) only once it is one, its header at the token that starts the arguments, while a server that does
+  not parse such calls streams the same JSON as text at once.
 - ITL (inter-token latency): the gaps between successive output-carrying events of a stream (one event may carry
   more than one token when the server holds text back); TPOT per request = (last output event - TTFT) /
   (tokens - 1).
@@ -152,6 +154,7 @@ class RequestRecord:
     e2e_s: Optional[float] = None
     ttft_s: Optional[float] = None
     first_output_s: Optional[float] = None
+    first_output_kind: Optional[str] = None   # what the first output event carried: content | reasoning | tool_call
     last_output_s: Optional[float] = None
     chunk_gaps_s: list = field(default_factory=list)
     completion_tokens: int = 0
@@ -197,6 +200,10 @@ class LoadResult:
         ok = self.succeeded
         ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
         first_out = [r.first_output_s for r in ok if r.first_output_s is not None]
+        by_kind: dict[str, list[float]] = {}
+        for r in ok:
+            if r.first_output_s is not None:
+                by_kind.setdefault(r.first_output_kind or "?", []).append(r.first_output_s)
         gaps = [g for r in ok for g in r.chunk_gaps_s]
         tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
         e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
@@ -211,6 +218,8 @@ class LoadResult:
             "requests_per_s": round(len(ok) / wall, 3),
             "ttft_ms": {"p50": ms(percentile(ttft, 50)), "p99": ms(percentile(ttft, 99)), "n": len(ttft)},
             "first_output_ms": {"p50": ms(percentile(first_out, 50)), "p99": ms(percentile(first_out, 99))},
+            "first_output_ms_by_kind": {k: {"p50": ms(percentile(v, 50)), "n": len(v)}
+                                        for k, v in sorted(by_kind.items())},
             "itl_ms": {"p50": ms(percentile(gaps, 50)), "p99": ms(percentile(gaps, 99)), "n": len(gaps)},
             "tpot_ms": {"p50": ms(percentile(tpot, 50)), "p99": ms(percentile(tpot, 99))},
             "e2e_ms": {"p50": ms(percentile(e2e, 50)), "p99": ms(percentile(e2e, 99))},
@@ -259,17 +268,17 @@ def _error_type(raw: bytes) -> str:
     return str(body)[:200]
 
 
-def _absorb_delta(rec: RequestRecord, choice: dict, calls: dict) -> bool:
-    """Adds a chunk's delta to the record; True when it carried output."""
+def _absorb_delta(rec: RequestRecord, choice: dict, calls: dict) -> str:
+    """Adds a chunk's delta to the record; what output it carried ("content", "reasoning", "tool_call"), or ""."""
     delta = choice.get("delta") or {}
-    got = False
+    got = ""
     for key in ("content", "reasoning_content"):
         if delta.get(key):
-            got = True
+            got = got or key.split("_")[0]
             if key == "content":
                 rec.text += delta[key]
     for tc in delta.get("tool_calls") or ():
-        got = True
+        got = got or "tool_call"
         slot = calls.setdefault(tc.get("index", 0), {"name": "", "arguments": ""})
         fn = tc.get("function") or {}
         slot["name"] += fn.get("name") or ""
@@ -301,9 +310,9 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
             continue
         if obj.get("usage"):
             usage = obj["usage"]
-        carried = False
+        carried = ""
         for choice in obj.get("choices") or ():
-            carried |= _absorb_delta(rec, choice, calls)
+            carried = _absorb_delta(rec, choice, calls) or carried
         now = time.perf_counter()
         if rec.ttft_s is None and obj.get("choices"):
             rec.ttft_s = now - t0
@@ -311,6 +320,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
             chunks += 1
             if last is None:
                 rec.first_output_s = now - t0
+                rec.first_output_kind = carried
             else:
                 rec.chunk_gaps_s.append(now - last)
             rec.last_output_s = now - t0

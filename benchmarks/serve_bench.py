@@ -232,15 +232,21 @@ def bench_server(server: Server, levels: list[int], args, count_tokens=None, pro
     return out
 
 
+def by_kind(summary: dict) -> str:
+    """First output p50 per kind of first output, e.g. "content 71 (n 4), tool_call 255 (n 4)"."""
+    kinds = summary.get("first_output_ms_by_kind") or {}
+    return ", ".join(f"{k} {v['p50']} (n {v['n']})" for k, v in kinds.items()) or "-"
+
+
 def table(results: dict, levels: list[int]) -> str:
     rows = ["| concurrency | server | output tok/s | requests/s | TTFT p50 / p99 ms | first output p50 ms | "
-            "ITL p50 / p99 ms | TPOT p50 ms | e2e p50 ms | tokens | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "first output p50 ms by kind | ITL p50 / p99 ms | TPOT p50 ms | e2e p50 ms | tokens | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in levels:
         for name, res in results.items():
             s = res["levels"][c]["summary"]
             rows.append(f"| {c} | {name} | {s['output_tok_s']} | {s['requests_per_s']} | {s['ttft_ms']['p50']} / "
-                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | "
+                        f"{s['ttft_ms']['p99']} | {s['first_output_ms']['p50']} | {by_kind(s)} | "
                         f"{s['itl_ms']['p50']} / {s['itl_ms']['p99']} | "
                         f"{s['tpot_ms']['p50']} | {s['e2e_ms']['p50']} | {s['output_tokens']} | "
                         f"{s['errors'] or 0} |")

@@ -84,7 +84,8 @@ class CallObject:
                 break
             if c != '"':
                 raise Fail(src.pos)
-            key = yield from self._qstring(16 if bare and first else 64)
+            # a marker-less candidate's first key must be "name": it is ruled out at its first other letter
+            key = yield from self._qstring(16 if bare and first else 64, prefix_of="name" if bare and first else "")
             if bare and (key == "description" or first and key != "name"):
                 raise Fail(src.pos)  # not a call; "description": a tool definition being echoed
             yield from self._ws()

@@ -254,8 +254,9 @@ class Primitives:
                 raise Fail(pos, eof=True)
             yield
 
-    def _qstring(self, limit: int, check: bool = False):
-        """A short JSON string (key or name) at the cursor, decoded; consumed only once complete."""
+    def _qstring(self, limit: int, check: bool = False, prefix_of: str = ""):
+        """A short JSON string (key or name) at the cursor, decoded; consumed only once complete. check: a
+        declared tool's name; prefix_of: fail as soon as the text written so far is not a prefix of it."""
         src = self._src
         while True:
             buf, pos = src.buf, src.pos
@@ -271,9 +272,10 @@ class Primitives:
                 return s
             if len(buf) - pos >= limit + 2:
                 raise Fail(pos)
-            if check:
+            if check or prefix_of:
                 partial = buf[pos + 1:]
-                if "\\" not in partial and not self._name_prefix_ok(partial):
+                if "\\" not in partial and not (prefix_of.startswith(partial) if prefix_of
+                                                 else self._name_prefix_ok(partial)):
                     raise Fail(pos)
             if src.final:
                 raise Fail(pos, eof=True)

@@ -80,22 +80,38 @@ class Recovery:
         family's own markers (never before `floor`: the candidate's own parse already read the text up to there
         as part of its object), or (a brace in prose) right after the `{`."""
         src = self._src
-        # is it an object at all?
+        sc = JsonScanner(_discard, strict=True)
+        # is it an object at all? While that is open, the head's text is released as it is written up to the
+        # first character that may start a call (`head`: released and read by the scanner), so the text of a
+        # JSON object in prose is not held until its first key's colon
+        head = ""
         while True:
             buf, pos = src.buf, src.pos
-            end = min(len(buf), pos + HEAD_LIMIT)
-            if _OBJ_HEAD.match(buf, pos, end) is not None:
+            end = min(len(buf), pos + HEAD_LIMIT - len(head))
+            text = head + buf[pos:end]
+            if _OBJ_HEAD.match(text) is not None:
                 break
-            if src.final or end - pos >= HEAD_LIMIT or _OBJ_HEAD_PART.match(buf, pos, end).end() < len(buf):
+            if src.final or len(text) >= HEAD_LIMIT or _OBJ_HEAD_PART.match(text).end() < len(text):
                 # a brace in prose: look again right after it (a `{` inside what looked like a first key may
-                # start a call), a bounded rescan
-                src.pos = pos + 1 if floor - pos <= HEAD_LIMIT else floor
+                # start a call), a bounded rescan; the released head holds no such start
+                if floor - pos + len(head) > HEAD_LIMIT:
+                    src.pos = max(pos, floor)
+                else:
+                    src.pos = pos if head else pos + 1
                 self._cut(kind)
                 return
-            floor -= pos
+            start = pos if head else pos + 1   # the brace itself is the trigger that got us here
+            m = self._trig_re.search(buf, start, end)
+            lim = min(end, m.start() if m is not None else
+                      _hold_point(buf, start, self._trig_prefixes, self._trig_max))
+            if lim > start and "\\" not in buf[pos:lim]:
+                st, p = sc.scan(buf[pos:lim], 0, False)   # inside the head: the scanner needs more (NEED)
+                head += buf[pos:pos + p]
+                src.pos = pos + p
+                self._cut(kind)
+            floor -= src.pos
             yield
             floor += src.pos
-        sc = JsonScanner(_discard, strict=True)
         stop_re, stop_max = self._stop_re, self._stop_max
         chunk = SKIP_CHUNK[0]
         while True:

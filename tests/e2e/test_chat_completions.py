@@ -187,6 +187,33 @@ def test_streamed_tool_calls_equal_non_streamed(client, daemon):
         assert all(calls[i][0].startswith("call_") for i in calls)
 
 
+def test_streamed_content_with_tools_arrives_token_by_token(client, daemon):
+    """tools + tool_choice "auto", as benchmarks/serve_bench sends them: the random model writes prose, and the
+    stream sends it as it is written (each chunk stamped with the tokens generated so far), not held back as a
+    possible call, and reassembles to the non-streamed answer."""
+    kw = dict(model=daemon.model_name, messages=MESSAGES, tools=TOOLS, tool_choice="auto", temperature=0,
+              max_tokens=24, logprobs=True)
+    r = client.chat.completions.create(**kw)
+    ch = r.choices[0]
+    assert ch.message.content and not ch.message.tool_calls and r.usage.completion_tokens >= 8
+    sent, content, tokens = [], "", []
+    for chunk in client.chat.completions.create(
+            **kw, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}):
+        for c in chunk.choices:
+            assert not c.delta.tool_calls
+            tokens += [t.token for t in (c.logprobs.content if c.logprobs else None) or ()]
+            if c.delta.content:
+                content += c.delta.content
+                sent.append(chunk.usage.completion_tokens)
+    assert content == ch.message.content
+    assert tokens == [t.token for t in ch.logprobs.content]
+    # the first token with a character no call can start with is visible at that token
+    first_plain = next(k for k, t in enumerate(tokens, 1) if t.strip() and t.strip()[0] not in "<{`[")
+    assert sent[0] <= first_plain, (sent, tokens)
+    # incremental: content goes out at (nearly) every token, one chunk per step
+    assert len(sent) == len(set(sent)) and len(sent) >= len(tokens) // 2, (sent, tokens)
+
+
 def test_seed_reproduces_and_n_choices(client, daemon):
     kw = dict(model=daemon.model_name, messages=MESSAGES, max_tokens=8, temperature=1.0, seed=1234)
     a = client.chat.completions.create(**kw)

@@ -9,6 +9,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from benchmarks.loadgen import WEATHER_TOOLS, chat_messages
+from tests.support.first_output import header_char, releasable, token_of
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.real_model
@@ -85,3 +88,34 @@ def test_seed_auto_then_follow_up_with_the_tool_result(client, demo):
                                             max_tokens=200).choices[0]
     assert answer.finish_reason == "stop" and not answer.message.tool_calls
     assert "2024" in answer.message.content and "09" in answer.message.content
+
+
+@pytest.mark.parametrize("prompt", [1, 3, 7])   # a bare-JSON call, prose, a ```json block (on Zen 4)
+def test_benchmark_prompts_first_output_at_the_earliest_token(client, demo, prompt):
+    """benchmarks/serve_bench's requests (two tools, tool_choice auto, streaming): the first visible output is
+    sent at the earliest token the streaming rule allows (tests.support.first_output: prose at the token that
+    writes it, a call's header at the token that starts its arguments), and the stream equals the answer."""
+    kw = dict(model=demo.model_name, messages=chat_messages(prompt), tools=WEATHER_TOOLS, tool_choice="auto",
+              temperature=0, max_tokens=64, logprobs=True)
+    want = client.chat.completions.create(**kw).choices[0]
+    tokens, first, content, calls = [], None, "", {}
+    for chunk in client.chat.completions.create(
+            **kw, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}):
+        for c in chunk.choices:
+            tokens += [t.token for t in (c.logprobs.content if c.logprobs else None) or ()]
+            if (c.delta.content or c.delta.tool_calls) and first is None:
+                first = chunk.usage.completion_tokens
+            content += c.delta.content or ""
+            for tc in c.delta.tool_calls or ():
+                name, args = calls.get(tc.index, ("", ""))
+                calls[tc.index] = (name + (tc.function.name or ""), args + (tc.function.arguments or ""))
+    assert content == want.message.content
+    assert [calls[i] for i in sorted(calls)] == [(c.function.name, c.function.arguments)
+                                                 for c in want.message.tool_calls or ()]
+    text = "".join(t for t in tokens if t not in ("<|im_end|>", "<|endoftext|>"))
+    prefixes = ["".join(tokens[:k]) for k in range(1, len(tokens) + 1)]
+    if want.message.tool_calls and not releasable(text[:text.find("{")]):
+        earliest = token_of(prefixes, header_char(text))
+    else:
+        earliest = next(k for k, p in enumerate(prefixes, 1) if releasable(p))
+    assert first == earliest, (first, earliest, tokens[:earliest + 1])

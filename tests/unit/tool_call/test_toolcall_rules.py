@@ -226,6 +226,22 @@ def test_lenient_releases_text_as_soon_as_it_cannot_be_a_call():
     assert s.feed('x {"city": 1}') == [{"content": 'x {"city": 1}'}]
 
 
+def test_json_object_in_prose_is_released_as_it_is_written():
+    # its first key is not "name": no call's start, sent at once (not held until the key's colon)
+    s = proc("qwen2_5").new_stream(WEATHER)
+    assert s.feed('Use {"ci') == [{"content": 'Use {"ci'}]
+    assert s.feed('ty": "Paris"} ok') == [{"content": 'ty": "Paris"} ok'}]
+    s = proc("qwen2_5").new_stream(WEATHER)
+    assert s.feed('Use {"na') == [{"content": "Use"}]     # may still become {"name": ...
+    assert s.feed("x") == [{"content": ' {"nax'}]
+    # a brace in prose whose "key" holds a call: the call is found, the text before it released
+    text = 'Odd {"a {"name": "get_weather", "arguments": {"city": "P"}} end'
+    res = check_split_invariance(proc("qwen2_5"), text, WEATHER, n=60)
+    assert calls_of(res) == [("get_weather", '{"city": "P"}')] and res["content"] == 'Odd {"a  end'
+    s = proc("qwen2_5").new_stream(WEATHER)
+    assert s.feed('Odd {"a {"na') == [{"content": 'Odd {"a'}]
+
+
 def test_qwen25_coder_style_answer():
     text = ('```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Beijing",\n    "days": 3\n  }\n}\n'
             '```')
