@@ -11,6 +11,10 @@ switches separately:
 MINDIE_LIKE_CPU_KERNELS: unset (or "auto") as above; "1" forces both families on where the CPU can run them (the
 tests use it to cover the own kernels on any AVX2 machine); "0" forces them off (torch's kernels everywhere).
 
+* `bf16_dot_linear(x, w, b, isa, out_float)`: bf16 weights [N, K] as loaded x activations rounded to bf16, float32
+  accumulation; AVX512-BF16 `vdpbf16ps` tiles of 4 activation rows x 4 weight rows, or the same order in portable
+  C++ (csrc/bf16_dot.cpp). Chosen by `bf16_isa()` for bf16 models on CPUs with AVX512-BF16, up to
+  BF16_DOT_MAX_ROWS rows (decode batches and the lm_head); outside the two families above.
 * `bf16_linear(x, w, b)`: small-batch (M <= 8) bf16-weight GEMV; streams the weights once, widening bf16 to fp32
   with a shift (csrc/bf16_gemv.cpp).
 * `int8_linear(x, q, scale, b)`: int8 per-output-channel weights, float32 math (csrc/quant_gemm.cpp).
@@ -98,11 +102,9 @@ def isa(mod=None) -> str:
     if mod is None:
         return "none"
     best = ISAS[int(mod.cpu_isa())]
-    want = os.environ.get("MINDIE_LIKE_CPU_ISA", "").strip().lower()
+    want = _wanted_isa()
     chosen = best
-    if want:
-        if want not in ISAS:
-            raise ValueError(f"MINDIE_LIKE_CPU_ISA={want!r}: one of {', '.join(ISAS)}")
+    if want in ISAS:
         chosen = want if ISAS.index(want) <= ISAS.index(best) else best
     key = (best, want, chosen)
     if key not in _ISA_LOGGED:
@@ -113,6 +115,41 @@ def isa(mod=None) -> str:
 
 
 _ISA_LOGGED: set = set()
+
+# ---- bf16 dot products (csrc/bf16_dot.cpp): bf16 weights x bf16 activations, float32 accumulation --------------
+BF16_ISAS = ("portable", "avx512bf16")
+BF16_DOT_MAX_ROWS = 16      # more rows (prefill) run torch's matmul: its blocking wins once compute-bound
+
+
+def _wanted_isa() -> str:
+    want = os.environ.get("MINDIE_LIKE_CPU_ISA", "").strip().lower()
+    if want and want not in ISAS + BF16_ISAS:
+        raise ValueError(f"MINDIE_LIKE_CPU_ISA={want!r}: one of {', '.join(ISAS + BF16_ISAS[1:])}")
+    return want
+
+
+def bf16_isa(mod=None) -> str:
+    """The instruction set of the bf16 dot-product kernel that bf16 weights run on, or "none" (torch's matmul):
+    "avx512bf16" where the CPU has AVX512-BF16 (cpuid); elsewhere "none". MINDIE_LIKE_CPU_ISA=portable forces the
+    plain C++ kernel (tests of the fallback on any machine); a narrower ISA named there (avx2, avx512, avx512vnni:
+    no bf16 dot product) gives "none". Logged once."""
+    mod = mod or load()
+    if mod is None or not hasattr(mod, "cpu_bf16_isa"):
+        return "none"
+    best = BF16_ISAS[int(mod.cpu_bf16_isa())]
+    want = _wanted_isa()
+    if want == "portable":
+        chosen = "portable"
+    elif want and want != "avx512bf16":
+        chosen = "none"
+    else:
+        chosen = best if best != "portable" else "none"
+    key = ("bf16", best, want, chosen)
+    if key not in _ISA_LOGGED:
+        _ISA_LOGGED.add(key)
+        log.info("CPU bf16 matmul kernel: %s (this CPU runs up to %s%s)",
+                 {"none": "torch's"}.get(chosen, chosen), best, f"; MINDIE_LIKE_CPU_ISA={want}" if want else "")
+    return chosen
 
 
 def wanted(family: str = "float") -> bool:

@@ -35,9 +35,10 @@ struct Layer {
 
 class DecodeStack {
  public:
+  // dot_isa: the bf16 dot-product kernel's ISA (bf16dot::Isa) for bf16 weights of up to dot_rows rows, or -1
   DecodeStack(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps, double scale, bool own_f32,
-              bool gemv, bool fused_attention, int64_t rope_kind, int64_t rotary_dim,
-              std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches)
+              bool gemv, int64_t dot_isa, int64_t dot_rows, bool fused_attention, int64_t rope_kind,
+              int64_t rotary_dim, std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches)
       : Hq_(num_heads), Hk_(num_kv_heads), D_(head_dim), scale_(scale), fused_attention_(fused_attention),
         rope_kind_(rope_kind), rotary_dim_(rotary_dim), k_caches_(std::move(k_caches)),
         v_caches_(std::move(v_caches)) {
@@ -45,6 +46,8 @@ class DecodeStack {
     ops_.eps = eps;
     ops_.own_f32 = own_f32;
     ops_.gemv = gemv;
+    ops_.dot_isa = dot_isa;
+    ops_.dot_rows = dot_rows;
   }
 
   void add_layer(torch::Tensor in_norm, torch::Tensor post_norm, c10::optional<torch::Tensor> q_norm,
@@ -217,6 +220,9 @@ class DecodeStack {
         q = at::rms_norm(q, {D_}, *L.q_norm, eps);
         k = at::rms_norm(k, {D_}, *L.k_norm, eps);
       }
+      if (kc.scalar_type() == at::kBFloat16)
+        return rope_attention_decode_bf16(q, k, v, kc, vc, cos_sin, positions, slots, tables, lens, L.window,
+                                          scale_);
       return rope_attention_decode_f32(q, k, v, kc, vc, cos_sin, positions, slots, tables, lens, L.window, scale_);
     }
     TORCH_CHECK(cos && sin && decode_slots, "the op path needs cos, sin and decode_slots");
@@ -248,8 +254,8 @@ class DecodeStack {
 
 void register_decode_step(py::module& m) {
   py::class_<DecodeStack>(m, "DecodeStack")
-      .def(py::init<int64_t, int64_t, int64_t, double, double, bool, bool, bool, int64_t, int64_t,
-                    std::vector<torch::Tensor>, std::vector<torch::Tensor>>())
+      .def(py::init<int64_t, int64_t, int64_t, double, double, bool, bool, int64_t, int64_t, bool, int64_t,
+                    int64_t, std::vector<torch::Tensor>, std::vector<torch::Tensor>>())
       .def("add_layer", &DecodeStack::add_layer)
       .def("add_mla_layer", &DecodeStack::add_mla_layer)
       .def("set_output_norms", &DecodeStack::set_output_norms)

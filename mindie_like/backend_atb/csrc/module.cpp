@@ -18,6 +18,7 @@
 
 #include "block_gemm.cpp"
 #include "block_panels.cpp"
+#include "bf16_dot.cpp"          // one target attribute per implementation, picked at run time
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -36,10 +37,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm_f32", &add_rms_norm_f32, "(RMSNorm(x + residual), x + residual) of float32 rows");
   m.def("rope_attention_decode_f32", &rope_attention_decode_f32,
         "decode step: rope, KV cache write and paged attention of one query row per sequence (float32)");
+  m.def("rope_attention_decode_bf16", &rope_attention_decode_bf16,
+        "the same for bf16 activations and KV cache (float32 math, results rounded to bf16 once)");
   register_decode_step(m);
   m.def("silu_mul_f32", &silu_mul_f32, "silu(gate) * up of float32 rows [T, 2I] -> [T, I]");
   m.def("cpu_isa", &blocks::cpu_isa, "the widest block-kernel instruction set this CPU runs (0 portable, 1 AVX2, "
         "2 AVX512, 3 AVX512-VNNI)");
+  m.def("cpu_bf16_isa", &bf16dot::cpu_isa, "the bf16 dot-product kernels' instruction set on this CPU (0 portable, "
+        "1 AVX512-BF16)");
+  m.def("bf16_dot_linear", &bf16_dot_linear,
+        "bf16 weights x bf16-rounded activations, float32 accumulation (AVX512-BF16 vdpbf16ps or portable)");
   m.def("block_pack", &block_pack, "signed int8 block values -> the packed bits-wide block layout");
   m.def("block_unpack", &block_unpack, "packed block rows -> signed int8 values");
   m.def("block_pack_panels", &block_pack_panels, "signed int8 block values -> 16-row VNNI panels");

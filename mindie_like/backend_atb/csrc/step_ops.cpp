@@ -37,6 +37,7 @@ enum RopeKind : int64_t { kRopeFull = 0, kRopePartial = 1, kRopeInterleaved = 2 
 struct Ops {
   double eps = 1e-6;
   bool own_f32 = false, gemv = false;
+  int64_t dot_isa = -1, dot_rows = 0;   // the bf16 dot-product kernel (bf16dot::Isa) for up to dot_rows rows
 
   // TorchOps.linear, then the bias of a row-parallel layer
   torch::Tensor linear(const Linear& L, const torch::Tensor& x) const {
@@ -55,6 +56,9 @@ struct Ops {
   torch::Tensor dense_linear(const torch::Tensor& x, const torch::Tensor& w,
                              const c10::optional<torch::Tensor>& b) const {
     if (gemv && x.size(0) <= 8 && w.scalar_type() == at::kBFloat16) return bf16_linear(x, w, b);
+    if (dot_isa >= 0 && x.dim() == 2 && x.size(0) <= dot_rows && w.scalar_type() == at::kBFloat16 &&
+        w.is_contiguous())
+      return bf16_dot_linear(x, w, b, dot_isa, false);
     if (x.scalar_type() != w.scalar_type()) {
       torch::Tensor y = at::linear(x.to(w.scalar_type()), w).to(x.scalar_type());
       return b ? y + *b : y;

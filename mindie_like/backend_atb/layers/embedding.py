@@ -81,7 +81,8 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, ops, x: torch.Tensor) -> Optional[torch.Tensor]:
         """float32 logits [S, vocab] on rank 0 (None on the other ranks)."""
-        logits = ops.linear(x, self.weight).float()
+        own = getattr(ops, "logits", None)          # an op table's own float32 logits (TorchOps.logits)
+        logits = own(x, self.weight) if own is not None else ops.linear(x, self.weight).float()
         if self.pl.par.size == 1:
             return logits
         full = gather_to_rank0(logits, self.pl.par)

@@ -111,7 +111,7 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
     found = switches() if switches is not None else None
     if found is None:
         return None, f"op table {model.ops.name} has no C++ decode step here"
-    mod, own_f32, gemv = found
+    mod, own_f32, gemv, dot_isa, dot_rows = found
     rotary = model.layers[0].self_attn.rotary
     kind = _rope_kind(rotary)
     windows = sorted({a.window for a in model.attention_layers()}, key=lambda w: -1 if w is None else w)
@@ -120,11 +120,12 @@ def build(model, kv_caches) -> tuple[Optional[object], str]:
     if mla:
         m = model.mla
         fused = False
-        stack = mod.DecodeStack(m.heads, 1, m.qk_dim, model.eps, m.scale, own_f32, gemv, False, kind, m.rope, *caches)
+        stack = mod.DecodeStack(m.heads, 1, m.qk_dim, model.eps, m.scale, own_f32, gemv, dot_isa, dot_rows, False,
+                                kind, m.rope, *caches)
     else:
         fused = model.fused_decode_attention and kind == ROPE_FULL     # the layer loop's choice (llama.Attention)
         stack = mod.DecodeStack(model.num_heads, model.num_kv_heads, model.head_dim, model.eps, model.scale_value,
-                                own_f32, gemv, fused, kind, rotary.rotary_dim, *caches)
+                                own_f32, gemv, dot_isa, dot_rows, fused, kind, rotary.rotary_dim, *caches)
     for layer, (_, mlp_kind) in zip(model.layers, kinds):
         if mla:
             _add_mla_layer(stack, layer)

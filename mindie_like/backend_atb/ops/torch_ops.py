@@ -49,6 +49,8 @@ class TorchOps:
         # (torch_moe._run_split): 1.3-1.4x decode at 16 streams on 2 quiet cores (benchmarks/bench_moe.py)
         self.moe_expert_threads = True
         self._gemv = None
+        self._bf16_attention = False
+        self._bf16_dot = None   # (kernel, isa, max rows): bf16 dot products (CPUs with AVX512-BF16, bf16 models)
         self._f32 = None        # own float32 kernels (cpu_kernels.py: RMSNorm, decode attention, silu*up), CPUs
                                 # without native bf16
         if device is not None and device.type == "cpu":
@@ -60,6 +62,18 @@ class TorchOps:
                 if dtype == torch.bfloat16:
                     self._gemv = mod.bf16_linear
                     self.name = "torch+cpu_kernels(bf16gemv)"
+            elif dtype == torch.bfloat16:
+                self._set_bf16_dot(cpu_kernels)
+
+    def _set_bf16_dot(self, cpu_kernels) -> None:
+        """bf16 weights on CPUs with native bf16: the own dot-product kernel for up to BF16_DOT_MAX_ROWS rows."""
+        mod = cpu_kernels.load()
+        isa = cpu_kernels.bf16_isa(mod) if mod is not None else "none"
+        self._bf16_dot = None
+        if isa != "none":
+            self._bf16_dot = (mod.bf16_dot_linear, cpu_kernels.BF16_ISAS.index(isa), cpu_kernels.BF16_DOT_MAX_ROWS)
+            self.name = f"torch+cpu_kernels(bf16dot:{isa})"
+            self._bf16_attention = cpu_kernels.runnable()        # the decode attention kernel is AVX2 code
 
     # ---- norms, rope, activation, linear -------------------------------------------------------------------
     def _own_norm(self, x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -113,10 +127,25 @@ class TorchOps:
             return w.linear(x, b)
         if self._gemv is not None and x.shape[0] <= 8 and w.dtype == torch.bfloat16:
             return self._gemv(x, w, b)
+        if self._own_bf16_dot(x, w):
+            kernel, isa, _ = self._bf16_dot
+            return kernel(x, w, b, isa, False)
         if x.dtype != w.dtype:          # float32 activations on half-precision weights (W16A32)
             y = F.linear(x.to(w.dtype), w).to(x.dtype)
             return y if b is None else y + b
         return F.linear(x, w, b)
+
+    def logits(self, x: torch.Tensor, w) -> torch.Tensor:
+        """float32 logits x @ w.T (the lm_head). The bf16 dot-product kernel writes its float32 sums as they are:
+        no bf16 rounding of the logits and no [rows, vocab] conversion copies (~10 MB each at 16 rows)."""
+        if self._own_bf16_dot(x, w):
+            kernel, isa, _ = self._bf16_dot
+            return kernel(x, w, None, isa, True)
+        return self.linear(x, w).float()
+
+    def _own_bf16_dot(self, x: torch.Tensor, w) -> bool:
+        return (self._bf16_dot is not None and isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16
+                and x.dim() == 2 and x.shape[0] <= self._bf16_dot[2] and w.is_contiguous())
 
     # ---- MoE (ops/torch_moe.py) -------------------------------------------------------------------------------
     @staticmethod
@@ -212,17 +241,21 @@ class TorchOps:
         return out.view(T, Hq * D)
 
     def has_fused_decode_attention(self, dtype: torch.dtype) -> bool:
-        """Whether `rope_attention_decode` runs for activations / KV cache of `dtype` (own float32 kernel)."""
-        return self._f32 is not None and dtype == torch.float32
+        """Whether `rope_attention_decode` runs for activations / KV cache of `dtype` (own kernel: float32 with the
+        own float32 kernels, bf16 where bf16 weights run the own dot-product kernel)."""
+        return ((self._f32 is not None and dtype == torch.float32)
+                or (self._bf16_dot is not None and self._bf16_attention and dtype == torch.bfloat16))
 
     def rope_attention_decode(self, q, k, v, k_cache, v_cache, meta: AttentionMeta, window: Optional[int],
                               cos_sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """A decode step's rope + KV write + attention in one C++ call (float32; `has_fused_decode_attention`):
+        """A decode step's rope + KV write + attention in one C++ call (float32 or bf16; `has_fused_decode_attention`):
         q [B, Hq, D], k/v [B, Hk, D] un-rotated (views of the qkv output are fine), cos_sin the model's [max_pos, D]
         cache -> [B, Hq*D]. Same result as rope_heads, write_kv and attention_decode (tests/unit/backend_atb)."""
         pos, slots, tables, lens = self.own_decode_args(meta, positions)
-        return self._f32.rope_attention_decode_f32(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens,
-                                                   window or 0, meta.scale)
+        from .. import cpu_kernels
+        mod = cpu_kernels.load()
+        fn = mod.rope_attention_decode_bf16 if k_cache.dtype == torch.bfloat16 else mod.rope_attention_decode_f32
+        return fn(q, k, v, k_cache, v_cache, cos_sin, pos, slots, tables, lens, window or 0, meta.scale)
 
     @staticmethod
     def own_decode_args(meta: AttentionMeta, positions: torch.Tensor):
@@ -236,13 +269,15 @@ class TorchOps:
         return ex["own_decode"]
 
     def decode_stack_kernels(self):
-        """(C++ module, own float32 kernels used, bf16 GEMV used) for a whole-step C++ decode
-        (csrc/decode_step.cpp), which must call what this table calls; None without the C++ module."""
+        """(C++ module, own float32 kernels used, bf16 GEMV used, bf16 dot-product ISA or -1, its max rows) for a
+        whole-step C++ decode (csrc/decode_step.cpp), which must call what this table calls; None without the C++
+        module."""
         from .. import cpu_kernels
         mod = self._f32 if self._f32 is not None else cpu_kernels.load()
         if mod is None or not hasattr(mod, "DecodeStack"):
             return None
-        return mod, self._f32 is not None, self._gemv is not None
+        dot_isa, dot_rows = (self._bf16_dot[1], self._bf16_dot[2]) if self._bf16_dot is not None else (-1, 0)
+        return mod, self._f32 is not None, self._gemv is not None, dot_isa, dot_rows
 
     def attention_decode(self, q, k_cache, v_cache, meta: AttentionMeta, window: Optional[int] = None):
         """q [B, Hq, D] -> [B, Hq*D]; keys/values gathered from the paged cache by the step's slot table."""

@@ -1,5 +1,6 @@
 """The own float32 decode kernels (csrc/decode_attn.cpp) against the plain torch ops they replace: rotary embedding
-+ paged KV-cache write + decode attention in one call, and silu(gate) * up."""
++ paged KV-cache write + decode attention in one call, and silu(gate) * up; the bf16 form of the attention call
+against the float32 one on the same (widened) values."""
 from __future__ import annotations
 
 import math
@@ -81,6 +82,35 @@ def test_rope_attention_decode_matches_torch_ops(ops, Hq, Hk, D, window, bs):
     assert torch.equal(vc2, vc)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     assert torch.equal(qkv[:, :Hq * D].view(B, Hq, D), q)            # inputs are not rotated in place
+
+
+@pytest.mark.parametrize("Hq,Hk,D", [(14, 2, 64), (6, 1, 24)])
+@pytest.mark.parametrize("window", [None, 5])
+def test_rope_attention_decode_bf16_matches_float32(ops, Hq, Hk, D, window):
+    """bf16 q / k / v / caches: float32 math on the widened values, the rotated key rounded once into its slot
+    (equal to the float32 kernel's key rounded to bf16), the output within bf16 rounding of the float32 kernel's."""
+    mod = cpu_kernels.load()
+    g = torch.Generator().manual_seed(Hq + D + (window or 0))
+    lens = [1, 7, 40, 17]
+    tables, kc, vc, pos, slots, qkv = _paged_case(g, lens, Hq, Hk, D, 4)
+    cos_sin = build_cos_sin_cache(_Cfg(), D, 64)
+    B, qkv = len(lens), qkv.bfloat16()
+    args = {}
+    for dt in (torch.bfloat16, torch.float32):
+        x = qkv.to(dt)
+        q, k, v = x[:, :Hq * D].view(B, Hq, D), x[:, Hq * D:(Hq + Hk) * D].view(B, Hk, D), x[:, (Hq + Hk) * D:].view(B, Hk, D)
+        args[dt] = (q, k, v, kc.bfloat16().to(dt), vc.bfloat16().to(dt))
+    lens_t = torch.tensor(lens)
+    out_b = mod.rope_attention_decode_bf16(*args[torch.bfloat16], cos_sin, pos, slots, tables, lens_t, window or 0,
+                                           D ** -0.5)
+    out_f = mod.rope_attention_decode_f32(*args[torch.float32], cos_sin, pos, slots, tables, lens_t, window or 0,
+                                          D ** -0.5)
+    assert out_b.dtype == torch.bfloat16 and out_b.shape == out_f.shape
+    assert torch.equal(args[torch.bfloat16][3], args[torch.float32][3].bfloat16())      # keys, rounded once
+    assert torch.equal(args[torch.bfloat16][4], args[torch.float32][4].bfloat16())
+    torch.testing.assert_close(out_b.float(), out_f, atol=2e-2, rtol=1e-2)
+    with pytest.raises(RuntimeError, match="bf16"):
+        mod.rope_attention_decode_bf16(*args[torch.float32], cos_sin, pos, slots, tables, lens_t, 0, 0.25)
 
 
 def test_rope_attention_decode_refuses_bad_input(ops):
