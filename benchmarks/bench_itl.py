@@ -10,12 +10,12 @@ daemon's dtype and thread count, a prompt as long as the chat prompt), then for 
 (mutual TLS, serve_bench's set-up) serving `--requests` streaming chat requests one at a time (greedy,
 `ignore_eos`), then the runner again (so the runner's figure brackets the daemon's). Variants set the daemon's
 environment before it starts:
-    default   what the daemon does by itself (libgomp's defaults: nothing set)
+    default   what the daemon does by itself (mindie_like/cpu_threads.py: GOMP_SPINCOUNT=30000)
     libgomp   GOMP_SPINCOUNT=300000, libgomp's own default spelled out: workers spin a while, then sleep
     active    OMP_WAIT_POLICY=active (workers spin between parallel regions)
     passive   OMP_WAIT_POLICY=passive (workers sleep at once)
     spin0     GOMP_SPINCOUNT=0
-    spin3m, spin30m   GOMP_SPINCOUNT 3,000,000 / 30,000,000
+    spin10k, spin30k, spin100k, spin3m, spin30m   GOMP_SPINCOUNT 10,000 / 30,000 / 100,000 / 3,000,000 / 30,000,000
 ITL: the gaps between streamed chunks (loadgen), p50; step: the runner's median decode step. The ratio is the
 daemon's overhead per token. The daemon's own decode step in the same run comes from its metrics endpoint
 (engine_step_seconds{phase="decode"}, scraped before and after the measured requests): its p50 (interpolated in
@@ -48,6 +48,9 @@ VARIANTS = {
     "active": {"OMP_WAIT_POLICY": "active"},
     "passive": {"OMP_WAIT_POLICY": "passive"},
     "spin0": {"GOMP_SPINCOUNT": "0"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},
+    "spin30k": {"GOMP_SPINCOUNT": "30000"},
+    "spin100k": {"GOMP_SPINCOUNT": "100000"},
     "spin3m": {"GOMP_SPINCOUNT": "3000000"},
     "spin30m": {"GOMP_SPINCOUNT": "30000000"},
 }

@@ -21,14 +21,15 @@ Both 8 layers by default. Sections, each timed and printed as it ends:
                transformers has (eager, batched_mm, grouped_mm), 2 threads; decode tok/s from the time between
                the first and the last generated token (a logits processor stamps each step)
 and the KV-cache bytes per token (ours, per layer summed) against full K/V. The ratio printed at the end is ours at
-16 streams over transformers' fastest implementation at 16 streams. OpenMP's wait policy is libgomp's default, as in the
-daemon, for both engines. Numbers only mean something relative to each other within one
+16 streams over transformers' fastest implementation at 16 streams. OpenMP's spin is the daemon's (mindie_like/cpu_threads.py),
+for both engines. Numbers only mean something relative to each other within one
 run, and on a machine no other job is using.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -36,6 +37,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mindie_like.cpu_threads import set_openmp_defaults  # noqa: E402
+
+set_openmp_defaults(os.environ)         # before torch loads libgomp
 
 import torch  # noqa: E402
 

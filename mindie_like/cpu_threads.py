@@ -1,11 +1,27 @@
-"""The engine's OpenMP team on a host whose cores it shares with the event loop.
+"""The engine's OpenMP team on a host whose cores it shares with the event loop (and, often, other processes).
 
-libgomp's own wait policy is kept (a worker spins ~300,000 iterations after a parallel region, then sleeps): a
-decode step is hundreds of back-to-back regions, and a worker put to sleep after each one costs the step ~45%
-(OMP_WAIT_POLICY=passive measured 25.6 against 19.2 ms a step at one stream on 2 cores, through the daemon).
-An operator's OMP_WAIT_POLICY or GOMP_SPINCOUNT is libgomp's to read; nothing here overrides it.
+A decode step is hundreds of back-to-back parallel regions. How long a libgomp worker spins after a region before
+it sleeps decides the step's speed both ways (one stream through the daemon, demo GGUF, 2-core Zen 4):
+    quiet:  OMP_WAIT_POLICY=passive 34 ms a step, libgomp's default spin (300,000) 21 ms, GOMP_SPINCOUNT=30000 18.5
+    loaded (other processes want the cores): passive 70 ms, 300,000 280 ms, 30,000 96 ms
+A worker that spins long holds a core that the thread it waits for needs once the host is oversubscribed; one that
+sleeps at once pays a futex wake per region. The daemon sets GOMP_SPINCOUNT=30000 before torch loads libgomp,
+unless the operator chose OMP_WAIT_POLICY or GOMP_SPINCOUNT; tensor-parallel worker processes inherit it.
 """
 from __future__ import annotations
+
+from typing import MutableMapping
+
+DEFAULTS = {"GOMP_SPINCOUNT": "30000"}
+OPERATOR_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def set_openmp_defaults(environ: MutableMapping[str, str]) -> dict:
+    """Sets DEFAULTS in `environ` unless the operator chose a wait policy; returns what was set."""
+    if any(k in environ for k in OPERATOR_KEYS):
+        return {}
+    environ.update(DEFAULTS)
+    return dict(DEFAULTS)
 
 
 def release_openmp_pool() -> bool:

@@ -17,14 +17,19 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
-from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory
-from .config import ConfigError, effective_config, to_engine_config
-from .config.loader import ACCEPTED_WITHOUT_EFFECT
-from .config.logging_setup import setup_logging
-from .preflight import preflight
+from .cpu_threads import set_openmp_defaults
+
+set_openmp_defaults(os.environ)     # before torch is imported (below): libgomp reads it when it loads
+
+from .assembly import ROUTES, BackendLoadError, build_backend, build_context, ssl_factory  # noqa: E402
+from .config import ConfigError, effective_config, to_engine_config  # noqa: E402
+from .config.loader import ACCEPTED_WITHOUT_EFFECT  # noqa: E402
+from .config.logging_setup import setup_logging  # noqa: E402
+from .preflight import preflight  # noqa: E402
 
 log = logging.getLogger("mindie_like.daemon")
 

@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mindie_like.cpu_threads import set_openmp_defaults
+
 REPO = Path(__file__).resolve().parents[2]
 
 # In a fresh process (thread counts are the process'): a parallel matmul on the main thread starts its OpenMP
 # team; release_openmp_pool ends it; an AsyncEngine whose runner runs parallel matmuls leaves the main thread
-# without a team (only the engine thread's own), and the daemon no longer sets a wait policy.
+# without a team (only the engine thread's own).
 SCRIPT = r"""
 import os, torch
 torch.set_num_threads(2)
@@ -41,8 +43,7 @@ assert outs[-1].finished
 # the engine thread and its team's one worker; the main thread's worker is gone
 assert tasks() == base + 2, (base, tasks())
 engine.shutdown()
-import mindie_like.daemon
-print("OMP_WAIT_POLICY" in os.environ, "GOMP_SPINCOUNT" in os.environ)
+print("ok")
 """
 
 
@@ -52,7 +53,7 @@ def test_the_engine_thread_owns_the_only_openmp_team():
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["ok"]
 
 
 # A thread pool thread that runs torch matmuls (the MoE experts' split) adds no OpenMP or MKL team of its own.
@@ -83,3 +84,23 @@ def test_a_pool_thread_runs_its_matmuls_alone():
                          cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["ok"]
+
+
+def test_a_short_spin_unless_the_operator_chose():
+    env = {}
+    assert set_openmp_defaults(env) == {"GOMP_SPINCOUNT": "30000"}
+    for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(chosen)
+        assert set_openmp_defaults(env) == {}
+        assert env == chosen
+
+
+def test_the_daemon_sets_it_before_torch_is_imported():
+    code = ("import sys, mindie_like.cpu_threads as c; assert 'torch' not in sys.modules; "
+            "import mindie_like.daemon as d, os, ctypes; assert d.build_backend and d.build_context; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), ctypes.CDLL(None).getenv(b'GOMP_SPINCOUNT') is not None)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["30000", "True"]
