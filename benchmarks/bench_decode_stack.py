@@ -30,36 +30,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# bench_moe sets the daemon's OpenMP spin before torch loads; its shapes and model builder are shared
+from benchmarks.bench_moe import SHAPES as MOE_SHAPES, VOCAB, build  # noqa: E402
+
 import torch  # noqa: E402
 
 from mindie_like.backend_atb import ModelRunner  # noqa: E402
 from mindie_like.engine.types import EngineConfig  # noqa: E402
 from tests.support.driver import Driver  # noqa: E402
 
-VOCAB = 32768
 ATTN = dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=4, head_dim=64)
 SHAPES = {
     "glm4": dict(ATTN, intermediate_size=3072, partial_rotary_factor=0.5),
     "glm": dict(ATTN, intermediate_size=3072, partial_rotary_factor=0.5),
-    "qwen3_moe": dict(ATTN, num_experts=64, num_experts_per_tok=8, moe_intermediate_size=384,
-                      intermediate_size=3072, norm_topk_prob=True),
+    "qwen3_moe": MOE_SHAPES["qwen3_moe"],
     "qwen2_moe": dict(ATTN, num_experts=64, num_experts_per_tok=8, moe_intermediate_size=384,
                       intermediate_size=3072, shared_expert_intermediate_size=1536, norm_topk_prob=False),
-    "deepseek_v3": dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=384,
-                        kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
-                        n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=6, moe_intermediate_size=384,
-                        intermediate_size=3072, first_k_dense_replace=1, n_group=8, topk_group=4,
-                        routed_scaling_factor=2.5, norm_topk_prob=True),
+    "deepseek_v3": MOE_SHAPES["deepseek_v3"],
 }
 BATCHES = (1, 16)
-
-
-def build(dest: Path, family: str, layers: int, dtype: str) -> Path:
-    from tests.support.tiny_models import build_tiny_model
-    if not (dest / "config.json").is_file():
-        build_tiny_model(dest, family, dtype=dtype, num_hidden_layers=layers, vocab_size=VOCAB,
-                         initializer_range=0.02, **SHAPES[family])
-    return dest
 
 
 def step_times(runner, batch: int, steps: int, rounds: int) -> dict:
@@ -99,7 +88,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     res = {"dtype": a.dtype, "threads": a.threads, "layers": a.layers, "models": {}}
     for family in a.models.split(","):
-        path = build(Path(a.dir) / f"{family}-{a.layers}-{a.dtype}", family, a.layers, a.dtype)
+        path = build(Path(a.dir) / f"{family}-{a.layers}-{a.dtype}", family, a.layers, a.dtype, SHAPES)
         cfg = EngineConfig(model_path=str(path), dtype=a.dtype, device="cpu", block_size=16, num_threads=a.threads,
                            max_batch_size=max(BATCHES))
         runner = ModelRunner.load(cfg)

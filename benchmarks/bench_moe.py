@@ -34,6 +34,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,11 +64,12 @@ HF_IMPLS = ("eager", "batched_mm", "grouped_mm")
 STREAMS = (1, 16)
 
 
-def build(dest: Path, family: str, layers: int, dtype: str) -> Path:
+def build(dest: Path, family: str, layers: int, dtype: str, shapes: Optional[dict] = None) -> Path:
+    """The random model of `family` (shapes: SHAPES unless given) saved once under `dest`."""
     from tests.support.tiny_models import build_tiny_model
     if not (dest / "config.json").is_file():
         build_tiny_model(dest, family, dtype=dtype, num_hidden_layers=layers, vocab_size=VOCAB,
-                         initializer_range=0.02, **SHAPES[family])
+                         initializer_range=0.02, **(shapes or SHAPES)[family])
     return dest
 
 

@@ -33,31 +33,34 @@ def release_openmp_pool() -> bool:
     stepping it in another leaves two teams, and the step ran ~45% slower (21 -> 31 ms on 2 cores, 30k context
     switches a second). The thread that hands its work to another calls this; a later parallel region in it
     starts a new team."""
-    import ctypes
-    try:
-        lib = ctypes.CDLL(None)             # the process' symbols: the OpenMP runtime torch loaded
-        pause = lib.omp_pause_resource_all
-    except (OSError, AttributeError):
-        return False
-    pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause(1) == 0                    # omp_pause_soft
+    pause = _runtime_function("omp_pause_resource_all")
+    return pause is not None and pause(1) == 0          # omp_pause_soft
 
 
 def run_single_threaded() -> None:
     """Makes the calling thread's torch ops run on it alone (OpenMP and MKL) without changing torch's thread count
     for other threads: a helper thread whose parallel region started a team of its own would add to libgomp's
     count of OpenMP threads (see release_openmp_pool). For a thread pool's initializer."""
+    import torch
+    torch.get_num_threads()                 # torch's per-thread set-up first: it would undo the calls below
+    for name in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local"):    # MKL's own count, this thread's
+        fn = _runtime_function(name)
+        if fn is not None:
+            fn(1)
+
+
+def _runtime_function(name: str):
+    """`name(int) -> int` from the threading runtimes torch loaded (libgomp among the process' global symbols; MKL
+    linked into libtorch_cpu), or None where this build has no such function."""
     import ctypes
     import os
 
     import torch
-    torch.get_num_threads()                 # torch's per-thread set-up first: it would undo the calls below
-    found = ctypes.CDLL(None)
-    torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-    for name in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local"):    # MKL's own count, this thread's
-        fn = getattr(found, name, None)
-        if fn is None and os.path.exists(torch_cpu):
+    fn = getattr(ctypes.CDLL(None), name, None)
+    if fn is None:
+        torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+        if os.path.exists(torch_cpu):
             fn = getattr(ctypes.CDLL(torch_cpu), name, None)
-        if fn is not None:
-            fn.argtypes = [ctypes.c_int]
-            fn(1)
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
